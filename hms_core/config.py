@@ -1,0 +1,377 @@
+"""Platform configuration: one YAML file, validated with pydantic before any work starts.
+
+A config file may name a ``base`` profile (``tiny``, ``demo``, ``full`` from ``config/``, or a path); its keys are
+deep-merged over that profile. Relative paths are resolved against ``workspace.root``, which is itself resolved
+against the directory the command runs in.
+
+Every section forbids unknown keys, so a typo fails with the key named, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hms_core.constants import SFREQ
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "config"
+PROFILES = ("tiny", "demo", "full")
+CONFIG_ENV_VAR = "HMS_CONFIG"
+DEFAULT_PROFILE = "demo"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid. The message names key, value and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --- workspace ------------------------------------------------------------------------------------------------
+class WorkspaceConfig(Section):
+    root: str = Field("runs/demo", description="Folder that holds data, artifacts, models, logs and DAGSTER_HOME.")
+    dagster_home: str | None = Field(None, description="Dagster instance folder; default <root>/dagster_home.")
+
+
+# --- dataset --------------------------------------------------------------------------------------------------
+class SyntheticConfig(Section):
+    n_patients: int = Field(100, ge=2, description="Patients in the generated training set.")
+    eegs_per_patient: tuple[int, int] = Field((4, 16), description="Min and max EEGs per patient.")
+    n_test: int = Field(10, ge=1, description="Test EEGs (exactly 50 s) and spectrograms (exactly 10 min).")
+    seed: int = 0
+    workers: int = Field(2, ge=1, description="Worker processes for generation.")
+
+    @field_validator("eegs_per_patient")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError(f"must be (min, max) with 1 <= min <= max, got {list(v)}")
+        return v
+
+
+class DatasetConfig(Section):
+    source: Literal["auto", "local", "kaggle", "synthetic"] = Field(
+        "auto",
+        description="auto: use raw_data_path if it holds train.csv, else download with Kaggle credentials, "
+        "else generate synthetic data when the profile allows it.",
+    )
+    allow_synthetic: bool = Field(True, description="May 'auto' fall back to generated data?")
+    raw_data_path: str = "data/raw"
+    processed_data_path: str = "data/processed"
+    eeg_sampling_rate: int = Field(SFREQ, gt=0)
+    processing_batch_size: int = Field(100, ge=1)
+    kaggle_competition: str = "hms-harmful-brain-activity-classification"
+    n_folds: int = Field(5, ge=2, le=20)
+    fold_seed: int = 42
+    check_files: Literal["all", "sample", "none"] = Field(
+        "all", description="How many referenced parquet files the labels asset opens to validate."
+    )
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("eeg_sampling_rate")
+    @classmethod
+    def _sfreq(cls, v: int) -> int:
+        if v != SFREQ:
+            raise ValueError(f"HMS EEG parquet files are sampled at {SFREQ} Hz; got {v}")
+        return v
+
+
+# --- preprocessing -------------------------------------------------------------------------------------------
+class EEGPreprocessingConfig(Section):
+    filter_low: float = Field(0.5, gt=0)
+    filter_high: float = Field(50.0, gt=0)
+    filter_order: int = Field(4, ge=1, le=10)
+    notch_freq: float | None = Field(60.0, description="Line frequency; harmonics below Nyquist are notched too.")
+    notch_quality: float = Field(30.0, gt=0)
+    segment_length: int = Field(2000, ge=200, description="Samples of the labelled segment (2000 = 10 s).")
+    context_length: int = Field(10000, ge=200, description="Samples of context kept (10000 = the 50 s window).")
+    clip_uv: float = Field(500.0, gt=0, description="Amplitude clip after filtering (microvolts).")
+    max_gap_s: float = Field(1.0, ge=0, description="NaN gaps up to this long are linearly interpolated.")
+    include_central_chain: bool = Field(False, description="Add Fz-Cz and Cz-Pz to the 16 bipolar pairs.")
+    missing_channels: Literal["error", "flag"] = "flag"
+    scaling: Literal["robust", "none"] = "robust"
+    dtype: Literal["float16", "float32"] = "float16"
+
+    @model_validator(mode="after")
+    def _check(self) -> EEGPreprocessingConfig:
+        if self.filter_low >= self.filter_high:
+            raise ValueError(
+                f"filter_low ({self.filter_low}) must be below filter_high ({self.filter_high})"
+            )
+        if self.filter_high >= SFREQ / 2:
+            raise ValueError(f"filter_high ({self.filter_high}) must be below Nyquist ({SFREQ / 2} Hz)")
+        if self.segment_length > self.context_length:
+            raise ValueError(
+                f"segment_length ({self.segment_length}) must not exceed context_length ({self.context_length})"
+            )
+        if self.context_length > 50 * SFREQ:
+            raise ValueError(f"context_length ({self.context_length}) must be at most {50 * SFREQ} samples (50 s)")
+        return self
+
+
+SpectrogramType = Literal["stft", "multitaper", "wavelet", "mel"]
+
+
+class SpectrogramConfig(Section):
+    types: list[SpectrogramType] = Field(default_factory=lambda: ["stft", "multitaper", "wavelet", "mel"])
+    window_size: int = Field(256, ge=16)
+    overlap: int = Field(128, ge=0)
+    nfft: int = Field(512, ge=16)
+    freq_min: float = Field(0.5, ge=0)
+    freq_max: float = Field(50.0, gt=0)
+    n_mels: int = Field(128, ge=8)
+    n_wavelet_freqs: int = Field(64, ge=8)
+    n_tapers: int = Field(3, ge=1)
+    use_kaggle_spectrograms: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> SpectrogramConfig:
+        if self.overlap >= self.window_size:
+            raise ValueError(f"overlap ({self.overlap}) must be below window_size ({self.window_size})")
+        if self.nfft < self.window_size:
+            raise ValueError(f"nfft ({self.nfft}) must be at least window_size ({self.window_size})")
+        if self.freq_min >= self.freq_max:
+            raise ValueError(f"freq_min ({self.freq_min}) must be below freq_max ({self.freq_max})")
+        if self.freq_max > SFREQ / 2:
+            raise ValueError(f"freq_max ({self.freq_max}) must be at most Nyquist ({SFREQ / 2} Hz)")
+        return self
+
+
+class FeaturesConfig(Section):
+    enabled: bool = True
+
+
+class PreprocessingConfig(Section):
+    eeg: EEGPreprocessingConfig = EEGPreprocessingConfig()
+    spectrogram: SpectrogramConfig = SpectrogramConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    max_flagged_fraction: float = Field(
+        0.25, ge=0, le=1, description="Asset check: largest allowed fraction of flagged (bad) channels."
+    )
+    workers: int = Field(2, ge=1)
+
+
+# --- foundation / models / training --------------------------------------------------------------------------
+class FoundationConfig(Section):
+    enabled: bool = True
+    model_size: Literal["tiny", "small", "base", "large"] = "base"
+    pretrained: bool = False
+    epochs: int = Field(10, ge=1)
+    mask_ratio: float = Field(0.5, gt=0, lt=1)
+    contrastive_temperature: float = Field(0.2, gt=0)
+
+
+class AugmentConfig(Section):
+    flip: float = Field(0.5, ge=0, le=1, description="Probability of a left/right hemisphere flip.")
+    time_shift_s: float = Field(2.0, ge=0)
+    channel_dropout: float = Field(0.1, ge=0, le=1)
+    mixup_alpha: float = Field(0.0, ge=0, description="0 disables mixup.")
+
+
+class TrainingConfig(Section):
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    epochs: int = Field(10, ge=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    stage2_epochs: int = Field(0, ge=0, description="Second stage on rows with >= min_votes votes (0 = off).")
+    min_votes: int = Field(10, ge=1)
+    low_vote_weight: float = Field(1.0, ge=0, le=1, description="Loss weight of rows below min_votes.")
+    early_stopping_patience: int = Field(5, ge=1)
+    ema_decay: float | None = Field(0.99, description="EMA of weights; null disables.")
+    flip_tta: bool = True
+    augment: AugmentConfig = AugmentConfig()
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = True
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows per fold (smoke runs).")
+
+
+class EnsembleConfig(Section):
+    enabled: bool = True
+    method: Literal["linear", "lbfgs"] = "lbfgs"
+
+
+class ExportConfig(Section):
+    enabled: bool = True
+    onnx_opset: int = Field(18, ge=13)
+    tensorrt: bool = False
+
+
+class LoggingConfig(Section):
+    wandb_project: str = "hms-eeg"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    mlflow_tracking_uri: str | None = Field(
+        "sqlite:///{root}/mlflow.db", description="null disables MLflow; {root} is the workspace root."
+    )
+    mlflow_experiment: str = "hms-eeg"
+    log_dir: str = "logs"
+
+
+class PlatformConfig(Section):
+    profile: str = Field("custom", description="Name of the profile this config came from.")
+    workspace: WorkspaceConfig = WorkspaceConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    foundation: FoundationConfig = FoundationConfig()
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    training: TrainingConfig = TrainingConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    export: ExportConfig = ExportConfig()
+    logging: LoggingConfig = LoggingConfig()
+    #: Folder of the YAML file; relative roots are resolved against the working directory, not this.
+    source_path: str | None = Field(None, exclude=True)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from hms_core.models.specs import validate_models_section
+
+        return validate_models_section(v)
+
+    # --- resolved paths ---------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.workspace.root).expanduser().resolve()
+
+    def path(self, p: str | os.PathLike[str]) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.root / q
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.path(self.dataset.raw_data_path)
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.path(self.dataset.processed_data_path)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path("models")
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path(self.logging.log_dir)
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.path(self.workspace.dagster_home or "dagster_home")
+
+    @property
+    def mlflow_uri(self) -> str | None:
+        uri = self.logging.mlflow_tracking_uri
+        return None if uri is None else uri.replace("{root}", str(self.root))
+
+    @property
+    def fold_names(self) -> list[str]:
+        return [f"fold_{i}" for i in range(self.dataset.n_folds)]
+
+    def enabled_models(self) -> list[str]:
+        return [name for name, cfg in self.models.items() if cfg.get("enabled", True)]
+
+    # --- hashing / saving -------------------------------------------------------------------------------------
+    def section_hash(self, *sections: str) -> str:
+        """Short stable hash of the named sections (dotted paths), for code versions and cache keys."""
+        dump = self.model_dump(mode="json")
+        picked = {}
+        for s in sections:
+            node: Any = dump
+            for part in s.split("."):
+                node = node[part]
+            picked[s] = node
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config_path(name_or_path: str | os.PathLike[str]) -> Path:
+    s = str(name_or_path)
+    if s in PROFILES or (not s.endswith((".yaml", ".yml")) and (PROFILE_DIR / f"{s}.yaml").exists()):
+        return PROFILE_DIR / f"{s}.yaml"
+    p = Path(s).expanduser()
+    if not p.exists():
+        raise ConfigError(
+            f"Config file '{p}' does not exist. Pass a YAML path or one of the profiles {list(PROFILES)}."
+        )
+    return p
+
+
+def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in _seen:
+        raise ConfigError(f"Config '{path}': 'base' profiles form a cycle: {[str(p) for p in _seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config '{path}' is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config '{path}' must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        base_path = resolve_config_path(base) if str(base) in PROFILES else (path.parent / str(base))
+        if str(base) not in PROFILES and not base_path.exists():
+            base_path = resolve_config_path(base)
+        data = _deep_merge(_read_yaml(base_path, (*_seen, path.resolve())), data)
+    return data
+
+
+def _format_validation_error(path: Path | str, err: ValidationError) -> str:
+    lines = [f"Invalid config '{path}':"]
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see config/demo.yaml for every key)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}"
+        lines.append(f"  - {key}: {msg}; got {e.get('input')!r}")
+    return "\n".join(lines)
+
+
+def load_config(
+    name_or_path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> PlatformConfig:
+    """Load and validate a config by profile name or path; ``None`` reads ``$HMS_CONFIG`` or the demo profile."""
+    name_or_path = name_or_path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_PROFILE
+    path = resolve_config_path(name_or_path)
+    data = _read_yaml(path)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        cfg = PlatformConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(path, e)) from None
+    cfg.source_path = str(path.resolve())
+    return cfg
+
+
+def parse_override(expr: str) -> dict[str, Any]:
+    """``'training.epochs=3'`` -> ``{'training': {'epochs': 3}}`` (value parsed as YAML)."""
+    if "=" not in expr:
+        raise ConfigError(f"Override '{expr}' must look like section.key=value")
+    key, value = expr.split("=", 1)
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = yaml.safe_load(value)
+    return node
