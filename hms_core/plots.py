@@ -1,0 +1,89 @@
+"""Figures recorded as Dagster metadata: embedded PNGs in markdown (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+
+from hms_core.constants import CLASSES, SFREQ, VOTE_COLUMNS, bipolar_names
+
+
+def _png_markdown(fig, title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=60, bbox_inches="tight")
+    plt.close(fig)
+    return f"**{title}**\n\n![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def example_figure_markdown(partition_dir: str | Path) -> dict[str, str]:
+    """One example per class: bipolar traces (``eeg_windows``) and each spectrogram type (``spectrograms``)."""
+    import pandas as pd
+
+    d = Path(partition_dir)
+    if not (d / "index.parquet").exists() or not (d / "bipolar.npy").exists():
+        return {}
+    plt = _plt()
+    index = pd.read_parquet(d / "index.parquet")
+    votes = index[list(VOTE_COLUMNS)].to_numpy()
+    consensus = votes.argmax(axis=1)
+    examples = {c: int(np.flatnonzero(consensus == k)[0]) for k, c in enumerate(CLASSES) if (consensus == k).any()}
+    bip = np.load(d / "bipolar.npy", mmap_mode="r")
+    names = bipolar_names(bip.shape[1] > 16)
+    n = bip.shape[2]
+    seg = slice(max(0, n // 2 - SFREQ * 5), n // 2 + SFREQ * 5)
+    fig, axes = plt.subplots(1, len(examples), figsize=(3.2 * len(examples), 4.5), squeeze=False)
+    for ax, (cls, i) in zip(axes[0], examples.items()):
+        x = np.asarray(bip[i, :, seg], dtype=np.float32)
+        for c in range(x.shape[0]):
+            ax.plot(np.arange(x.shape[1]) / SFREQ, x[c] / 4 - c, lw=0.4, color="k")
+        ax.set_title(f"{cls} (row {i})", fontsize=9)
+        ax.set_yticks(-np.arange(len(names)))
+        ax.set_yticklabels(names, fontsize=5)
+        ax.set_xlabel("s", fontsize=7)
+    out = {"eeg_windows": _png_markdown(fig, "Bipolar 10 s segment, one example per class")}
+    specs = sorted(p for p in d.glob("spec_*.npy"))
+    if specs:
+        fig, axes = plt.subplots(len(specs), len(examples), figsize=(2.4 * len(examples), 1.8 * len(specs)),
+                                 squeeze=False)
+        for r, p in enumerate(specs):
+            arr = np.load(p, mmap_mode="r")
+            for c, (cls, i) in enumerate(examples.items()):
+                ax = axes[r, c]
+                ax.imshow(np.asarray(arr[i, 0], dtype=np.float32), aspect="auto", origin="lower", cmap="magma")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(cls, fontsize=8)
+                if c == 0:
+                    ax.set_ylabel(p.stem.removeprefix("spec_"), fontsize=8)
+        out["spectrograms"] = _png_markdown(fig, "Chain LL spectrograms per type, one example per class")
+    return out
+
+
+def learning_curve_markdown(history: list[dict]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    for key in ("train_loss", "val_kl", "val_kl_high_votes"):
+        ys = [h.get(key) for h in history]
+        if any(y is not None for y in ys):
+            ax.plot(epochs, ys, marker="o", ms=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("KL")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png_markdown(fig, "Learning curve")

@@ -1,0 +1,81 @@
+"""Resolve the raw HMS dataset: a local folder, a Kaggle download, or the generated synthetic data set."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hms_core.config import PlatformConfig
+
+RAW_SUBDIRS = ("train_eegs", "test_eegs", "train_spectrograms", "test_spectrograms")
+RAW_FILES = ("train.csv", "test.csv", "sample_submission.csv")
+
+
+class RawDataUnavailableError(RuntimeError):
+    """No data at the configured path, no Kaggle credentials, and synthetic data not allowed."""
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    path: Path
+    source: str  # "local" | "kaggle" | "synthetic"
+    fingerprint: str
+    generated: dict | None = None  # the generator's summary when the data was made now
+
+
+def has_raw_data(path: Path) -> bool:
+    return (path / "train.csv").is_file() and (path / "train_eegs").is_dir()
+
+
+def fingerprint(path: Path) -> str:
+    """Content hash of the CSVs plus (name, size) of every parquet file: changes when the data changes."""
+    h = hashlib.sha256()
+    for name in RAW_FILES:
+        f = path / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    for sub in RAW_SUBDIRS:
+        d = path / sub
+        if d.is_dir():
+            entries = sorted((e.name, e.stat().st_size) for e in os.scandir(d) if e.name.endswith(".parquet"))
+            h.update(f"{sub}:{entries}".encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None] | None = None) -> RawDataset:
+    """Return the raw dataset described by ``cfg.dataset``, downloading or generating it when needed."""
+    from hms_core import kaggle
+
+    ds = cfg.dataset
+    raw = cfg.raw_dir
+    source = ds.source
+    if source in ("auto", "local") and has_raw_data(raw) and (
+        source == "local" or not (raw / ".download").exists() or kaggle.raw_dir_complete(raw)
+    ):
+        kind = "synthetic" if (raw / "synthetic_manifest.json").exists() else "local"
+        return RawDataset(raw, kind, fingerprint(raw))
+    if source == "local":
+        raise RawDataUnavailableError(
+            f"dataset.source is 'local' but '{raw}' has no train.csv and train_eegs/. Put the unzipped "
+            f"competition files there, or set dataset.source to 'auto', 'kaggle' or 'synthetic'."
+        )
+    if source == "kaggle" or (source == "auto" and kaggle.kaggle_credentials_available()):
+        kaggle.download_competition(ds.kaggle_competition, raw, progress=progress)
+        return RawDataset(raw, "kaggle", fingerprint(raw))
+    if source == "synthetic" or (source == "auto" and ds.allow_synthetic):
+        from hms_core.synthetic import generate_dataset
+
+        summary = generate_dataset(raw, ds.synthetic, progress=progress)
+        return RawDataset(raw, "synthetic", fingerprint(raw), generated=summary)
+    raise RawDataUnavailableError(
+        f"No HMS data in '{raw}' and no Kaggle credentials. Either\n"
+        f"  1. create an API token on kaggle.com (Settings -> API -> Create New Token), save it as "
+        f"~/.kaggle/kaggle.json (chmod 600) or set KAGGLE_USERNAME and KAGGLE_KEY, and accept the rules of the "
+        f"'{ds.kaggle_competition}' competition; or\n"
+        f"  2. unzip the competition files into '{raw}' (train.csv, train_eegs/, ...); or\n"
+        f"  3. use the synthetic demo data: --config demo (profile '{cfg.profile}' has allow_synthetic: false)."
+    )

@@ -1,0 +1,162 @@
+"""Preprocessing stage: per-fold processed windows, spectrograms, Kaggle spectrograms and features.
+
+One streaming pass (``hms_core.preprocess.build_partition``) writes all of a fold's arrays; the multi-asset
+reports them as separate assets so lineage shows what each classifier reads.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from hms_dagster.partitions import fold_index, fold_partitions
+from hms_dagster.resources import WorkspaceResource
+
+GROUP = "preprocessing"
+VERSION = "1"
+CHECKS = ("finite", "shapes", "flagged_fraction", "fold_purity")
+
+
+def preprocessing_asset_keys(cfg) -> list[str]:
+    keys = ["eeg_windows", "spectrograms", "eeg_features"]
+    if cfg.preprocessing.spectrogram.use_kaggle_spectrograms:
+        keys.insert(2, "kaggle_spectrograms")
+    return keys
+
+
+def _progress_logger(context, label: str):
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if total and (done == total or time.perf_counter() - last[0] > 5):
+            last[0] = time.perf_counter()
+            context.log.info(f"{label}: {done}/{total} windows")
+
+    return progress
+
+
+def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
+    """Split one partition manifest into the metadata of each asset it produced."""
+    shapes = manifest.get("shapes", {})
+    common = {"rows": manifest.get("n_rows"), "seconds": manifest.get("seconds")}
+    if key == "eeg_windows":
+        files = ["index.parquet", "bipolar.npy", "referential.npy", "ekg.npy", "quality.npy"]
+        extra = {
+            "flagged_fraction": manifest.get("flagged_fraction"),
+            "n_flagged_channels": manifest.get("n_flagged_channels"),
+        }
+    elif key == "spectrograms":
+        files = [f"spec_{t}.npy" for t in manifest.get("spectrogram_types", [])]
+        extra = {"frequency_axes": dg.MetadataValue.json(manifest.get("frequency_axes", {}))}
+    elif key == "kaggle_spectrograms":
+        files = ["spec_kaggle.npy"]
+        extra = {}
+    else:
+        files = ["features.parquet"]
+        extra = {"n_features": manifest.get("n_features")}
+    present = [f for f in files if (out_dir / f).exists()]
+    return {
+        **common,
+        **{k: v for k, v in extra.items() if v is not None},
+        "path": dg.MetadataValue.path(str(out_dir)),
+        "files": dg.MetadataValue.json({f: shapes.get(f.split(".")[0], None) for f in present}),
+        "bytes": sum((out_dir / f).stat().st_size for f in present),
+    }
+
+
+def build_preprocessing_assets(cfg) -> list:
+    from hms_core.config import PlatformConfig
+
+    assert isinstance(cfg, PlatformConfig)
+    keys = preprocessing_asset_keys(cfg)
+    code = f"{VERSION}-{cfg.section_hash('preprocessing', 'dataset.processing_batch_size')}"
+    specs = [
+        dg.AssetSpec(k, group_name=GROUP, deps=["folds", "raw_dataset"], code_version=code, kinds={"numpy"})
+        for k in keys
+    ]
+    check_specs = [dg.AssetCheckSpec(c, asset="eeg_windows", blocking=True) for c in CHECKS]
+
+    @dg.multi_asset(
+        name="preprocess_fold",
+        specs=specs,
+        check_specs=check_specs,
+        partitions_def=fold_partitions(cfg),
+        description="Filter, montage, artifact handling, scaling, spectrograms and features for one fold.",
+    )
+    def preprocess_fold(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
+        import pandas as pd
+
+        from hms_core.preprocess import build_partition, partition_checks
+        from hms_core.plots import example_figure_markdown
+
+        cfg = workspace.config
+        k = fold_index(context.partition_key)
+        rows = pd.read_parquet(cfg.processed_dir / "folds.parquet")
+        rows = rows[rows["fold"] == k].reset_index(drop=True)
+        out_dir = cfg.processed_dir / "windows" / context.partition_key
+        manifest = build_partition(
+            rows,
+            eeg_dir=cfg.raw_dir / "train_eegs",
+            spec_dir=cfg.raw_dir / "train_spectrograms",
+            out_dir=out_dir,
+            cfg=cfg.preprocessing,
+            batch_size=cfg.dataset.processing_batch_size,
+            progress=_progress_logger(context, context.partition_key),
+        ).to_dict()
+        plots = example_figure_markdown(out_dir)
+        for key in keys:
+            meta = _metadata_for(key, manifest, out_dir)
+            if key in ("eeg_windows", "spectrograms") and plots:
+                meta["examples"] = dg.MetadataValue.md(plots[key])
+            yield dg.MaterializeResult(asset_key=key, metadata=meta)
+        for name, (passed, detail) in partition_checks(out_dir, cfg.preprocessing).items():
+            if name in CHECKS:
+                yield dg.AssetCheckResult(
+                    asset_key="eeg_windows", check_name=name, passed=bool(passed), metadata=_jsonable(detail)
+                )
+
+    @dg.asset(
+        name="test_windows",
+        group_name=GROUP,
+        deps=["labels", "raw_dataset"],
+        code_version=code,
+        kinds={"numpy"},
+        description="The test set preprocessed exactly like the training windows (for test predictions).",
+    )
+    def test_windows(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
+        import pandas as pd
+
+        from hms_core.preprocess import build_partition
+
+        cfg = workspace.config
+        rows = pd.read_parquet(cfg.processed_dir / "test_rows.parquet")
+        out_dir = cfg.processed_dir / "windows" / "test"
+        manifest = build_partition(
+            rows,
+            eeg_dir=cfg.raw_dir / "test_eegs",
+            spec_dir=cfg.raw_dir / "test_spectrograms",
+            out_dir=out_dir,
+            cfg=cfg.preprocessing,
+            batch_size=cfg.dataset.processing_batch_size,
+            progress=_progress_logger(context, "test"),
+        ).to_dict()
+        return dg.MaterializeResult(
+            metadata={"path": dg.MetadataValue.path(str(out_dir)), "rows": manifest.get("n_rows"),
+                      "seconds": manifest.get("seconds")}
+        )
+
+    return [preprocess_fold, test_windows]
+
+
+def _jsonable(detail: dict) -> dict:
+    out = {}
+    for k, v in (detail or {}).items():
+        if isinstance(v, (dict, list, tuple)):
+            out[k] = dg.MetadataValue.json(v if not isinstance(v, tuple) else list(v))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        else:
+            out[k] = str(v)
+    return out

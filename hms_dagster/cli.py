@@ -1,0 +1,235 @@
+"""``hms``: the command line of the platform.
+
+    hms run --stage all|data|preprocessing|foundation|models|ensemble|export [--config PATH] [--resume] [--fold K]
+    hms status [--json]
+    hms demo-data --out DIR --patients N --seed S
+    hms validate --data DIR
+    hms ui
+    hms config
+
+Imports are lazy so ``hms --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+app = typer.Typer(
+    name="hms",
+    help="HMS harmful brain activity platform: data, preprocessing, foundation, models, ensemble, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Stage(str, Enum):
+    all = "all"
+    data = "data"
+    preprocessing = "preprocessing"
+    foundation = "foundation"
+    models = "models"
+    ensemble = "ensemble"
+    export = "export"
+
+
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option("--config", "-c", help="YAML config path or profile name (tiny, demo, full). Default: $HMS_CONFIG "
+                 "or demo."),
+]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _load(config: str | None):
+    from hms_core.config import ConfigError, load_config
+
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    stage: Annotated[Stage, typer.Option("--stage", "-s", help="Stage to run; 'all' runs every built stage.")] = Stage.all,
+    config: ConfigOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Run only what is missing, failed or stale.")] = False,
+    fold: Annotated[Optional[int], typer.Option("--fold", help="Only this fold's partition (fold-level stages).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="Dagster console log level.")] = "WARNING",
+) -> None:
+    """Materialize a stage (or all) through the Dagster instance; every run shows in the UI."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hms_dagster.runner import StageNotBuiltError, run_pipeline
+
+    cfg = _load(config)
+    con = _console()
+    con.print(f"[bold]hms run[/] stage={stage.value} profile={cfg.profile} root={cfg.root}"
+              + (" resume" if resume else "") + (f" fold={fold}" if fold is not None else ""))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=con, transient=False)
+    task = None
+
+    def on_event(kind, pr, info):
+        nonlocal task
+        if kind == "plan":
+            task = progress.add_task("runs", total=info["n"])
+        elif kind == "not_built":
+            progress.console.print(f"[yellow]stage {info['stage']}: not built yet[/] ({info['what']})")
+        elif kind == "start":
+            progress.update(task, description=pr.label)
+        elif kind == "skip":
+            progress.console.print(f"[dim]skip {pr.label} (fresh)[/]")
+            progress.advance(task)
+        elif kind == "done":
+            progress.console.print(f"[green]done[/] {pr.label} in {info['seconds']:.1f} s (run {info['run_id'][:8]})")
+            progress.advance(task)
+        elif kind == "fail":
+            progress.console.print(f"[red]FAILED[/] {pr.label} (run {info['run_id']}):\n{info['error']}")
+
+    try:
+        with progress:
+            report = run_pipeline(cfg, stage.value, resume=resume, fold=fold, log_level=log_level.upper(),
+                                  on_event=on_event)
+    except StageNotBuiltError as e:
+        con.print(f"[yellow]{e}[/]")
+        raise typer.Exit(3) from None
+    except ValueError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    if report.reaped:
+        con.print(f"marked {len(report.reaped)} interrupted run(s) as failed: {', '.join(r[:8] for r in report.reaped)}")
+    con.print(f"{len(report.done)} run(s) done, {len(report.skipped)} skipped as fresh"
+              + (f", stages not built: {', '.join(report.not_built)}" if report.not_built else ""))
+    if not report.ok:
+        con.print("Fix the problem and continue with [bold]hms run --resume[/] (completed partitions are kept).")
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show every asset and partition: fresh, stale (code/config/data changed), missing, failed; key figures."""
+    from hms_dagster.definitions import build_definitions
+    from hms_dagster.instance import prepare_instance, reap_interrupted_runs
+    from hms_dagster.status import collect_status, status_summary
+
+    cfg = _load(config)
+    instance = prepare_instance(cfg)
+    reap_interrupted_runs(instance)
+    rows = collect_status(cfg, build_definitions(cfg), instance)
+    summary = status_summary(rows)
+    if as_json:
+        typer.echo(json.dumps({"profile": cfg.profile, "root": str(cfg.root), "dagster_home": str(cfg.dagster_home),
+                               **summary, "assets": [r.to_dict() for r in rows]}, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    colour = {"fresh": "green", "stale": "yellow", "missing": "dim", "failed": "red", "running": "cyan",
+              "not built": "magenta"}
+    t = Table(title=f"HMS pipeline status ({cfg.profile}, {cfg.root})")
+    for c in ("stage", "asset", "partition", "state", "materialized", "figures / reason"):
+        t.add_column(c)
+    for r in rows:
+        figs = ", ".join(f"{k}={v}" for k, v in list(r.figures.items())[:4])
+        t.add_row(r.stage, r.asset, r.partition or "-", f"[{colour.get(r.state, 'white')}]{r.state}[/]",
+                  r.materialized_at or "-", r.reason if r.state in ("stale", "failed", "not built") else figs)
+    con = _console()
+    con.print(t)
+    con.print("stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items()))
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the HMS-format dataset into.")],
+    patients: Annotated[int, typer.Option("--patients", min=2, help="Number of patients.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed -> same files).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 2,
+    n_test: Annotated[int, typer.Option("--test", min=1, help="Test EEGs.")] = 10,
+) -> None:
+    """Generate the realistic synthetic dataset in the exact Kaggle HMS layout."""
+    import time
+
+    from hms_core.config import SyntheticConfig
+    from hms_core.synthetic import generate_dataset
+
+    t0 = time.perf_counter()
+    summary = generate_dataset(out, SyntheticConfig(n_patients=patients, seed=seed, workers=workers, n_test=n_test))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    typer.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Option("--data", help="Raw HMS folder (train.csv, train_eegs/, ...).")],
+    check_files: Annotated[str, typer.Option("--check-files", help="all | sample | none")] = "all",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a raw HMS directory; exits non-zero naming every bad file."""
+    from hms_core.validation import validate_raw_dir
+
+    if check_files not in ("all", "sample", "none"):
+        typer.echo(f"Invalid value for '--check-files'. Allowed values are all, sample, none, but got "
+                   f"{check_files!r} instead.", err=True)
+        raise typer.Exit(2)
+    report = validate_raw_dir(data, check_files=check_files)
+    typer.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def ui(
+    config: ConfigOpt = None,
+    port: Annotated[int, typer.Option("--port")] = 3000,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+) -> None:
+    """Start the Dagster UI (and daemon, for sensors and schedules) on the same instance as the CLI."""
+    from hms_dagster.instance import prepare_instance
+
+    cfg = _load(config)
+    prepare_instance(cfg)  # sets DAGSTER_HOME and HMS_CONFIG for the child
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "hms_dagster.definitions", "-h", host, "-p", str(port)]
+    typer.echo(f"Dagster UI on http://{host}:{port}  (DAGSTER_HOME={cfg.dagster_home}, config={cfg.source_path})")
+    # A shell that started us in the background may have set SIGINT to ignored, which `dagster dev` children
+    # inherit and then never stop; restore the default handler in the child.
+    proc = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        raise typer.Exit(proc.wait()) from None
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None) -> None:
+    """Print the resolved, validated configuration."""
+    cfg = _load(config)
+    typer.echo(f"# {cfg.source_path}\n{cfg.to_yaml()}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The code location: ``dagster dev -m hms_dagster.definitions`` (or ``hms ui``).
+
+The asset graph is built from the platform config (``$HMS_CONFIG``, default the ``demo`` profile): fold
+partitions come from ``dataset.n_folds`` and there is one asset per enabled model, so the UI shows exactly what
+the CLI runs.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from hms_core.config import PlatformConfig, load_config
+from hms_dagster.assets.data import build_data_assets
+from hms_dagster.assets.models import build_model_assets
+from hms_dagster.assets.preprocessing import build_preprocessing_assets
+from hms_dagster.resources import build_resources
+from hms_dagster.sensors import build_automation
+from hms_dagster.stages import all_stage_jobs
+
+
+def build_definitions(cfg: PlatformConfig) -> dg.Definitions:
+    assets = [*build_data_assets(cfg), *build_preprocessing_assets(cfg), *build_model_assets(cfg)]
+    jobs = {j.name: j.job() for j in all_stage_jobs(cfg)}
+    sensors, schedules = build_automation(cfg, jobs)
+    return dg.Definitions(
+        assets=assets,
+        jobs=list(jobs.values()),
+        sensors=sensors,
+        schedules=schedules,
+        resources=build_resources(cfg),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_config())
