@@ -1,0 +1,115 @@
+"""Model specifications: name, input kind and config schema of every registered classifier.
+
+This module imports only pydantic, so the config loader can validate the ``models`` section without importing
+torch. The model classes themselves live one per file next to it and register through
+:mod:`hms_core.models.registry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+InputKind = Literal["raw", "spectrogram", "features"]
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+
+
+class ResNet1DGRUConfig(ModelConfig):
+    initial_filters: int = Field(64, ge=4)
+    num_blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2])
+    dropout: float = Field(0.3, ge=0, lt=1)
+    se_block: bool = True
+    gru_hidden: int = Field(128, ge=8)
+    kernel_size: int = Field(7, ge=3)
+    downsample: int = Field(4, ge=1, description="Stride of the stem (samples per step into the blocks).")
+    use_context: bool = Field(False, description="Train on the whole 50 s context instead of the 10 s segment.")
+
+
+class EfficientNetConfig(ModelConfig):
+    model_name: str = "efficientnet_b3"
+    pretrained: bool = True
+    pretrained_path: str | None = Field(None, description="Local timm checkpoint to load when pretrained.")
+    num_classes: int = Field(6, ge=6, le=6)
+    spectrograms: list[Literal["stft", "mel", "multitaper", "wavelet", "kaggle"]] = Field(
+        default_factory=lambda: ["stft", "mel"],
+        description="Spectrogram types stacked as image channels; each image tiles the 4 chains vertically.",
+        min_length=1,
+    )
+    image_size: tuple[int, int] | None = Field(
+        None, description="Resize the tiled image to (H, W), H divisible by 4; null keeps the first type's size."
+    )
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] % 4 or v[0] < 16 or v[1] < 8):
+            raise ValueError(f"image_size (H, W) needs H divisible by 4, H >= 16 and W >= 8, got {list(v)}")
+        return v
+
+
+class SPaRCNetConfig(ModelConfig):
+    block_layers: int = Field(4, ge=1)
+    growth_rate: int = Field(16, ge=4)
+    bn_size: int = Field(16, ge=1)
+    drop_prob: float = Field(0.5, ge=0, lt=1)
+    input_downsample: int = Field(1, ge=1, le=8, description="Average-pool the input in time by this factor.")
+
+
+class LightGBMConfig(ModelConfig):
+    n_estimators: int = Field(400, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(20, ge=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    early_stopping_rounds: int = Field(50, ge=1)
+    num_threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores.")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    input_kind: InputKind
+    config_cls: type[ModelConfig]
+    module: str  # imported lazily by the registry; the module calls ``register_model``
+    description: str = ""
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("resnet1d_gru", "raw", ResNet1DGRUConfig, "hms_core.models.resnet1d_gru",
+                  "1D ResNet with squeeze-excitation blocks and a bidirectional GRU head on bipolar signals"),
+        ModelSpec("efficientnet", "spectrogram", EfficientNetConfig, "hms_core.models.efficientnet",
+                  "timm EfficientNet on stacked spectrogram images"),
+        ModelSpec("sparcnet", "raw", SPaRCNetConfig, "hms_core.models.sparcnet",
+                  "SPaRCNet (Jing et al. 2023) from braindecode, the clinical baseline"),
+        ModelSpec("lightgbm", "features", LightGBMConfig, "hms_core.models.lightgbm_model",
+                  "LightGBM on the features table with soft labels"),
+    )
+}  # fmt: skip
+
+
+def validate_models_section(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate ``models:`` of a config; returns each model's full config (defaults filled in)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, params in (section or {}).items():
+        if name not in MODEL_SPECS:
+            raise ValueError(f"unknown model '{name}'; registered models are {sorted(MODEL_SPECS)}")
+        try:
+            out[name] = MODEL_SPECS[name].config_cls.model_validate(params or {}).model_dump(mode="json")
+        except ValidationError as e:
+            errs = "; ".join(
+                f"models.{name}.{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})"
+                for x in e.errors()
+            )
+            raise ValueError(errs) from None
+    return out
