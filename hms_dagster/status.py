@@ -16,7 +16,7 @@ from hms_core.config import PlatformConfig
 from hms_dagster.stages import STAGE_ORDER, NOT_BUILT, stage_plan
 
 FIGURE_KEYS = (
-    "rows", "eegs", "patients", "n_folds", "test_rows", "val_kl", "val_kl_high_votes", "prior_kl", "accuracy",
+    "rows", "train_rows", "train_patients", "eegs", "patients", "n_folds", "test_rows", "val_kl", "val_kl_high_votes", "prior_kl", "accuracy",
     "flagged_fraction", "bytes", "epochs", "seconds",
 )  # fmt: skip
 

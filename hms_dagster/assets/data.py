@@ -8,7 +8,7 @@ import dagster as dg
 
 from hms_core import folds as folds_lib
 from hms_core import labels as labels_lib
-from hms_core.io import write_parquet
+from hms_core.io import write_parquet, write_text
 from hms_core.raw import ensure_raw_dataset
 from hms_core.validation import DataValidationError, validate_raw_dir
 from hms_dagster.resources import WorkspaceResource
@@ -24,6 +24,20 @@ def _md_table(rows: list[dict]) -> dg.MetadataValue:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def _flatten(summary: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def save_resolved_config(cfg, path) -> None:
+    write_text(path, f"# resolved from {cfg.source_path}\n{cfg.to_yaml()}")
 
 
 def build_data_assets(cfg) -> list:
@@ -54,14 +68,13 @@ def build_data_assets(cfg) -> list:
         report = validate_raw_dir(raw.path, check_files=cfg.dataset.check_files)
         if not report.ok:
             raise DataValidationError(report)
-        s = report.summary
+        flat = _flatten(report.summary)
         meta = {
             "path": dg.MetadataValue.path(str(raw.path)),
             "source": raw.source,
             "fingerprint": raw.fingerprint,
             "seconds": round(time.perf_counter() - t0, 2),
-            **{k: v for k, v in s.items() if isinstance(v, (int, float, str))},
-            "warnings": len(report.warnings),
+            **flat,
         }
         if raw.generated:
             meta["generated"] = dg.MetadataValue.json(raw.generated)
@@ -69,7 +82,7 @@ def build_data_assets(cfg) -> list:
         yield dg.AssetCheckResult(
             check_name="files_valid", passed=report.ok, metadata={"errors": len(report.errors)}
         )
-        nan_stats = {k: v for k, v in s.items() if "nan" in k.lower() and isinstance(v, (int, float))}
+        nan_stats = {k: v for k, v in flat.items() if "nan" in k.lower()}
         yield dg.AssetCheckResult(
             check_name="nan_ratio",
             passed=True,
@@ -87,24 +100,28 @@ def build_data_assets(cfg) -> list:
     )
     def labels(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         cfg = workspace.config
-        train = labels_lib.load_train_labels(cfg.raw_dir)
-        test = labels_lib.load_test_rows(cfg.raw_dir)
+        # raw_dataset opened and checked every file; here the table-level checks and deduplication run.
+        train, _ = labels_lib.load_train_labels(cfg.raw_dir, check_files="none")
+        test = labels_lib.load_test_windows(cfg.raw_dir)
         out = cfg.processed_dir
-        write_parquet(out / "labels.parquet", train)
-        write_parquet(out / "test_rows.parquet", test)
-        votes = train[list(labels_lib.VOTE_COLUMNS)].sum(axis=1)
-        counts = train["expert_consensus"].value_counts().to_dict()
+        labels_lib.write_labels(train, out / "labels.parquet")
+        labels_lib.write_labels(test, out / "test_rows.parquet")
+        save_resolved_config(cfg, out / "config.resolved.yaml")
+        votes = train["total_votes"]
+        counts = dict(train["expert_consensus"].value_counts().iter_rows())
         yield dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(out / "labels.parquet")),
-                "rows": len(train),
-                "eegs": int(train["eeg_id"].nunique()),
-                "patients": int(train["patient_id"].nunique()),
-                "test_rows": len(test),
+                "rows": train.height,
+                "eegs": train["eeg_id"].n_unique(),
+                "patients": train["patient_id"].n_unique(),
+                "test_rows": test.height,
                 "rows_with_10plus_votes": int((votes >= 10).sum()),
-                "class_counts": dg.MetadataValue.json({k: int(v) for k, v in counts.items()}),
+                "class_counts": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
                 "duckdb": dg.MetadataValue.md(
-                    f"```sql\nSELECT expert_consensus, count(*) FROM '{out / 'labels.parquet'}' GROUP BY 1\n```"
+                    "```python\nfrom hms_core.labels import query_labels\n"
+                    f"query_labels('{out / 'labels.parquet'}', "
+                    "'SELECT expert_consensus, count(*) AS n FROM labels GROUP BY 1')\n```"
                 ),
             }
         )
@@ -126,29 +143,42 @@ def build_data_assets(cfg) -> list:
         ],
     )
     def folds(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
-        import pandas as pd
+        import polars as pl
 
         cfg = workspace.config
-        train = pd.read_parquet(cfg.processed_dir / "labels.parquet")
-        assigned = folds_lib.assign_folds(train, n_folds=cfg.dataset.n_folds, seed=cfg.dataset.fold_seed)
-        path = write_parquet(cfg.processed_dir / "folds.parquet", assigned)
-        checks = folds_lib.check_folds(assigned)
-        balance = folds_lib.class_balance(assigned)
+        train = pl.read_parquet(cfg.processed_dir / "labels.parquet")
+        assigned = folds_lib.make_folds(train, n_folds=cfg.dataset.n_folds, seed=cfg.dataset.fold_seed)
+        # The labels with their fold: what every fold-partitioned asset reads.
+        rows = train.join(assigned.select("eeg_id", "fold"), on="eeg_id", how="left")
+        path = write_parquet(cfg.processed_dir / "folds.parquet", rows)
+        report = folds_lib.check_folds(assigned, labels=train, n_folds=cfg.dataset.n_folds)
+        balance = folds_lib.fold_class_balance(train, assigned)
         yield dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(path)),
                 "n_folds": cfg.dataset.n_folds,
-                "rows_per_fold": dg.MetadataValue.json(assigned["fold"].value_counts().sort_index().to_dict()),
-                "class_balance": _md_table(balance.reset_index().to_dict("records")),
+                "rows_per_fold": dg.MetadataValue.json(
+                    {str(k): v for k, v in rows.group_by("fold").len().sort("fold").iter_rows()}
+                ),
+                "class_balance": _md_table(
+                    [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                     for r in balance.to_dicts()]
+                ),
             }
         )
-        for name in ("no_patient_in_two_folds", "class_balance"):
-            passed, detail = checks[name]
-            yield dg.AssetCheckResult(
-                check_name=name,
-                passed=bool(passed),
-                severity=dg.AssetCheckSeverity.ERROR if name.startswith("no_") else dg.AssetCheckSeverity.WARN,
-                metadata={k: dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else v for k, v in detail.items()},
-            )
+        checks = report["checks"]
+        blocking_ok = all(c["passed"] for c in checks.values() if c["blocking"])
+        yield dg.AssetCheckResult(
+            check_name="no_patient_in_two_folds",
+            passed=bool(blocking_ok),
+            metadata={n: dg.MetadataValue.json(c["details"]) for n, c in checks.items() if c["blocking"]},
+        )
+        cb = checks.get("class_balance", {"passed": True, "details": {}})
+        yield dg.AssetCheckResult(
+            check_name="class_balance",
+            passed=bool(cb["passed"]),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"details": dg.MetadataValue.json(cb["details"])},
+        )
 
     return [raw_dataset, labels, folds]

@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`. Both install from scratch when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Re-install when pyproject.toml changes.
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+export MPLBACKEND ?= Agg
+
+.PHONY: install demo test test-fast ui status bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+## Generate the synthetic demo data and run every built stage through Dagster (resumes if interrupted).
+demo: install
+	$(BIN)/hms run --stage all --config demo --resume
+	$(BIN)/hms status --config demo
+
+## Install and run the whole test suite (pytest exit code 5, "no tests", fails).
+test: install
+	$(BIN)/python -m pytest -q --timeout=600 --durations=15
+
+ui: install
+	$(BIN)/hms ui --config demo
+
+status: install
+	$(BIN)/hms status --config demo
+
+bench: install
+	$(BIN)/python -m benchmarks.preprocess
+	$(BIN)/python -m benchmarks.train
+
+clean:
+	rm -rf runs/ .pytest_cache
