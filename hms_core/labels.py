@@ -151,6 +151,6 @@ def query_labels(parquet_path: str | os.PathLike[str], sql: str, **params: Any) 
     """
     con = labels_connection(parquet_path)
     try:
-        return con.execute(sql, params or None).pl()
+        return con.sql(sql, params=params or None).pl()
     finally:
         con.close()
