@@ -1,0 +1,243 @@
+"""Readers for EEG records: HMS parquet windows, Kaggle spectrograms and EDF/BDF files.
+
+Every reader returns data in :data:`hms_core.constants.EEG_FILE_COLUMNS` order (19 EEG channels + EKG),
+microvolts, at :data:`hms_core.constants.SFREQ` Hz, shaped ``(n_times, 20)`` like the HMS parquet files. Channels
+the file lacks are NaN; with ``missing_channels="error"`` a record that lacks a channel the montage needs raises
+:class:`RecordError` listing them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from hms_core.constants import (
+    CHAIN_NAMES,
+    EEG_CHANNELS,
+    EEG_FILE_COLUMNS,
+    EEG_WINDOW_SAMPLES,
+    EKG_CHANNEL,
+    SFREQ,
+    SPEC_COLUMNS,
+    SPEC_FREQS,
+    SPEC_ROW_S,
+    SPEC_WINDOW_ROWS,
+)
+
+__all__ = [
+    "RecordError",
+    "EEGRecord",
+    "normalize_channel_name",
+    "read_hms_eeg",
+    "extract_window",
+    "read_edf",
+    "resample",
+    "read_kaggle_spectrogram",
+    "read_kaggle_spectrogram_table",
+    "kaggle_spectrogram_window",
+]
+
+#: Modern 10-10 names of the four temporal/parietal electrodes that HMS calls T3/T4/T5/T6.
+CHANNEL_ALIASES: dict[str, str] = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
+_CANONICAL = {ch.upper(): ch for ch in EEG_CHANNELS}
+_PREFIX = re.compile(r"^(EEG|POL|ECG|EKG)\s+", re.IGNORECASE)
+_REF_SUFFIX = re.compile(r"[-_ ]?(REF|LE|RE|AR|AVG|AV|A1|A2|M1|M2|CAR|REFERENCE)$", re.IGNORECASE)
+
+
+class RecordError(ValueError):
+    """A record cannot be used as given; the message names the record and what was expected."""
+
+
+@dataclass
+class EEGRecord:
+    """One EEG record in platform layout: ``data`` (n_times, 20) in EEG_FILE_COLUMNS order, microvolts, 200 Hz."""
+
+    data: np.ndarray
+    source: str
+    sfreq: float = SFREQ
+    original_sfreq: float = SFREQ
+    missing: tuple[str, ...] = ()
+    channel_map: dict[str, str] = field(default_factory=dict)  # canonical name -> label in the file
+
+    @property
+    def n_times(self) -> int:
+        return int(self.data.shape[0])
+
+
+def normalize_channel_name(label: str) -> str | None:
+    """Map an EDF/BDF label to a name of EEG_FILE_COLUMNS, or None if it is not one of them.
+
+    Handles ``EEG FP1-REF``, ``Fp1-LE``, ``FP1``, ``fp1``, ``EEG T7-REF`` (-> T3), ``ECG``/``EKG1`` (-> EKG) ...
+    """
+    s = label.strip()
+    upper = s.upper()
+    if upper.startswith(("EKG", "ECG")) or re.match(r"^(EEG|POL)\s+(EKG|ECG)", upper):
+        return EKG_CHANNEL
+    s = _PREFIX.sub("", s)
+    s = _REF_SUFFIX.sub("", s).strip().upper()
+    s = s.replace(" ", "")
+    s = CHANNEL_ALIASES.get(s, s)
+    return _CANONICAL.get(s)
+
+
+def _missing_error(source: str, missing: list[str], found: list[str]) -> RecordError:
+    return RecordError(
+        f"EEG record '{source}' lacks channel(s) {missing} needed by the double-banana montage "
+        f"(found {found}). Provide them, or set preprocessing.eeg.missing_channels: flag to mark the "
+        f"derivations that use them as missing."
+    )
+
+
+def _validate_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"Invalid value for the '{name}' parameter. Allowed values are "
+            f"{', '.join(repr(a) for a in allowed)}, but got {value!r} instead."
+        )
+
+
+# --- HMS parquet ----------------------------------------------------------------------------------------------
+def read_hms_eeg(path: str | os.PathLike[str], missing_channels: str = "error") -> np.ndarray:
+    """Read ``train_eegs/{eeg_id}.parquet`` as float32 (n_times, 20) in EEG_FILE_COLUMNS order."""
+    import pyarrow.parquet as pq
+
+    _validate_option("missing_channels", missing_channels, ("error", "flag"))
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"EEG record '{path}' does not exist.")
+    names = pq.read_schema(path).names
+    missing = [c for c in EEG_FILE_COLUMNS if c not in names]
+    missing_eeg = [c for c in missing if c != EKG_CHANNEL]
+    if missing_eeg and missing_channels == "error":
+        raise _missing_error(str(path), missing_eeg, names)
+    present = [c for c in EEG_FILE_COLUMNS if c in names]
+    table = pq.read_table(path, columns=present)
+    out = np.full((table.num_rows, len(EEG_FILE_COLUMNS)), np.nan, np.float32)
+    for c in present:
+        out[:, EEG_FILE_COLUMNS.index(c)] = table.column(c).to_numpy(zero_copy_only=False)
+    return out
+
+
+def extract_window(
+    eeg: np.ndarray, offset_s: float, record: str, n_samples: int = EEG_WINDOW_SAMPLES, sfreq: float = SFREQ
+) -> np.ndarray:
+    """Samples ``[sfreq*offset, sfreq*offset + n_samples)`` of a (n_times, n_channels) record."""
+    start = int(round(float(offset_s) * sfreq))
+    stop = start + n_samples
+    if start < 0 or stop > eeg.shape[0]:
+        raise RecordError(
+            f"EEG record '{record}' is too short: it has {eeg.shape[0]} samples ({eeg.shape[0] / sfreq:.1f} s at "
+            f"{sfreq:g} Hz) but the window at offset {offset_s} s needs samples [{start}, {stop})."
+        )
+    return eeg[start:stop]
+
+
+# --- EDF / BDF ------------------------------------------------------------------------------------------------
+_UNIT_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
+
+
+def resample(x: np.ndarray, sfreq_in: float, sfreq_out: float = SFREQ, axis: int = 0) -> np.ndarray:
+    """Polyphase resampling (anti-aliased) by the rational ratio ``sfreq_out / sfreq_in``."""
+    import scipy.signal as ss
+
+    if sfreq_in == sfreq_out:
+        return x
+    ratio = Fraction(sfreq_out / sfreq_in).limit_denominator(1000)
+    return ss.resample_poly(x, ratio.numerator, ratio.denominator, axis=axis).astype(np.float32)
+
+
+def read_edf(
+    path: str | os.PathLike[str], missing_channels: str = "error", sfreq: float = SFREQ
+) -> EEGRecord:
+    """Read an EDF/EDF+/BDF file into platform layout, resampled to ``sfreq`` and converted to microvolts.
+
+    Labels are matched through :func:`normalize_channel_name`; the first label that maps to a channel wins.
+    Missing EEG channels raise :class:`RecordError` (``missing_channels="error"``) or stay NaN (``"flag"``).
+    """
+    import pyedflib
+
+    _validate_option("missing_channels", missing_channels, ("error", "flag"))
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"EEG record '{path}' does not exist.")
+    try:
+        reader = pyedflib.EdfReader(str(path))
+    except OSError as e:
+        raise RecordError(f"EEG record '{path}' could not be read as EDF/BDF: {e}") from e
+    try:
+        labels = reader.getSignalLabels()
+        chosen: dict[str, int] = {}
+        for i, label in enumerate(labels):
+            name = normalize_channel_name(label)
+            if name is not None and name not in chosen:
+                chosen[name] = i
+        missing = [c for c in EEG_CHANNELS if c not in chosen]
+        if missing and missing_channels == "error":
+            raise _missing_error(str(path), missing, list(labels))
+        if not chosen:
+            raise RecordError(f"EEG record '{path}' has no EEG channel among its labels {list(labels)}.")
+        signals: dict[str, np.ndarray] = {}
+        rates = []
+        for name, i in chosen.items():
+            fs = float(reader.getSampleFrequency(i))
+            unit = reader.getPhysicalDimension(i).strip().lower()
+            factor = _UNIT_TO_UV.get(unit, 1.0)
+            sig = reader.readSignal(i).astype(np.float64) * factor
+            signals[name] = resample(sig, fs, sfreq).astype(np.float32)
+            rates.append(fs)
+    finally:
+        reader.close()
+    n_times = min(len(v) for v in signals.values())
+    data = np.full((n_times, len(EEG_FILE_COLUMNS)), np.nan, np.float32)
+    for name, sig in signals.items():
+        data[:, EEG_FILE_COLUMNS.index(name)] = sig[:n_times]
+    return EEGRecord(
+        data=data,
+        source=str(path),
+        sfreq=sfreq,
+        original_sfreq=max(rates),
+        missing=tuple(missing),
+        channel_map={name: labels[i] for name, i in chosen.items()},
+    )
+
+
+# --- Kaggle spectrograms --------------------------------------------------------------------------------------
+def read_kaggle_spectrogram_table(path: str | os.PathLike[str]) -> np.ndarray:
+    """All rows of a Kaggle spectrogram file as float32 (n_rows, 4 chains, 100 freqs)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"Spectrogram record '{path}' does not exist.")
+    names = pq.read_schema(path).names
+    missing = [c for c in SPEC_COLUMNS if c not in names]
+    if missing:
+        raise RecordError(
+            f"Spectrogram record '{path}' lacks {len(missing)} of the {len(SPEC_COLUMNS)} expected columns "
+            f"(first: {missing[:4]}); expected '<chain>_<freq>' for chains {list(CHAIN_NAMES)}."
+        )
+    table = pq.read_table(path, columns=list(SPEC_COLUMNS))
+    arr = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in SPEC_COLUMNS]).astype(np.float32)
+    return arr.reshape(-1, len(CHAIN_NAMES), len(SPEC_FREQS))
+
+
+def kaggle_spectrogram_window(table: np.ndarray, offset_s: float) -> np.ndarray:
+    """The 10-min window starting at ``offset_s`` of a (n_rows, 4, 100) table: (4, 100, 300); NaN past the end."""
+    start = int(round(float(offset_s) / SPEC_ROW_S))
+    out = np.full((SPEC_WINDOW_ROWS, len(CHAIN_NAMES), len(SPEC_FREQS)), np.nan, np.float32)
+    chunk = table[max(start, 0) : start + SPEC_WINDOW_ROWS]
+    out[: len(chunk)] = chunk
+    return out.transpose(1, 2, 0)
+
+
+def read_kaggle_spectrogram(path: str | os.PathLike[str], offset_s: float = 0.0) -> np.ndarray:
+    """The 10-min window of a Kaggle spectrogram starting at ``offset_s``: float32 (4 chains, 100 freqs, 300 rows).
+
+    Rows beyond the end of the file are NaN (filled later by :func:`hms_core.spectral.kaggle_spectrogram_image`).
+    """
+    return kaggle_spectrogram_window(read_kaggle_spectrogram_table(path), offset_s)

@@ -1,0 +1,251 @@
+"""Signal conditioning for HMS EEG windows: NaN handling, filters, artifacts, montage, robust scaling.
+
+Every function works on arrays shaped ``(..., n_channels, n_times)`` (MNE convention) and is vectorised across
+the leading batch axes, so the batch pipeline and the single-record serving path share one implementation.
+Channel order and montage come from :mod:`hms_core.constants`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import scipy.signal as ss
+
+from hms_core.constants import BIPOLAR_PAIRS, BIPOLAR_PAIRS_WITH_CENTRAL, EEG_CHANNELS, SFREQ
+
+__all__ = [
+    "NanReport",
+    "ArtifactReport",
+    "fill_nans",
+    "design_filter",
+    "apply_filter",
+    "clip_amplitude",
+    "detect_artifacts",
+    "bipolar_montage",
+    "bipolar_index",
+    "bipolar_quality",
+    "robust_scale",
+]
+
+
+def _check_option(name: str, value: object, allowed: tuple[object, ...]) -> None:
+    if value not in allowed:
+        allowed_s = ", ".join(repr(a) for a in allowed)
+        raise ValueError(
+            f"Invalid value for the '{name}' parameter. Allowed values are {allowed_s}, but got {value!r} instead."
+        )
+
+
+# --- NaN handling ---------------------------------------------------------------------------------------------
+@dataclass
+class NanReport:
+    """Per-channel outcome of :func:`fill_nans`; arrays shaped like ``x.shape[:-1]``."""
+
+    nan_fraction: np.ndarray  # fraction of samples that were NaN
+    interpolated: np.ndarray  # bool: at least one short gap was linearly interpolated
+    long_gap_fraction: np.ndarray  # fraction of samples in gaps longer than max_gap (filled, not interpolated)
+    all_nan: np.ndarray  # bool: the whole channel was NaN
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop (exclusive) of the True runs of a 1-D bool array."""
+    d = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+
+
+def fill_nans(x: np.ndarray, max_gap: int, copy: bool = True) -> tuple[np.ndarray, NanReport]:
+    """Replace NaNs: gaps of at most ``max_gap`` samples are linearly interpolated (edge gaps hold the nearest
+    value); longer gaps are filled with the channel's median, and whole-NaN channels with 0.
+
+    Parameters
+    ----------
+    x : array, shape (..., n_channels, n_times)
+    max_gap : longest gap (samples) that is interpolated.
+    """
+    x = np.array(x, dtype=np.float32, copy=copy)
+    nan = np.isnan(x)
+    n_times = x.shape[-1]
+    lead = x.shape[:-1]
+    nan_count = nan.sum(-1)
+    report = NanReport(
+        nan_fraction=(nan_count / max(n_times, 1)).astype(np.float32),
+        interpolated=np.zeros(lead, bool),
+        long_gap_fraction=np.zeros(lead, np.float32),
+        all_nan=nan_count == n_times,
+    )
+    if not nan_count.any():
+        return x, report
+    flat_x = x.reshape(-1, n_times)
+    flat_nan = nan.reshape(-1, n_times)
+    interp = report.interpolated.reshape(-1)
+    long_frac = report.long_gap_fraction.reshape(-1)
+    t = np.arange(n_times)
+    for i in np.flatnonzero(nan_count.reshape(-1)):
+        row, m = flat_x[i], flat_nan[i]
+        if m.all():
+            row[:] = 0.0
+            long_frac[i] = 1.0
+            continue
+        starts, stops = _runs(m)
+        lengths = stops - starts
+        valid = ~m
+        filled = np.interp(t, t[valid], row[valid]).astype(np.float32)
+        long_runs = lengths > max_gap
+        if long_runs.any():
+            fill_value = np.float32(np.median(row[valid]))
+            for s, e in zip(starts[long_runs], stops[long_runs]):
+                filled[s:e] = fill_value
+            long_frac[i] = lengths[long_runs].sum() / n_times
+        interp[i] = bool((~long_runs).any())
+        row[m] = filled[m]
+    return x, report
+
+
+# --- filters --------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=32)
+def design_filter(
+    l_freq: float | None,
+    h_freq: float | None,
+    sfreq: float = SFREQ,
+    order: int = 4,
+    notch_freq: float | None = None,
+    notch_quality: float = 30.0,
+) -> np.ndarray:
+    """Second-order sections of a Butterworth band-pass (or high/low-pass) cascaded with IIR notches at
+    ``notch_freq`` and every harmonic below Nyquist. Applied forward-backward the result is zero-phase with the
+    squared magnitude response (effective order ``2 * order``)."""
+    nyq = sfreq / 2
+    for name, f in (("l_freq", l_freq), ("h_freq", h_freq), ("notch_freq", notch_freq)):
+        if f is not None and not 0 < f < nyq:
+            raise ValueError(f"Invalid value for the '{name}' parameter: {f} Hz must be in (0, {nyq}) Hz (Nyquist).")
+    if l_freq is not None and h_freq is not None and l_freq >= h_freq:
+        raise ValueError(f"l_freq ({l_freq}) must be below h_freq ({h_freq}).")
+    sections = []
+    if l_freq is not None and h_freq is not None:
+        sections.append(ss.butter(order, [l_freq, h_freq], btype="bandpass", fs=sfreq, output="sos"))
+    elif l_freq is not None:
+        sections.append(ss.butter(order, l_freq, btype="highpass", fs=sfreq, output="sos"))
+    elif h_freq is not None:
+        sections.append(ss.butter(order, h_freq, btype="lowpass", fs=sfreq, output="sos"))
+    if notch_freq is not None:
+        k = 1
+        while k * notch_freq < nyq - 1e-9:
+            b, a = ss.iirnotch(k * notch_freq, notch_quality, fs=sfreq)
+            sections.append(ss.tf2sos(b, a))
+            k += 1
+    if not sections:
+        raise ValueError("design_filter needs at least one of l_freq, h_freq or notch_freq.")
+    sos = np.vstack(sections)
+    sos.setflags(write=False)
+    return sos
+
+
+def apply_filter(x: np.ndarray, sos: np.ndarray, padlen: int | None = None) -> np.ndarray:
+    """Zero-phase (forward-backward) SOS filtering along the last axis, vectorised over all leading axes.
+
+    Runs in float32 when ``x`` is float32 (2-3x faster than float64, error far below EEG noise).
+    """
+    x = np.asarray(x)
+    dtype = np.float32 if x.dtype == np.float32 else np.float64
+    n_times = x.shape[-1]
+    if padlen is None:
+        padlen = min(3 * (2 * len(sos) + 1), n_times - 1)
+    return ss.sosfiltfilt(sos.astype(dtype), x.astype(dtype, copy=False), axis=-1, padlen=padlen)
+
+
+# --- artifacts ------------------------------------------------------------------------------------------------
+@dataclass
+class ArtifactReport:
+    """Per-channel artifact flags; arrays shaped ``x.shape[:-1]``."""
+
+    flat: np.ndarray  # bool: (near) constant signal, e.g. a disconnected electrode held at a rail
+    noisy: np.ndarray  # bool: robust amplitude far above physiological EEG (loose electrode)
+    n_pops: np.ndarray  # int: electrode pops (single-sample jumps above pop_uv)
+    popping: np.ndarray  # bool: more than max_pops pops
+
+
+def detect_artifacts(
+    x: np.ndarray,
+    flat_uv: float = 0.5,
+    noisy_uv: float = 400.0,
+    pop_uv: float = 200.0,
+    max_pops: int = 5,
+    sfreq: float = SFREQ,
+) -> ArtifactReport:
+    """Flat/disconnected channels, very noisy channels and electrode pops on raw (NaN-filled) signals.
+
+    flat: in at least 90 % of the 1-s blocks no sample-to-sample change exceeds ``flat_uv``; noisy: the robust
+    standard deviation (IQR / 1.349) exceeds ``noisy_uv``; pops: 0.25-s blocks holding a sample-to-sample jump
+    above ``pop_uv`` (a pop and its recovery count once).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    absd = np.abs(np.diff(x, axis=-1))
+    n_d = absd.shape[-1]
+    block = max(int(sfreq), 1)
+    if n_d >= block:
+        k = n_d // block
+        per_block = absd[..., : k * block].reshape(*absd.shape[:-1], k, block).max(-1)
+        flat = (per_block < flat_uv).mean(-1) >= 0.9
+    else:
+        flat = absd.max(-1) < flat_uv
+    q25, q75 = np.percentile(x[..., ::4], [25, 75], axis=-1)
+    noisy = (q75 - q25) / 1.349 > noisy_uv
+    # pops: jumps above pop_uv, counted once per 0.25-s block (a pop and its recovery are one event)
+    refractory = max(int(sfreq // 4), 1)
+    k = -(-n_d // refractory)
+    jumps = np.zeros((*absd.shape[:-1], k * refractory), bool)
+    jumps[..., :n_d] = absd > pop_uv
+    n_pops = jumps.reshape(*absd.shape[:-1], k, refractory).any(-1).sum(-1)
+    return ArtifactReport(flat=flat, noisy=noisy, n_pops=n_pops, popping=n_pops > max_pops)
+
+
+def clip_amplitude(x: np.ndarray, clip_uv: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Clip to ``[-clip_uv, clip_uv]``; returns the clipped array and the per-channel fraction of clipped samples."""
+    frac = (np.abs(x) > clip_uv).mean(-1, dtype=np.float32)
+    return np.clip(x, -clip_uv, clip_uv, out=out), frac
+
+
+# --- montage --------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def bipolar_index(include_central: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into :data:`EEG_CHANNELS` of the anodes and cathodes of the double-banana pairs."""
+    pairs = BIPOLAR_PAIRS_WITH_CENTRAL if include_central else BIPOLAR_PAIRS
+    a = np.array([EEG_CHANNELS.index(p[0]) for p in pairs])
+    b = np.array([EEG_CHANNELS.index(p[1]) for p in pairs])
+    return a, b
+
+
+def bipolar_montage(ref: np.ndarray, include_central: bool = False) -> np.ndarray:
+    """Double-banana derivations (anode - cathode) from referential data shaped (..., 19, n_times)."""
+    if ref.shape[-2] != len(EEG_CHANNELS):
+        raise ValueError(
+            f"bipolar_montage expects {len(EEG_CHANNELS)} referential channels {list(EEG_CHANNELS)} on axis -2, "
+            f"got shape {ref.shape}."
+        )
+    a, b = bipolar_index(include_central)
+    return ref[..., a, :] - ref[..., b, :]
+
+
+def bipolar_quality(ref_ok: np.ndarray, include_central: bool = False) -> np.ndarray:
+    """A derivation is usable when both of its electrodes are: (..., 19) bool -> (..., 16|18) bool."""
+    a, b = bipolar_index(include_central)
+    return ref_ok[..., a] & ref_ok[..., b]
+
+
+# --- scaling --------------------------------------------------------------------------------------------------
+def robust_scale(
+    x: np.ndarray, eps: float = 1e-3, stride: int = 2, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x - median) / IQR`` per channel (last axis), with quantiles estimated on every ``stride``-th sample.
+
+    Returns the scaled array, the medians and the IQRs (both shaped ``x.shape[:-1]``). Channels whose IQR is
+    below ``eps`` (flat) are only centred.
+    """
+    q25, q50, q75 = np.percentile(x[..., ::stride], [25, 50, 75], axis=-1).astype(np.float32)
+    iqr = q75 - q25
+    scale = np.where(iqr < eps, np.float32(1.0), iqr)
+    res = np.subtract(x, q50[..., None], out=out)
+    res /= scale[..., None]
+    return res, q50, iqr
