@@ -98,6 +98,13 @@ class EEGPreprocessingConfig(Section):
     missing_channels: Literal["error", "flag"] = "flag"
     scaling: Literal["robust", "none"] = "robust"
     dtype: Literal["float16", "float32"] = "float16"
+    max_nan_fraction: float = Field(
+        0.1, ge=0, le=1, description="Flag a channel when more than this fraction lies in gaps longer than max_gap_s."
+    )
+    flat_uv: float = Field(0.5, ge=0, description="Flat channel: no sample-to-sample change above this (uV).")
+    noisy_uv: float = Field(400.0, gt=0, description="Disconnected/noisy channel: robust std above this (uV).")
+    pop_uv: float = Field(200.0, gt=0, description="Electrode pop: a sample-to-sample jump above this (uV).")
+    max_pops: int = Field(5, ge=0, description="Flag a channel with more electrode pops than this per window.")
 
     @model_validator(mode="after")
     def _check(self) -> EEGPreprocessingConfig:
@@ -130,6 +137,11 @@ class SpectrogramConfig(Section):
     n_wavelet_freqs: int = Field(64, ge=8)
     n_tapers: int = Field(3, ge=1)
     use_kaggle_spectrograms: bool = True
+    span: Literal["segment", "context"] = Field(
+        "segment", description="Signal the spectrograms cover: the labelled segment or the whole context."
+    )
+    mel_nfft: int = Field(1024, ge=16, description="FFT size of the mel spectrogram (finer bins for narrow filters).")
+    wavelet: str = Field("cmor1.5-1.0", description="PyWavelets complex Morlet wavelet for the CWT.")
 
     @model_validator(mode="after")
     def _check(self) -> SpectrogramConfig:
@@ -146,6 +158,9 @@ class SpectrogramConfig(Section):
 
 class FeaturesConfig(Section):
     enabled: bool = True
+    span: Literal["segment", "context"] = Field(
+        "segment", description="Signal the features describe: the labelled segment or the whole context."
+    )
 
 
 class PreprocessingConfig(Section):
