@@ -35,8 +35,11 @@ def make_folds(labels: pl.DataFrame, n_folds: int = 5, seed: int = 42) -> pl.Dat
 
     _require(labels, ("eeg_id", "patient_id", "expert_consensus"), "make_folds")
     if not isinstance(n_folds, int | np.integer) or n_folds < 2:
-        raise ValueError(f"Invalid value for the 'n_folds' parameter. Expected an integer >= 2, but got {n_folds!r} instead.")
-    df = labels.select("eeg_id", "patient_id", "expert_consensus").sort(["eeg_id", "patient_id", "expert_consensus"])
+        raise ValueError(
+            f"Invalid value for the 'n_folds' parameter. Expected an integer >= 2, but got {n_folds!r} instead."
+        )
+    keys = ["eeg_id", "patient_id", "expert_consensus"]
+    df = labels.select(keys).sort(keys)
     n_patients = df["patient_id"].n_unique()
     if n_patients < n_folds:
         raise ValueError(
@@ -116,7 +119,7 @@ def check_folds(
         "details": {
             "n_patients": per_patient.height,
             "n_leaked_patients": leaked.height,
-            "examples": {str(p): f for p, f in zip(leaked["patient_id"].to_list()[:10], leaked["folds"].to_list()[:10])},
+            "examples": dict(zip(map(str, leaked["patient_id"].to_list()[:10]), leaked["folds"].to_list()[:10])),
         },
     }
     dup = folds.filter(pl.col("eeg_id").is_duplicated())["eeg_id"].unique().sort()
@@ -132,7 +135,11 @@ def check_folds(
         checks["all_folds_present"] = {
             "passed": not absent and not unexpected,
             "blocking": True,
-            "details": {"eegs_per_fold": {str(k): v for k, v in sizes.items()}, "empty": absent, "unexpected": unexpected},
+            "details": {
+                "eegs_per_fold": {str(k): v for k, v in sizes.items()},
+                "empty": absent,
+                "unexpected": unexpected,
+            },
         }
     if labels is not None:
         _require(labels, ("eeg_id", "expert_consensus"), "check_folds(labels)")
@@ -145,16 +152,17 @@ def check_folds(
         bal = fold_class_balance(labels, folds)
         overall = bal.filter(pl.col("fold") == "all").select(CLASSES).row(0)
         per = bal.filter(pl.col("fold") != "all")
-        dev = np.abs(per.select(CLASSES).to_numpy() - np.asarray(overall)[None, :]) if per.height else np.zeros((0, 6))
+        dev = np.abs(per.select(CLASSES).to_numpy() - np.asarray(overall)[None, :])
         worst = float(dev.max()) if dev.size else 0.0
         where = np.unravel_index(int(dev.argmax()), dev.shape) if dev.size else None
+        worst_at = None if where is None else {"fold": per["fold"][int(where[0])], "class": CLASSES[where[1]]}
         checks["class_balance"] = {
             "passed": worst <= max_class_deviation,
             "blocking": False,
             "details": {
                 "max_abs_deviation": round(worst, 4),
                 "threshold": max_class_deviation,
-                "worst": None if where is None else {"fold": per["fold"][int(where[0])], "class": CLASSES[where[1]]},
+                "worst": worst_at,
             },
         }
     return {"passed": all(c["passed"] for c in checks.values() if c["blocking"]), "checks": checks}

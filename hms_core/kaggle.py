@@ -55,7 +55,8 @@ class KaggleCredentialsError(RuntimeError):
         super().__init__(
             "No Kaggle API credentials found (checked KAGGLE_USERNAME/KAGGLE_KEY, "
             f"{_config_file_hint()}). To download the '{competition}' data, do one of:\n"
-            "  1. Create an API token at https://www.kaggle.com -> Settings -> API -> 'Create New Token', save the "
+            "  1. Create an API token at https://www.kaggle.com -> Settings -> API -> 'Create New Token', save "
+            "the "
             "downloaded kaggle.json as ~/.kaggle/kaggle.json (or in $KAGGLE_CONFIG_DIR) and run "
             "'chmod 600 ~/.kaggle/kaggle.json';\n"
             "  2. or set the environment variables KAGGLE_USERNAME and KAGGLE_KEY;\n"
@@ -107,9 +108,14 @@ def verify_zip(zip_path: str | os.PathLike[str], required: tuple[str, ...] = REQ
         raise CorruptDownloadError(f"'{zip_path}' is not a complete zip archive ({type(e).__name__}: {e})") from e
     if bad is not None:
         raise CorruptDownloadError(f"'{zip_path}': member '{bad}' fails its CRC check")
-    missing = [m for m in required if not (m in names if not m.endswith("/") else any(n.startswith(m) for n in names))]
+    def present(member: str) -> bool:
+        return any(n.startswith(member) for n in names) if member.endswith("/") else member in names
+
+    missing = [m for m in required if not present(m)]
     if missing:
-        raise CorruptDownloadError(f"'{zip_path}': expected members {missing} are missing (has {len(names)} members)")
+        raise CorruptDownloadError(
+            f"'{zip_path}': expected members {missing} are missing (has {len(names)} members)"
+        )
     return names
 
 

@@ -63,7 +63,9 @@ def deduplicate_labels(train: pl.DataFrame) -> pl.DataFrame:
     """One row per (eeg_id, votes) group: the median-offset sub-window, plus ``total_votes``/``n_subwindows``."""
     missing = [c for c in TRAIN_COLUMNS if c not in train.columns]
     if missing:
-        raise ValueError(f"deduplicate_labels: train frame lacks columns {missing}; expected {list(TRAIN_COLUMNS)}")
+        raise ValueError(
+            f"deduplicate_labels: train frame lacks columns {missing}; expected {list(TRAIN_COLUMNS)}"
+        )
     df = train.select(TRAIN_COLUMNS).sort([*GROUP_KEYS, "eeg_label_offset_seconds", "eeg_sub_id"])
     df = df.with_columns(
         pl.len().over(GROUP_KEYS).alias("n_subwindows"),
@@ -136,7 +138,9 @@ def labels_connection(
     if not path.is_file():
         raise FileNotFoundError(f"Labels parquet '{path}' does not exist; materialize the labels first.")
     if not view.isidentifier():
-        raise ValueError(f"Invalid value for the 'view' parameter. Expected an identifier, but got {view!r} instead.")
+        raise ValueError(
+            f"Invalid value for the 'view' parameter. Expected an identifier, but got {view!r} instead."
+        )
     con = con or duckdb.connect()
     escaped = str(path).replace("'", "''")
     con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet('{escaped}')")

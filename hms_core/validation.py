@@ -112,7 +112,8 @@ class ValidationReport:
     def format(self, max_problems: int = 50) -> str:
         """Human-readable report: a status line, then errors and warnings (at most ``max_problems`` each)."""
         status = "OK" if self.ok else "FAILED"
-        lines = [f"Validation of '{self.root}': {status} ({len(self.errors)} errors, {len(self.warnings)} warnings)"]
+        counts = f"{len(self.errors)} errors, {len(self.warnings)} warnings"
+        lines = [f"Validation of '{self.root}': {status} ({counts})"]
         for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
             if not items:
                 continue
@@ -264,7 +265,8 @@ def check_train_table(df: pl.DataFrame, report: ValidationReport, name: str = "t
             report.error(name, col, f"votes must be >= 0, got {df[col][neg[0]]} at {_row_note(neg)}", row=neg[0])
     zero = _rows(votes.sum_horizontal() <= 0)
     if zero:
-        report.error(name, "votes", f"all six vote columns are 0 at {_row_note(zero)}; expected >= 1 vote", row=zero[0])
+        msg = f"all six vote columns are 0 at {_row_note(zero)}; expected >= 1 vote"
+        report.error(name, "votes", msg, row=zero[0])
     dup = _rows(df["label_id"].is_duplicated())
     if dup:
         report.error(
@@ -274,7 +276,8 @@ def check_train_table(df: pl.DataFrame, report: ValidationReport, name: str = "t
     multi = df.group_by("eeg_id").agg(pl.col("patient_id").n_unique().alias("n")).filter(pl.col("n") > 1)
     for eeg_id in multi["eeg_id"].sort().to_list()[:MAX_LISTED_PROBLEMS]:
         rows = _rows(df["eeg_id"] == eeg_id)
-        report.error(name, "patient_id", f"eeg_id {eeg_id} has several patient_ids at {_row_note(rows)}", row=rows[0])
+        msg = f"eeg_id {eeg_id} has several patient_ids at {_row_note(rows)}"
+        report.error(name, "patient_id", msg, row=rows[0])
     return len(report.errors) == n_err
 
 
@@ -292,7 +295,10 @@ def check_test_table(df: pl.DataFrame, report: ValidationReport, name: str = "te
 
 
 def check_submission_table(
-    df: pl.DataFrame, report: ValidationReport, name: str = "sample_submission.csv", test_ids: Iterable[int] | None = None
+    df: pl.DataFrame,
+    report: ValidationReport,
+    name: str = "sample_submission.csv",
+    test_ids: Iterable[int] | None = None,
 ) -> bool:
     """``eeg_id`` plus six probability columns in [0, 1] summing to 1; ids match ``test.csv`` when given."""
     if not check_columns(df, SUBMISSION_COLUMNS, report, name):
@@ -304,13 +310,15 @@ def check_submission_table(
     if len(report.errors) > n_err:
         return False
     probs = df.select(VOTE_COLUMNS).cast(pl.Float64)
-    out = _rows(probs.select(pl.any_horizontal([(pl.col(c) < 0) | (pl.col(c) > 1) for c in VOTE_COLUMNS])).to_series())
+    outside = pl.any_horizontal([(pl.col(c) < 0) | (pl.col(c) > 1) for c in VOTE_COLUMNS])
+    out = _rows(probs.select(outside).to_series())
     if out:
         report.error(name, "probabilities", f"values must lie in [0, 1] at {_row_note(out)}", row=out[0])
     sums = probs.sum_horizontal()
     bad = _rows((sums - 1).abs() > 1e-6)
     if bad:
-        report.error(name, "probabilities", f"rows must sum to 1, got {sums[bad[0]]:.6f} at {_row_note(bad)}", row=bad[0])
+        msg = f"rows must sum to 1, got {sums[bad[0]]:.6f} at {_row_note(bad)}"
+        report.error(name, "probabilities", msg, row=bad[0])
     if test_ids is not None:
         want, got = set(test_ids), set(df["eeg_id"].to_list())
         if want != got:
@@ -362,7 +370,8 @@ def inspect_parquet(
     extra = [c for c in names if c not in expected and not c.startswith("__index_level")]
     if missing:
         shown = missing if len(missing) <= 10 else [*missing[:10], f"... ({len(missing)} in all)"]
-        info.errors.append(Problem(info.rel, ", ".join(map(str, shown)), f"required column(s) missing; got {len(names)} columns"))
+        msg = f"required column(s) missing; got {len(names)} columns"
+        info.errors.append(Problem(info.rel, ", ".join(map(str, shown)), msg))
     if extra:
         info.warnings.append(Problem(info.rel, ", ".join(extra[:10]), "unexpected column(s)"))
     present = [c for c in expected if c in names]
@@ -479,14 +488,16 @@ def check_parquet_files(
             continue
         if info.nan_only:
             label = "channel(s)" if "eeg" in kind else "column(s)"
-            shown = info.nan_only if len(info.nan_only) <= 10 else [*info.nan_only[:10], f"... ({len(info.nan_only)} in all)"]
+            more = [f"... ({len(info.nan_only)} in all)"] if len(info.nan_only) > 10 else []
+            shown = info.nan_only[:10] + more
             n_data = len([c for c in expected if c != "time"])
             report.warn(rel, ", ".join(shown), f"NaN-only {label} ({len(info.nan_only)} of {n_data})")
         need, row = (min_rows or {}).get(i, (min_rows_default, None))
         need = max(need, min_rows_default)
         if info.num_rows < need:
             where = f" for the window at CSV row {row}" if row is not None else ""
-            short(rel, f"row {row}" if row is not None else "rows", f"too short{where}: expected >= {need} rows, got {info.num_rows}", row)
+            msg = f"too short{where}: expected >= {need} rows, got {info.num_rows}"
+            short(rel, f"row {row}" if row is not None else "rows", msg, row)
         elif exact_rows is not None and info.num_rows != exact_rows:
             report.warn(rel, "rows", f"expected exactly {exact_rows} rows, got {info.num_rows}")
     stats["checked"] = len(infos)
@@ -497,7 +508,9 @@ def check_parquet_files(
     return stats
 
 
-def _required_rows(df: pl.DataFrame, id_col: str, offset_col: str, rows_per_s: float, window_s: int) -> dict[int, tuple[int, int]]:
+def _required_rows(
+    df: pl.DataFrame, id_col: str, offset_col: str, rows_per_s: float, window_s: int
+) -> dict[int, tuple[int, int]]:
     """id -> (rows needed by its largest offset, the CSV row of that offset)."""
     d = df.select(id_col, offset_col).with_row_index("row")
     d = d.sort([id_col, offset_col, "row"]).group_by(id_col, maintain_order=True).last()
