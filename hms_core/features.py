@@ -70,7 +70,7 @@ def spectral_shape(psd: np.ndarray, freqs: np.ndarray, fmin: float = 0.5, fmax: 
 
 def time_features(x: np.ndarray, sfreq: float = SFREQ) -> dict[str, np.ndarray]:
     """Hjorth activity/mobility/complexity, line length (uV/s), excess kurtosis, zero-crossing rate (1/s)."""
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float32)
     xc = x - x.mean(-1, keepdims=True)
     d1 = np.diff(x, axis=-1)
     d2 = np.diff(d1, axis=-1)
@@ -79,7 +79,8 @@ def time_features(x: np.ndarray, sfreq: float = SFREQ) -> dict[str, np.ndarray]:
     v2 = d2.var(-1) + 1e-12
     mobility = np.sqrt(v1 / v0)
     complexity = np.sqrt(v2 / v1) / mobility
-    kurt = (xc**4).mean(-1) / v0**2 - 3.0
+    xc2 = np.square(xc)
+    kurt = np.square(xc2).mean(-1, dtype=np.float64) / v0.astype(np.float64) ** 2 - 3.0
     zc = (np.signbit(xc[..., 1:]) != np.signbit(xc[..., :-1])).sum(-1) * sfreq / x.shape[-1]
     return {
         "hjorth_activity": v0, "hjorth_mobility": mobility, "hjorth_complexity": complexity,
@@ -97,17 +98,19 @@ def periodicity(
     local maximum there get strength 0 and rate 0. Periodic discharges (LPD/GPD) give high strengths at their
     repetition rate; broadband noise does not.
     """
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[-1]
-    xc = x - x.mean(-1, keepdims=True)
+    import torch
+
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    n = xt.shape[-1]
+    xc = xt - xt.mean(-1, keepdim=True)
     nfft = 1 << int(np.ceil(np.log2(2 * n)))
-    spec = np.fft.rfft(xc, nfft, axis=-1)
-    acf = np.fft.irfft(spec.real**2 + spec.imag**2, nfft, axis=-1)[..., : n // 2 + 2]
+    spec = torch.fft.rfft(xc, nfft, dim=-1)
+    acf = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft, dim=-1)[..., : n // 2 + 2].numpy()
     acf = acf / np.maximum(acf[..., :1], 1e-12)
     lo = max(int(sfreq / max_rate), 2)
     hi = min(int(sfreq / min_rate), n // 2)
     if hi <= lo:
-        z = np.zeros(x.shape[:-1])
+        z = np.zeros(tuple(xt.shape[:-1]))
         return z, z.copy()
     mid = acf[..., lo:hi]
     is_peak = (mid > acf[..., lo - 1 : hi - 1]) & (mid >= acf[..., lo + 1 : hi + 1])

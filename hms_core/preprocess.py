@@ -191,8 +191,8 @@ def process_windows(
         c0 = (n_times - ecfg.context_length) // 2
         y = y[..., c0 : c0 + ecfg.context_length]
     with tm("montage"):
-        ref = np.ascontiguousarray(y[:, :N_EEG])
-        ekg = np.ascontiguousarray(y[:, N_EEG])
+        ref = y[:, :N_EEG]
+        ekg = y[:, N_EEG]
         bip = bipolar_montage(ref, ecfg.include_central_chain)
         ref, _ = clip_amplitude(ref, ecfg.clip_uv, out=ref)
         bip, clipped = clip_amplitude(bip, ecfg.clip_uv, out=bip)
@@ -363,6 +363,10 @@ class _LRU:
         return val
 
 
+def _rows_in(batch_starts: Any, batch_size: int, n: int) -> int:
+    return int(sum(min(batch_size, n - b) for b in batch_starts))
+
+
 def _validate_rows(rows: pd.DataFrame, need_spec: bool) -> None:
     need = list(ROW_COLUMNS_REQUIRED) + (["spectrogram_id", "spectrogram_label_offset_seconds"] if need_spec else [])
     missing = [c for c in need if c not in rows.columns]
@@ -370,6 +374,88 @@ def _validate_rows(rows: pd.DataFrame, need_spec: bool) -> None:
         raise ValueError(f"build_partition: 'rows' lacks column(s) {missing}; it has {list(rows.columns)}.")
     if rows.empty:
         raise ValueError("build_partition: 'rows' is empty; a partition needs at least one labelled row.")
+
+
+@dataclass
+class _BatchJob:
+    b0: int
+    rows: pd.DataFrame
+    eeg_dir: str
+    spec_dir: str | None
+    partial: str
+    cfg: dict[str, Any]
+
+
+_WORKER_CACHES: dict[tuple[str, str], _LRU] = {}
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; torch threads would oversubscribe
+
+
+def _cache(kind: str, folder: str, mode: str) -> _LRU:
+    key = (kind, folder)
+    if key not in _WORKER_CACHES:
+        if kind == "eeg":
+            _WORKER_CACHES[key] = _LRU(lambda i: read_hms_eeg(Path(folder) / f"{i}.parquet", missing_channels=mode))
+        else:
+            _WORKER_CACHES[key] = _LRU(lambda i: read_kaggle_spectrogram_table(Path(folder) / f"{i}.parquet"), size=8)
+    return _WORKER_CACHES[key]
+
+
+def _write_rows(path: Path, b0: int, arr: np.ndarray) -> None:
+    """Write ``arr`` as rows ``b0 ...`` of the .npy file at ``path`` in place (dtype of the file)."""
+    mm = np.load(path, mmap_mode="r")
+    offset, dtype, row_shape = mm.offset, mm.dtype, mm.shape[1:]
+    del mm
+    data = np.ascontiguousarray(arr, dtype=dtype)
+    if data.shape[1:] != row_shape:
+        raise ValueError(f"Rows for '{path}' have shape {data.shape[1:]}, expected {row_shape}.")
+    with open(path, "r+b") as f:
+        f.seek(offset + b0 * int(np.prod(row_shape)) * dtype.itemsize)
+        f.write(data.tobytes())
+
+
+def _run_batch(job: _BatchJob, cfg: PreprocessingConfig | None = None) -> tuple[int, dict[str, float]]:
+    """Read, preprocess and write one batch of rows into the partial arrays; returns (b0, step seconds)."""
+    cfg = cfg or PreprocessingConfig.model_validate(job.cfg)
+    partial = Path(job.partial)
+    secs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    eegs = _cache("eeg", job.eeg_dir, cfg.eeg.missing_channels)
+    ids = [f"{Path(job.eeg_dir) / str(e)}.parquet (row {job.b0 + i}, offset {o} s)"
+           for i, (e, o) in enumerate(zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"]))]  # fmt: skip
+    windows = np.stack(
+        [extract_window(eegs(e), o, rid) for e, o, rid in zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"], ids)]
+    )  # fmt: skip
+    kag = None
+    if job.spec_dir is not None:
+        specs_cache = _cache("spec", job.spec_dir, "")
+        kag = np.stack(
+            [kaggle_spectrogram_window(specs_cache(s), o)
+             for s, o in zip(job.rows["spectrogram_id"], job.rows["spectrogram_label_offset_seconds"])]
+        )  # fmt: skip
+    secs["read"] = time.perf_counter() - t0
+    out = process_windows(windows, cfg, ids)
+    secs.update(out.seconds)
+    t0 = time.perf_counter()
+    if kag is not None:
+        _write_rows(partial / "spec_kaggle.npy", job.b0, kaggle_spectrogram_image(kag))
+    secs["spec_kaggle"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _write_rows(partial / "bipolar.npy", job.b0, out.bipolar)
+    _write_rows(partial / "referential.npy", job.b0, out.referential)
+    _write_rows(partial / "ekg.npy", job.b0, out.ekg)
+    _write_rows(partial / "quality.npy", job.b0, out.quality)
+    for name, arr in out.spectrograms.items():
+        _write_rows(partial / f"spec_{name}.npy", job.b0, arr)
+    write_parquet(partial / f"index_{job.b0:09d}.parquet", pd.DataFrame(out.window_quality))
+    if out.features is not None:
+        write_parquet(partial / f"features_{job.b0:09d}.parquet", out.features)
+    secs["write"] = time.perf_counter() - t0
+    return job.b0, secs
 
 
 def build_partition(
@@ -405,82 +491,74 @@ def build_partition(
     partial = out_dir / PARTIAL_DIR
     fp = _fingerprint(rows, cfg, batch_size, with_kaggle)
     marker = partial / PROGRESS_FILE
-    start = 0
+    done: set[int] = set()
     if marker.exists():
         try:
             state = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError):
             state = {}
         if state.get("fingerprint") == fp and all((partial / f"{k}.npy").exists() for k in specs):
-            start = int(state.get("n_done", 0))
-    if start == 0 and partial.exists():
+            done = {int(b) for b in state.get("done_batches", [])}
+    if not done and partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        k: np.lib.format.open_memmap(partial / f"{k}.npy", mode="r+" if start else "w+", dtype=dt, shape=shape)
-        for k, (shape, dt) in specs.items()
-    }
-    for k, a in arrays.items():
-        if a.shape != specs[k][0]:
-            raise RuntimeError(f"Partial array '{partial / k}.npy' has shape {a.shape}, expected {specs[k][0]}.")
-    resumed_from = start
-    write_json(marker, {"fingerprint": fp, "n_done": start, "n_rows": n})
-    mode = cfg.eeg.missing_channels
-    eeg_cache = _LRU(lambda i: read_hms_eeg(eeg_dir / f"{i}.parquet", missing_channels=mode))
-    spec_cache = _LRU(lambda i: read_kaggle_spectrogram_table(Path(spec_dir) / f"{i}.parquet"), size=8)  # type: ignore[arg-type]
+    for k, (shape, dt) in specs.items():
+        path = partial / f"{k}.npy"
+        if done:
+            got = np.load(path, mmap_mode="r")
+            if got.shape != shape or str(got.dtype) != dt:
+                raise RuntimeError(f"Partial array '{path}' has shape {got.shape}, expected {shape}; delete {partial}.")
+            del got
+        else:  # header + full-size file; batches are written in place (positioned writes, no growing mapping)
+            del_me = np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=shape)
+            del del_me
+    starts = list(range(0, n, batch_size))
+    todo = [b for b in starts if b not in done]
+    resumed_from = _rows_in(done, batch_size, n)
     step_seconds: dict[str, float] = {}
 
-    def add_time(name: str, s: float) -> None:
-        step_seconds[name] = step_seconds.get(name, 0.0) + s
+    def save_marker() -> None:
+        write_json(marker, {"fingerprint": fp, "done_batches": sorted(done), "n_rows": n, "batch_size": batch_size})
 
-    if progress is not None:
-        progress(start, n)
-    for b0 in range(start, n, batch_size):
-        b1 = min(b0 + batch_size, n)
-        batch = rows.iloc[b0:b1]
-        t0 = time.perf_counter()
-        ids = [f"{eeg_dir / str(e)}.parquet (row {b0 + i}, offset {o} s)"
-               for i, (e, o) in enumerate(zip(batch["eeg_id"], batch["eeg_label_offset_seconds"]))]  # fmt: skip
-        windows = np.stack(
-            [extract_window(eeg_cache(e), o, rid) for e, o, rid in zip(batch["eeg_id"], batch["eeg_label_offset_seconds"], ids)]
-        )  # fmt: skip
-        kag = None
-        if with_kaggle:
-            kag = np.stack(
-                [kaggle_spectrogram_window(spec_cache(s), o)
-                 for s, o in zip(batch["spectrogram_id"], batch["spectrogram_label_offset_seconds"])]
-            )  # fmt: skip
-        add_time("read", time.perf_counter() - t0)
-        out = process_windows(windows, cfg, ids)
-        for k, v in out.seconds.items():
-            add_time(k, v)
-        t0 = time.perf_counter()
-        if kag is not None:
-            arrays["spec_kaggle"][b0:b1] = kaggle_spectrogram_image(kag)
-        add_time("spec_kaggle", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        arrays["bipolar"][b0:b1] = out.bipolar
-        arrays["referential"][b0:b1] = out.referential
-        arrays["ekg"][b0:b1] = out.ekg
-        arrays["quality"][b0:b1] = out.quality
-        for name, arr in out.spectrograms.items():
-            arrays[f"spec_{name}"][b0:b1] = arr
-        for a in arrays.values():
-            a.flush()
-        wq = pd.DataFrame(out.window_quality)
-        write_parquet(partial / f"index_{b0:09d}.parquet", wq)
-        if out.features is not None:
-            write_parquet(partial / f"features_{b0:09d}.parquet", out.features)
-        write_json(marker, {"fingerprint": fp, "n_done": b1, "n_rows": n})
-        add_time("write", time.perf_counter() - t0)
+    def finished(b0: int, secs: dict[str, float]) -> None:
+        done.add(b0)
+        for k, v in secs.items():
+            step_seconds[k] = step_seconds.get(k, 0.0) + v
+        save_marker()
         if progress is not None:
-            progress(b1, n)
-    del arrays
+            progress(_rows_in(done, batch_size, n), n)
+
+    save_marker()
+    if progress is not None:
+        progress(_rows_in(done, batch_size, n), n)
+    cols = [c for c in ("eeg_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_label_offset_seconds")
+            if c in rows.columns]  # fmt: skip
+    jobs = [
+        _BatchJob(b0, rows.iloc[b0 : b0 + batch_size][cols].reset_index(drop=True), str(eeg_dir),
+                  None if not with_kaggle else str(spec_dir), str(partial), cfg.model_dump(mode="json"))
+        for b0 in todo
+    ]  # fmt: skip
+    workers = min(cfg.workers, len(jobs))
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # fork: no re-import of the caller's __main__ (scripts, Dagster step processes); torch resets its
+        # thread pool in forked children (as in DataLoader workers) and each child is limited to one thread.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker) as pool:
+            futures = [pool.submit(_run_batch, job) for job in jobs]
+            for fut in as_completed(futures):
+                b0, secs = fut.result()
+                finished(b0, secs)
+    else:
+        for job in jobs:
+            b0, secs = _run_batch(job, cfg)
+            finished(b0, secs)
     # finalise: index + features from the per-batch parts, then the arrays, then the manifest
     import polars as pl
 
     t0 = time.perf_counter()
-    starts = list(range(0, n, batch_size))
     quality = pd.concat([pd.read_parquet(partial / f"index_{s:09d}.parquet") for s in starts], ignore_index=True)
     index = pd.concat([rows, quality], axis=1)
     (out_dir / "manifest.json").unlink(missing_ok=True)
@@ -497,7 +575,7 @@ def build_partition(
         with atomic_path(out_dir / f"{k}.npy", suffix=".tmp.npy") as tmp:
             os.replace(partial / f"{k}.npy", tmp)
         files.append(f"{k}.npy")
-    add_time("finalise", time.perf_counter() - t0)
+    step_seconds["finalise"] = time.perf_counter() - t0
     shutil.rmtree(partial, ignore_errors=True)
     n_span = _span_length(cfg, cfg.spectrogram.span)
     axes = {name: spectrogram_axes(name, cfg.spectrogram, n_span) for name in cfg.spectrogram.types}
@@ -518,7 +596,7 @@ def build_partition(
         total_bytes=int(sum(nbytes.values())),
         seconds=round(seconds, 3),
         step_seconds={k: round(v, 4) for k, v in step_seconds.items()},
-        records_per_second=round((n - resumed_from) / max(seconds, 1e-9), 2),
+        records_per_second=round(_rows_in(todo, batch_size, n) / max(seconds, 1e-9), 2),
         frequency_axes=freq_axes,
         time_axes=time_axes,
         n_flagged_channels=n_flag,

@@ -236,7 +236,7 @@ def bipolar_quality(ref_ok: np.ndarray, include_central: bool = False) -> np.nda
 
 # --- scaling --------------------------------------------------------------------------------------------------
 def robust_scale(
-    x: np.ndarray, eps: float = 1e-3, stride: int = 2, out: np.ndarray | None = None
+    x: np.ndarray, eps: float = 1e-3, stride: int = 4, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x - median) / IQR`` per channel (last axis), with quantiles estimated on every ``stride``-th sample.
 
