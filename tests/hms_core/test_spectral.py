@@ -1,0 +1,105 @@
+"""Spectrogram tests: every registered transform peaks at a known sinusoid; axes, chains and scaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hms_core.config import SpectrogramConfig
+from hms_core.constants import SFREQ
+from hms_core.spectral import (
+    SPECTROGRAM_REGISTRY,
+    chain_average,
+    compute_spectrogram,
+    kaggle_spectrogram_image,
+    log_normalize,
+    spectrogram_axes,
+)
+
+CFG = SpectrogramConfig()
+T = np.arange(2000) / SFREQ
+
+
+def test_registry_holds_the_config_types() -> None:
+    assert set(SPECTROGRAM_REGISTRY) == {"stft", "multitaper", "wavelet", "mel"}
+    assert set(CFG.types) <= set(SPECTROGRAM_REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(SPECTROGRAM_REGISTRY))
+@pytest.mark.parametrize("freq", [3.0, 12.0, 31.0])
+def test_peak_at_known_sinusoid(name: str, freq: float) -> None:
+    rng = np.random.default_rng(0)
+    x = (50 * np.sin(2 * np.pi * freq * T) + rng.normal(0, 1, (2, T.size))).astype(np.float32)
+    power, freqs = compute_spectrogram(name, x, CFG)
+    assert power.shape[:2] == (2, len(freqs))
+    assert np.all(np.isfinite(power)) and np.all(power >= 0)
+    peak = freqs[power[:, :, 2:-2].mean(axis=(0, 2)).argmax()]
+    # tolerance: one STFT bin (0.39 Hz), or the filter / wavelet spacing near f
+    tol = max(SFREQ / CFG.nfft, 0.06 * freq)
+    assert abs(peak - freq) <= tol, f"{name}: peak at {peak:.2f} Hz, expected {freq} Hz"
+
+
+@pytest.mark.parametrize("name", sorted(SPECTROGRAM_REGISTRY))
+def test_frequency_range_and_axes(name: str) -> None:
+    axes = spectrogram_axes(name, CFG, 2000)
+    assert axes.freqs.min() >= CFG.freq_min - 1e-6 and axes.freqs.max() <= CFG.freq_max + 1e-6
+    assert np.all(np.diff(axes.freqs) > 0)
+    hop = CFG.window_size - CFG.overlap
+    assert axes.shape[1] == 1 + 2000 // hop
+    power, _ = compute_spectrogram(name, np.zeros((3, 5, 2000), np.float32), CFG)
+    assert power.shape == (3, 5, *axes.shape)
+
+
+def test_stft_psd_scaling_matches_parseval() -> None:
+    """Integrated PSD of a 10-Hz sinusoid of amplitude A is its power A^2 / 2."""
+    x = (10 * np.sin(2 * np.pi * 10 * T)).astype(np.float32)[None]
+    cfg = SpectrogramConfig(freq_min=0.0, freq_max=100.0)
+    power, freqs = compute_spectrogram("stft", x, cfg)
+    total = power[0, :, 2:-2].mean(-1).sum() * (freqs[1] - freqs[0])
+    assert abs(total / 50.0 - 1) < 0.05
+    mt, _ = compute_spectrogram("multitaper", x, cfg)
+    assert abs(mt[0, :, 2:-2].mean(-1).sum() * (freqs[1] - freqs[0]) / 50.0 - 1) < 0.05
+
+
+def test_mel_filterbank_has_no_empty_filters() -> None:
+    from hms_core.spectral import _mel_transform
+
+    tr = _mel_transform(float(SFREQ), CFG.mel_nfft, CFG.window_size, CFG.window_size - CFG.overlap,
+                        CFG.freq_min, CFG.freq_max, CFG.n_mels)  # fmt: skip
+    assert (tr.mel_scale.fb.sum(0) > 0).all()
+
+
+def test_unknown_type_error_lists_allowed() -> None:
+    with pytest.raises(ValueError, match="Allowed values are 'stft'.*but got 'cqt' instead"):
+        compute_spectrogram("cqt", np.zeros((1, 2000), np.float32), CFG)
+
+
+def test_chain_average_uses_only_usable_derivations() -> None:
+    power = np.zeros((1, 16, 2, 3), np.float32)
+    power[0, 0] = 4.0  # LL first derivation (bad)
+    power[0, 1:4] = 1.0
+    q = np.ones((1, 16), bool)
+    np.testing.assert_allclose(chain_average(power)[0, 0], 7 / 4)
+    q[0, 0] = False
+    np.testing.assert_allclose(chain_average(power, q)[0, 0], 1.0)
+    q[0, :4] = False
+    np.testing.assert_allclose(chain_average(power, q)[0, 0], 0.0)
+
+
+def test_log_normalize_standardises_per_record() -> None:
+    rng = np.random.default_rng(1)
+    p = (rng.gamma(2.0, size=(1, 4, 10, 8)) * np.array([1, 100, 1e4])[:, None, None, None]).astype(np.float32)
+    z = log_normalize(p)
+    np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=(1, 2, 3)), 1, atol=1e-3)
+    np.testing.assert_allclose(z[0], z[2], atol=1e-3)  # invariant to the overall gain
+
+
+def test_kaggle_image_fills_nan_logs_and_clips() -> None:
+    raw = np.full((2, 4, 100, 300), 5.0, np.float32)
+    raw[0, :, :, 250:] = np.nan
+    raw[1, 0, 0, 0] = 1e9  # clipped at e^8
+    img = kaggle_spectrogram_image(raw)
+    assert img.shape == raw.shape and np.isfinite(img).all()
+    np.testing.assert_allclose(img.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+    assert img[0, 0, 0, 0] > img[0, 0, 0, 299]  # NaN -> 0 -> e^-4: lowest value
