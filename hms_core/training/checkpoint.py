@@ -1,0 +1,50 @@
+"""Atomic training checkpoints: everything needed to continue a run bit-for-bit after a crash or ``kill -9``."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hms_core.io import atomic_path
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    with atomic_path(path, suffix=".tmp.pt") as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            import os
+
+            os.fsync(f.fileno())
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    path = Path(path)
+    if not path.exists():
+        return None
+    return torch.load(path, map_location=map_location, weights_only=False)
