@@ -1,0 +1,208 @@
+"""Experiment tracking for training runs: MLflow (sqlite by default) and Weights & Biases (offline by default).
+
+Every logger has the callback interface the training engine calls (only on rank 0)::
+
+    on_start(params)                 # once, with the flattened model + training config
+    on_epoch_end(epoch, metrics)     # after every epoch (LightGBM: every boosting round's validation loss)
+    on_end(summary, artifacts)       # final metrics and the files written (weights, config, predictions)
+
+MLflow: one run per (model, fold) through ``mlflow.MlflowClient``; the experiment is created with an explicit
+``artifact_location`` under the workspace, so nothing lands relative to the working directory. The run id is
+stored in ``state_file`` so a resumed training keeps logging into the same run.
+W&B: ``mode='offline'`` (default) or ``'disabled'``; files under ``dir``; never touches the network unless a
+user sets ``mode='online'`` explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from hms_core.io import write_json, write_text
+
+
+@runtime_checkable
+class TrainingLogger(Protocol):
+    def on_start(self, params: Mapping[str, Any]) -> None: ...
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None: ...
+    def on_end(self, summary: Mapping[str, Any], artifacts: Sequence[str | os.PathLike[str]] = ()) -> None: ...
+
+
+def _finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def _param_str(v: Any) -> str:
+    s = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return s[:6000]
+
+
+class MLflowLogger:
+    """One MLflow run per training; params, per-epoch metrics, final metrics and artifacts."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | os.PathLike[str],
+                 run_name: str, tags: Mapping[str, str] | None = None,
+                 state_file: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.artifact_location = Path(artifact_location).resolve()
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.state_file = Path(state_file) if state_file else None
+        self.run_id: str | None = None
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        self.artifact_location.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=self.artifact_location.as_uri())
+        except Exception:  # created concurrently by another process
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def on_start(self, params: Mapping[str, Any]) -> None:
+        prev = None
+        if self.state_file and self.state_file.exists():
+            prev = json.loads(self.state_file.read_text()).get("mlflow_run_id")
+        if prev:
+            try:
+                run = self.client.get_run(prev)
+                if run.info.status != "FINISHED":
+                    self.run_id = prev
+                    self.client.update_run(prev, status="RUNNING")
+                    return
+            except Exception:  # noqa: BLE001 - stale id: start a new run
+                pass
+        run = self.client.create_run(self._experiment_id(), run_name=self.run_name, tags=self.tags)
+        self.run_id = run.info.run_id
+        if self.state_file:
+            write_json(self.state_file, {"mlflow_run_id": self.run_id})
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, v, ts, int(epoch)) for k, v in _finite_metrics(metrics).items()]
+        if ms:
+            self.client.log_batch(self.run_id, metrics=ms)
+
+    def on_end(self, summary: Mapping[str, Any], artifacts: Sequence[str | os.PathLike[str]] = ()) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(f"final_{k}", v, ts, 0) for k, v in _finite_metrics(summary).items()]
+        if ms:
+            self.client.log_batch(self.run_id, metrics=ms)
+        for a in artifacts:
+            if Path(a).is_file():
+                self.client.log_artifact(self.run_id, str(a))
+        self.client.set_terminated(self.run_id, status="FINISHED")
+        if self.state_file:
+            self.state_file.unlink(missing_ok=True)
+
+    def fail(self) -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status="FAILED")
+
+
+class WandbLogger:
+    """A W&B run per training, offline by default (``WANDB_MODE=offline`` semantics), files under ``dir``."""
+
+    def __init__(self, project: str, run_name: str, dir: str | os.PathLike[str], mode: str = "offline",
+                 group: str | None = None, tags: Sequence[str] = ()) -> None:  # fmt: skip
+        if mode not in ("offline", "online", "disabled"):
+            raise ValueError(
+                f"Invalid value for the 'mode' parameter. Allowed values are 'offline', 'online', 'disabled', "
+                f"but got '{mode}' instead."
+            )
+        self.project, self.run_name, self.dir, self.mode = project, run_name, Path(dir), mode
+        self.group, self.tags = group, list(tags)
+        self.run: Any = None
+
+    def on_start(self, params: Mapping[str, Any]) -> None:
+        import wandb
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if self.mode != "online":
+            os.environ["WANDB_MODE"] = self.mode
+        self.run = wandb.init(project=self.project, name=self.run_name, dir=str(self.dir), mode=self.mode,
+                              group=self.group, tags=self.tags, config=dict(params), reinit="create_new",
+                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))  # fmt: skip
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.run.log({"epoch": int(epoch), **_finite_metrics(metrics)})
+
+    def on_end(self, summary: Mapping[str, Any], artifacts: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self.run.summary.update(_finite_metrics(summary))
+        for a in artifacts:
+            if Path(a).is_file() and Path(a).suffix in (".json", ".parquet", ".txt"):
+                self.run.save(str(a), base_path=str(Path(a).parent), policy="now")
+        self.run.finish()
+
+    @property
+    def run_dir(self) -> Path | None:
+        return Path(self.run.dir).parent if self.run is not None else None
+
+
+class JSONLinesLogger:
+    """Per-epoch metrics as JSON lines (``logs/metrics/<run>.jsonl``); readable without any tracking server."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.lines: list[str] = []
+
+    def _flush(self) -> None:
+        write_text(self.path, "".join(self.lines))
+
+    def on_start(self, params: Mapping[str, Any]) -> None:
+        if self.path.exists():  # resumed: keep earlier epochs
+            self.lines = [ln + "\n" for ln in self.path.read_text().splitlines() if ln]
+        self.lines.append(json.dumps({"event": "start", "params": dict(params)}, default=str) + "\n")
+        self._flush()
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.lines.append(json.dumps({"event": "epoch", "epoch": epoch, **_finite_metrics(metrics)}) + "\n")
+        self._flush()
+
+    def on_end(self, summary: Mapping[str, Any], artifacts: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self.lines.append(json.dumps({"event": "end", **_finite_metrics(summary),
+                                      "artifacts": [str(a) for a in artifacts]}) + "\n")  # fmt: skip
+        self._flush()
+
+
+def make_loggers(cfg: Any, model_name: str, fold: str, out_dir: str | os.PathLike[str]) -> list[TrainingLogger]:
+    """Loggers for one (model, fold) from a :class:`~hms_core.config.PlatformConfig` ``logging`` section."""
+    run_name = f"{model_name}-{fold}"
+    loggers: list[TrainingLogger] = [JSONLinesLogger(cfg.logs_dir / "metrics" / f"{run_name}.jsonl")]
+    if cfg.mlflow_uri is not None:
+        loggers.append(MLflowLogger(cfg.mlflow_uri, cfg.logging.mlflow_experiment, cfg.root / "mlruns", run_name,
+                                    tags={"model": model_name, "fold": fold, "profile": cfg.profile},
+                                    state_file=Path(out_dir) / "tracking_state.json"))  # fmt: skip
+    if cfg.logging.wandb_mode != "disabled":
+        loggers.append(WandbLogger(cfg.logging.wandb_project, run_name, cfg.root, cfg.logging.wandb_mode,
+                                   group=model_name, tags=[model_name, fold, cfg.profile]))  # fmt: skip
+    return loggers
