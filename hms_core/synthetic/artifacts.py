@@ -1,0 +1,190 @@
+"""Artifacts present in every class: eye blinks, lateral eye movements, muscle, electrode pops, ECG (with the
+QRS in the EKG column), 60 Hz line noise (+120 Hz, aliased to 80 Hz), sweat/drift and disconnections.
+
+Rates are per minute and come from the patient's style; :func:`add_artifacts` works in place on a
+``(19, n_times)`` session array and returns the list of events it placed (for tests and the manifest).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hms_core.constants import EEG_CHANNELS, SFREQ
+from hms_core.synthetic.spatial import CH_INDEX
+
+N_CH = len(EEG_CHANNELS)
+ARTIFACT_KINDS = ("blink", "lateral_eye", "muscle", "pop", "drift", "flat", "nan_channel", "nan_gap")
+
+
+def _idx(*names: str) -> list[int]:
+    return [CH_INDEX[n] for n in names]
+
+
+def draw_artifact_style(rng: np.random.Generator) -> dict[str, Any]:
+    """Patient-level artifact mix: rates (events per minute), line-noise and ECG parameters."""
+    awake = rng.random() < 0.4
+    return {
+        "rates": {
+            "blink": float(rng.uniform(2, 15) if awake else rng.uniform(0, 1.5)),
+            "lateral_eye": float(rng.uniform(0.5, 4) if awake else rng.uniform(0, 0.5)),
+            "muscle": float(rng.exponential(2.0)),
+            "pop": float(rng.exponential(0.3)),
+            "drift": float(rng.exponential(0.3)),
+            "flat": float(rng.exponential(0.05)),
+            "nan_channel": float(rng.exponential(0.02)),
+            "nan_gap": float(rng.exponential(0.015)),
+        },
+        "line_uv": float(rng.choice([0.0, rng.uniform(1, 8), rng.uniform(8, 50)], p=[0.25, 0.5, 0.25])),
+        "line_120_ratio": float(rng.uniform(0.05, 0.4)),
+        "heart_bpm": float(rng.uniform(50, 120)),
+        "ekg_uv": float(rng.uniform(500, 2000)),
+        "ecg_leak_uv": float(rng.uniform(2, 20)),
+        "ekg_present": bool(rng.random() < 0.95),
+    }
+
+
+def qrs_template(sfreq: float = SFREQ, qrs_ms: float = 80.0) -> tuple[np.ndarray, int]:
+    """PQRST complex with R = +1; QRS width ``qrs_ms`` (60-100 ms). Returns (template, R index)."""
+    t = np.arange(int(-0.25 * sfreq), int(0.45 * sfreq)) / sfreq
+    q = qrs_ms / 1000.0
+
+    def g(mu: float, sd: float) -> np.ndarray:
+        return np.exp(-0.5 * ((t - mu) / sd) ** 2)
+
+    x = 0.12 * g(-0.16, 0.03) - 0.12 * g(-q / 3, q / 10) + g(0.0, q / 7) - 0.25 * g(q / 3, q / 10) + 0.3 * g(0.28, 0.05)
+    return x.astype(np.float32), int(0.25 * sfreq)
+
+
+def ecg(
+    rng: np.random.Generator, n_times: int, heart_bpm: float, sfreq: float = SFREQ
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-R-amplitude ECG (n_times,) with 3% heart-rate variability; returns (signal, R-peak sample indices)."""
+    rr = 60.0 / heart_bpm * sfreq
+    n_beats = int(n_times / (0.8 * rr)) + 2
+    steps = rr * (1.0 + 0.03 * rng.standard_normal(n_beats))
+    r_idx = (rng.uniform(0, rr) + np.concatenate([[0.0], np.cumsum(steps[:-1])])).astype(np.int64)
+    r_idx = r_idx[r_idx < n_times]
+    train = np.zeros(n_times, np.float32)
+    train[r_idx] = 1.0
+    tpl, zero = qrs_template(sfreq, float(rng.uniform(60, 100)))
+    from scipy.signal import oaconvolve
+
+    sig = oaconvolve(train, tpl)[zero : zero + n_times].astype(np.float32)
+    return sig, r_idx
+
+
+def line_noise(n_times: int, amp_uv: np.ndarray, ratio_120: float, sfreq: float = SFREQ) -> np.ndarray:
+    """(len(amp_uv), n_times) 60 Hz + 120 Hz (aliases to 80 Hz at 200 Hz sampling) interference."""
+    period = int(sfreq) // int(np.gcd(int(sfreq), 60))  # 10 samples at 200 Hz: tile one period
+    t = np.arange(period) / sfreq
+    one = np.sin(2 * np.pi * 60 * t + 0.3) + ratio_120 * np.sin(2 * np.pi * 120 * t + 1.1)
+    base = np.tile(one.astype(np.float32), n_times // period + 1)[:n_times]
+    return np.asarray(amp_uv, np.float32)[:, None] * base[None, :]
+
+
+def _smooth_box(n: int, ramp: int) -> np.ndarray:
+    i = np.arange(n)
+    r = np.clip(np.minimum(i + 1, n - i) / max(ramp, 1), 0, 1)
+    return (0.5 - 0.5 * np.cos(np.pi * r)).astype(np.float32)
+
+
+def _place(x: np.ndarray, chans: list[int], weights: np.ndarray, start: int, wave: np.ndarray) -> None:
+    n = x.shape[-1]
+    a, b = max(start, 0), min(start + wave.shape[-1], n)
+    if a >= b:
+        return
+    w = wave[..., a - start : b - start]
+    x[chans, a:b] += weights[:, None].astype(np.float32) * (w if w.ndim == 2 else w[None, :])
+
+
+def _event(kind: str, x: np.ndarray, rng: np.random.Generator, start: int, sfreq: float) -> dict[str, Any]:
+    """Add one artifact of ``kind`` at sample ``start``; returns its description."""
+    ev: dict[str, Any] = {"kind": kind, "start_s": start / sfreq}
+    if kind == "blink":
+        d = int(rng.uniform(0.2, 0.4) * sfreq)
+        amp = rng.uniform(50, 200)
+        wave = (np.sin(np.pi * np.arange(d) / d) ** 2).astype(np.float32) * amp
+        spread = rng.uniform(0.3, 0.6)
+        _place(x, _idx("Fp1", "Fp2", "F3", "F4", "F7", "F8", "Fz"), np.array([1, 1, spread, spread, spread, spread, 0.5 * spread]), start, wave)
+        ev.update(dur_s=d / sfreq, amp_uv=amp)
+    elif kind == "lateral_eye":
+        d = int(rng.uniform(0.3, 2.0) * sfreq)
+        amp = rng.uniform(20, 100) * rng.choice([-1, 1])
+        wave = _smooth_box(d, int(0.05 * sfreq)) * amp
+        _place(x, _idx("F7", "F8", "Fp1", "Fp2"), np.array([1.0, -1.0, 0.3, -0.3]), start, wave)
+        ev.update(dur_s=d / sfreq, amp_uv=abs(amp))
+    elif kind == "muscle":
+        d = int(rng.uniform(0.2, 5.0) * sfreq)
+        chans = list(rng.choice(_idx("T3", "T4", "F7", "F8", "Fp1", "Fp2"), size=int(rng.integers(1, 5)), replace=False))
+        amp = rng.uniform(10, 100)
+        noise = np.diff(rng.standard_normal((len(chans), d + 1)).astype(np.float32), axis=-1) / np.float32(np.sqrt(2))
+        _place(x, chans, np.full(len(chans), amp), start, noise * _smooth_box(d, int(0.05 * sfreq)))
+        ev.update(dur_s=d / sfreq, amp_uv=amp, channels=[EEG_CHANNELS[c] for c in chans])
+    elif kind == "pop":
+        ch = int(rng.integers(0, N_CH))
+        amp = rng.uniform(100, 1000) * rng.choice([-1, 1])
+        tau = rng.uniform(0.05, 0.5) * sfreq
+        rise = int(rng.integers(1, 3))
+        m = int(5 * tau) + rise
+        wave = np.where(np.arange(m) < rise, np.arange(m) / rise, np.exp(-(np.arange(m) - rise) / tau)).astype(np.float32)
+        _place(x, [ch], np.array([amp]), start, wave)
+        ev.update(amp_uv=abs(amp), channels=[EEG_CHANNELS[ch]])
+    elif kind == "drift":
+        d = int(rng.uniform(5, 30) * sfreq)
+        f = rng.uniform(0.05, 0.4)
+        amp = rng.uniform(50, 500)
+        chans = list(rng.choice(_idx("Fp1", "Fp2", "F7", "F8", "T3", "T4", "F3", "F4"), size=int(rng.integers(1, 5)), replace=False))
+        wave = np.sin(2 * np.pi * f * np.arange(d) / sfreq + rng.uniform(0, 6.3)).astype(np.float32) * _smooth_box(d, int(sfreq))
+        _place(x, chans, amp * rng.uniform(0.5, 1.0, len(chans)), start, wave)
+        ev.update(dur_s=d / sfreq, amp_uv=amp, channels=[EEG_CHANNELS[c] for c in chans])
+    return ev
+
+
+def add_artifacts(
+    x: np.ndarray,
+    rng: np.random.Generator,
+    style: dict[str, Any],
+    boosts: list[tuple[int, int, float]] = (),
+    sfreq: float = SFREQ,
+) -> list[dict[str, Any]]:
+    """Add Poisson-timed transient artifacts to ``x`` (19, n_times) in place.
+
+    ``boosts`` lists (start, stop, factor) sample ranges where every rate is multiplied by ``factor``
+    (artifact-heavy 'Other' samples).
+    """
+    n = x.shape[-1]
+    events: list[dict[str, Any]] = []
+    ranges = [(0, n, 1.0)] + [(a, b, f - 1.0) for a, b, f in boosts if f > 1.0]
+    for a, b, factor in ranges:
+        minutes = (b - a) / sfreq / 60.0
+        for kind in ("blink", "lateral_eye", "muscle", "pop", "drift"):
+            k = rng.poisson(style["rates"][kind] * minutes * factor)
+            for s in np.sort(rng.integers(a, b, size=k)):
+                events.append(_event(kind, x, rng, int(s), sfreq))
+    return events
+
+
+def add_disconnections(
+    x: np.ndarray, rng: np.random.Generator, style: dict[str, Any], sfreq: float = SFREQ
+) -> list[dict[str, Any]]:
+    """Flat channels (0 +- tiny noise), NaN stretches on one channel, and NaN gaps on all channels, in place."""
+    n = x.shape[-1]
+    minutes = n / sfreq / 60.0
+    events: list[dict[str, Any]] = []
+    for kind in ("flat", "nan_channel", "nan_gap"):
+        for s in rng.integers(0, n, size=rng.poisson(style["rates"][kind] * minutes)):
+            d = int(rng.uniform(1, 30 if kind != "nan_gap" else 8) * sfreq)
+            s = int(s)
+            if kind == "flat":
+                ch = int(rng.integers(0, N_CH))
+                x[ch, s : s + d] = rng.normal(0, 0.05, size=x[ch, s : s + d].shape)
+            elif kind == "nan_channel":
+                ch = int(rng.integers(0, N_CH))
+                x[ch, s : s + d] = np.nan
+            else:
+                ch = -1
+                x[:, s : s + d] = np.nan
+            events.append({"kind": kind, "start_s": s / sfreq, "dur_s": d / sfreq, "channel": ch})
+    return events
