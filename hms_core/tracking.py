@@ -54,9 +54,7 @@ class MLflowLogger:
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | os.PathLike[str],
                  run_name: str, tags: Mapping[str, str] | None = None,
                  state_file: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._client: Any = None
         self.tracking_uri = tracking_uri
         self.artifact_location = Path(artifact_location).resolve()
         self.experiment = experiment
@@ -64,6 +62,15 @@ class MLflowLogger:
         self.tags = dict(tags or {})
         self.state_file = Path(state_file) if state_file else None
         self.run_id: str | None = None
+
+    @property
+    def client(self) -> Any:
+        """The ``mlflow.MlflowClient`` (created on first use: opening a sqlite store runs its migrations)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)

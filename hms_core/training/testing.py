@@ -51,8 +51,8 @@ def make_partition(path: str | Path, n: int, seed: int = 0, fold: int = 0, n_tim
     total = np.where(rng.random(n) < 0.5, rng.integers(1, 8, n), rng.integers(10, 20, n))
     votes = np.zeros((n, N_CLASSES), np.int64)
     for i in range(n):
-        p = np.full(N_CLASSES, 0.3 / (N_CLASSES - 1))
-        p[cls[i]] = 0.7
+        p = np.full(N_CLASSES, 0.15 / (N_CLASSES - 1))
+        p[cls[i]] = 0.85
         votes[i] = rng.multinomial(total[i], p)
     idx = pd.DataFrame({
         "eeg_id": np.arange(n) + id_offset + 1000 * seed, "eeg_sub_id": 0, "eeg_label_offset_seconds": 0.0,
@@ -69,7 +69,7 @@ def make_partition(path: str | Path, n: int, seed: int = 0, fold: int = 0, n_tim
     feats = pd.DataFrame({"eeg_id": idx["eeg_id"]})
     onehot = np.eye(N_CLASSES)[cls]
     for k in range(N_CLASSES):
-        feats[f"score_{k}"] = onehot[:, k] + rng.normal(0, 0.6, n)
+        feats[f"score_{k}"] = onehot[:, k] + rng.normal(0, 0.4, n)
     feats["noise"] = rng.normal(size=n)
     write_parquet(path / "features.parquet", feats)
     return path
