@@ -543,10 +543,9 @@ def build_partition(
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # fork: no re-import of the caller's __main__ (scripts, Dagster step processes); torch resets its
-        # thread pool in forked children (as in DataLoader workers) and each child is limited to one thread.
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker) as pool:
+        # spawn, not fork: pyarrow's and torch's thread pools are not fork-safe once used (forked children can
+        # deadlock). Scripts that call this with workers > 1 need the usual `if __name__ == "__main__":` guard.
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
             futures = [pool.submit(_run_batch, job) for job in jobs]
             for fut in as_completed(futures):
                 b0, secs = fut.result()
