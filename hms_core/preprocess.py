@@ -538,7 +538,8 @@ def build_partition(
                   None if not with_kaggle else str(spec_dir), str(partial), cfg.model_dump(mode="json"))
         for b0 in todo
     ]  # fmt: skip
-    workers = min(cfg.workers, len(jobs))
+    # worker processes cost a few seconds to start (imports): use them only with at least 2 batches per worker
+    workers = min(cfg.workers, len(jobs)) if len(jobs) >= 2 * cfg.workers else 1
     if workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
