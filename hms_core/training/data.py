@@ -116,7 +116,7 @@ def load_partition(path: str | Path) -> Partition:
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
     """Numeric feature columns of a features table (ids excluded)."""
-    skip = {"eeg_id", "label_id", "eeg_sub_id", "spectrogram_id", "patient_id", "fold"}
+    skip = {"eeg_id", "label_id", "eeg_sub_id", "spectrogram_id", "spectrogram_sub_id", "patient_id", "fold", "row"}
     return [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
 
 
@@ -162,10 +162,22 @@ def infer_input_spec(kind: str, part: Partition, model_cfg: dict[str, Any]) -> I
                                  f"{list(SPEC_TYPES)}, but got '{t}' instead.")  # fmt: skip
             shapes[t] = tuple(part.array(f"spec_{t}").shape[-2:])
         tile = image_tile_size(shapes, types, model_cfg.get("image_size"))
-        fps = {t: shapes[t][1] / (600.0 if t == "kaggle" else float(EEG_WINDOW_S)) for t in types}
+        fps = {t: _frames_per_s(part, t, shapes[t][1]) for t in types}
         return InputSpec("spectrogram", n_chans=len(types), spectrograms=types, tile=tile, spec_frames_per_s=fps)
     raise ValueError(f"Invalid value for the 'kind' parameter. Allowed values are 'raw', 'spectrogram', but got "
                      f"'{kind}' instead.")  # fmt: skip
+
+
+def _frames_per_s(part: Partition, spec_type: str, n_frames: int) -> float:
+    """Spectrogram frames per second: from the partition manifest's time axis, else the window length."""
+    f = part.path / "manifest.json"
+    if f.exists():
+        import json
+
+        axis = json.loads(f.read_text()).get("time_axes", {}).get(spec_type)
+        if isinstance(axis, list) and len(axis) > 1 and axis[-1] > axis[0]:
+            return (len(axis) - 1) / (float(axis[-1]) - float(axis[0]))
+    return n_frames / (600.0 if spec_type == "kaggle" else float(EEG_WINDOW_S))
 
 
 # --- datasets --------------------------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def _train_gbm(model_name: str, mcfg: dict[str, Any], cfg: TrainingConfig, parts
     metrics = _fold_metrics(y_val, oof, v_val, prior, cfg.min_votes)
     best = int(model.booster.best_iteration or model.booster.current_iteration())
     metrics.update(epochs=float(model.booster.current_iteration()), best_epoch=float(best),
-                   n_params=float(model.n_params()), train_samples_per_s=float(mask.sum() * best / max(fit_s, 1e-9)))  # fmt: skip
+                   n_params=float(model.n_params()), train_samples_per_s=float(mask.sum() / max(fit_s, 1e-9)))  # fmt: skip
     history = [{"epoch": h["round"], "val_soft_logloss": h["val_soft_logloss"]} for h in model.history]
     paths: dict[str, Path] = {}
     if ddp.context().is_main:
