@@ -92,9 +92,9 @@ def background(
     """(19, n_times) float32 background: RMS ``rms`` aperiodic noise + alpha (posterior) + beta (fronto-central).
 
     Each channel's source spectrum sums (in power) the aperiodic part and its share of the rhythms; one batched
-    inverse FFT (content up to 75 Hz) gives 19 independent sources, mixed by the electrode-distance kernel.
+    inverse FFT (content up to 70 Hz) gives 19 independent sources, mixed by the electrode-distance kernel.
     """
-    f_max = 75.0
+    f_max = 70.0  # a typical EEG amplifier low-pass
     freqs = noise_freqs(n_times, sfreq)
     freqs = freqs[: int(f_max * fft_length(n_times) / sfreq) + 1].astype(np.float32)
     beta = params["beta"] + rng.normal(0.0, 0.05, N_CH)  # a little per-channel spread of the exponent

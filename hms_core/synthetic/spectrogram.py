@@ -17,27 +17,48 @@ from hms_core.synthetic.spatial import CH_INDEX
 
 NFFT = 1024
 FIRST_BIN = 3
+DECIM = 4  # the 100 bins stop at 19.92 Hz: compute them at 50 Hz with 256-point frames (same bins, 4x cheaper)
 _A = np.array([CH_INDEX[a] for a, _ in BIPOLAR_PAIRS])
 _B = np.array([CH_INDEX[b] for _, b in BIPOLAR_PAIRS])
+
+
+def _decimate(x: np.ndarray) -> np.ndarray:
+    """Ideal (FFT) low-pass at sfreq / (2 DECIM) and decimation by DECIM along the last axis (float32)."""
+    n = x.shape[-1]
+    n_dec = int(sfft.next_fast_len(-(-n // DECIM), real=True))
+    spec = sfft.rfft(x, n=n_dec * DECIM, axis=-1)[..., : n_dec // 2 + 1]
+    return (sfft.irfft(spec, n=n_dec, axis=-1)[..., : -(-n // DECIM)] / DECIM).astype(np.float32)
 
 
 def kaggle_spectrogram(x: np.ndarray, sfreq: int = SFREQ) -> tuple[np.ndarray, np.ndarray]:
     """(19, n_times) referential uV -> (``time`` (n_rows,) int64 row centres 1, 3, 5 ... s, power (n_rows, 400) float32).
 
-    Columns follow :data:`hms_core.constants.SPEC_COLUMNS` (LL, RL, LP, RP x 100 frequencies).
+    Columns follow :data:`hms_core.constants.SPEC_COLUMNS` (LL, RL, LP, RP x 100 frequencies). Equivalent to
+    1024-point Hann frames at 200 Hz centred on each row; computed after an FFT decimation to 50 Hz.
     """
     if sfreq != SFREQ:
         raise ValueError(f"Invalid value for the 'sfreq' parameter. Allowed values are {SFREQ}, but got {sfreq} instead.")
     hop = SPEC_ROW_S * sfreq
     n_rows = x.shape[-1] // hop
-    bip = (x[_A] - x[_B]).astype(np.float32)
-    pad = NFFT // 2
-    padded = np.pad(bip, ((0, 0), (pad, pad)), mode="reflect")
-    # frame r is centred on sample (2r + 1) s * sfreq, i.e. padded index hop*r + hop/2 + pad
-    frames = sliding_window_view(padded, NFFT, axis=-1)[:, hop // 2 : hop // 2 + hop * n_rows : hop]
-    win = np.hanning(NFFT).astype(np.float32)
-    spec = sfft.rfft(frames * win, axis=-1, workers=1)[..., FIRST_BIN : FIRST_BIN + len(SPEC_FREQS)]
-    psd = (spec.real**2 + spec.imag**2) * np.float32(2.0 / (sfreq * float((win**2).sum())))
+    bip = x[_A] - x[_B]
+    nan = np.isnan(bip)
+    has_nan = bool(nan.any())
+    if has_nan:
+        bip = np.where(nan, np.float32(0.0), bip)
+    dec = _decimate(bip)
+    n_win, d_hop = NFFT // DECIM, hop // DECIM
+    pad = n_win // 2
+    padded = np.pad(dec, ((0, 0), (pad, pad)), mode="reflect")
+    # frame r is centred on (2r + 1) s, i.e. decimated sample d_hop * r + d_hop / 2 (+ pad in ``padded``)
+    frames = sliding_window_view(padded, n_win, axis=-1)[:, d_hop // 2 : d_hop // 2 + d_hop * n_rows : d_hop]
+    win = np.hanning(n_win).astype(np.float32)
+    spec = sfft.rfft(frames * win, axis=-1)[..., FIRST_BIN : FIRST_BIN + len(SPEC_FREQS)]
+    psd = (spec.real**2 + spec.imag**2) * np.float32(2.0 / (sfreq / DECIM * float((win**2).sum())))
+    if has_nan:  # a frame touching a NaN sample is NaN, as in the real files
+        c = np.concatenate([np.zeros((nan.shape[0], 1), np.int64), np.cumsum(nan, axis=-1)], axis=-1)
+        centre = hop * np.arange(n_rows) + hop // 2
+        lo, hi = np.clip(centre - NFFT // 2, 0, x.shape[-1]), np.clip(centre + NFFT // 2, 0, x.shape[-1])
+        psd[(c[:, hi] - c[:, lo]) > 0] = np.nan
     chains = psd.reshape(len(CHAIN_NAMES), 4, n_rows, len(SPEC_FREQS)).mean(axis=1)  # (4, rows, 100)
     power = chains.transpose(1, 0, 2).reshape(n_rows, len(SPEC_COLUMNS)).astype(np.float32)
     time = (np.arange(n_rows) * SPEC_ROW_S + SPEC_ROW_S // 2).astype(np.int64)
