@@ -66,5 +66,7 @@ def reap_interrupted_runs(instance: dg.DagsterInstance) -> list[str]:
         if pid is None or run_host != host or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         instance.report_run_failed(run, message=f"Interrupted: the process {pid} that ran it no longer exists.")
+        # A killed process never releases its pool slots (e.g. "gpu"); without this the next run waits forever.
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         reaped.append(run.run_id)
     return reaped

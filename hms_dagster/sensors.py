@@ -8,7 +8,6 @@
 - ``weekly_retrain_schedule``: retrain every fold weekly (off by default).
 """
 
-from __future__ import annotations
 
 import dagster as dg
 
@@ -25,7 +24,7 @@ def _latest_storage_id(instance: dg.DagsterInstance, key: str, partition: str | 
     return records[0].storage_id if records else 0
 
 
-def build_automation(cfg: PlatformConfig, jobs: dict[str, dg.UnresolvedAssetJobDefinition]) -> tuple[list, list]:
+def build_automation(cfg: PlatformConfig, jobs: dict) -> tuple[list, list]:
     folds = cfg.fold_names
     sensors: list = []
     schedules: list = []

@@ -1,6 +1,5 @@
 """Data stage: the raw HMS dataset, validated labels (one row per vote group) and patient-grouped folds."""
 
-from __future__ import annotations
 
 import time
 

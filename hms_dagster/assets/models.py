@@ -4,7 +4,6 @@ Partition ``fold_k`` trains on every other fold, predicts fold k (out-of-fold) a
 figures. A blocking check fails a model whose out-of-fold KL does not beat the class-prior baseline.
 """
 
-from __future__ import annotations
 
 import time
 

@@ -4,7 +4,6 @@ One streaming pass (``hms_core.preprocess.build_partition``) writes all of a fol
 reports them as separate assets so lineage shows what each classifier reads.
 """
 
-from __future__ import annotations
 
 import time
 from pathlib import Path

@@ -1,0 +1,65 @@
+"""The `hms` CLI: help, config errors, not-built stages, status, and the data stage end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hms_dagster.cli import app
+from tests.hms_dagster.conftest import write_config
+
+runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1"})
+
+
+def test_help_lists_every_command_and_stage():
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for cmd in ("run", "status", "demo-data", "validate", "ui", "config"):
+        assert cmd in out.output
+    out = runner.invoke(app, ["run", "--help"])
+    for word in ("--stage", "--config", "--resume", "--fold", "all", "preprocessing", "foundation", "export"):
+        assert word in out.output
+
+
+def test_invalid_config_names_key_value_and_allowed(tmp_path):
+    path = write_config(tmp_path, preprocessing={"eeg": {"filter_low": 60, "filter_high": 40}})
+    out = runner.invoke(app, ["config", "--config", str(path)])
+    assert out.exit_code == 2
+    assert "preprocessing.eeg" in out.output and "filter_low (60.0) must be below filter_high (40.0)" in out.output
+
+    path = write_config(tmp_path, training={"epochz": 3})
+    out = runner.invoke(app, ["run", "--stage", "data", "--config", str(path)])
+    assert out.exit_code == 2 and "training.epochz" in out.output and "unknown key" in out.output
+
+    path = write_config(tmp_path, logging={"wandb_mode": "sometimes"})
+    out = runner.invoke(app, ["config", "--config", str(path)])
+    assert out.exit_code == 2 and "logging.wandb_mode" in out.output and "'offline'" in out.output
+
+
+def test_unknown_profile_is_a_clear_error():
+    out = runner.invoke(app, ["config", "--config", "nosuchprofile.yaml"])
+    assert out.exit_code == 2 and "does not exist" in out.output and "tiny" in out.output
+
+
+def test_not_built_stage_says_so(tiny_config):
+    out = runner.invoke(app, ["run", "--stage", "foundation", "--config", str(tiny_config)])
+    assert out.exit_code == 3
+    assert "not built yet" in out.output
+
+
+def test_bad_fold_is_rejected(tiny_config):
+    out = runner.invoke(app, ["run", "--stage", "models", "--fold", "7", "--config", str(tiny_config)])
+    assert out.exit_code == 2 and "fold" in out.output
+
+
+def test_status_on_a_fresh_workspace_is_all_missing(tiny_config):
+    out = runner.invoke(app, ["status", "--json", "--config", str(tiny_config)])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    states = {(a["asset"], a["partition"]): a["state"] for a in data["assets"]}
+    assert states[("raw_dataset", None)] == "missing"
+    assert states[("eeg_windows", "fold_0")] == "missing"
+    assert data["stages"]["foundation"] == "not built"
+    assert data["stages"]["data"] == "incomplete"
