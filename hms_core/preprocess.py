@@ -3,8 +3,8 @@
 (:func:`preprocess_record`).
 
 Steps per window (all vectorised across the batch): NaN gaps (short ones interpolated, long ones filled and the
-channel flagged) -> artifact detection on the raw signal (flat/disconnected, noisy, electrode pops) -> zero-phase
-SOS band-pass + notch (and harmonics) on the whole 50 s -> central ``context_length`` samples kept -> double-banana
+channel flagged) -> flat/disconnected channels and electrode pops on the raw signal -> zero-phase SOS band-pass +
+notch (and harmonics) on the whole 50 s -> noisy channels (robust amplitude after filtering) -> central ``context_length`` samples kept -> double-banana
 montage -> amplitude clipping -> features and spectrograms (on unscaled microvolts, over the labelled segment or
 the context) -> robust scaling (median/IQR per channel). EKG is filtered and scaled like EEG but kept apart.
 
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -175,14 +176,9 @@ def process_windows(
         x, nrep = fill_nans(x, max_gap=int(round(ecfg.max_gap_s * sfreq)), copy=False)
     with tm("artifacts"):
         art = detect_artifacts(
-            x[:, :N_EEG], flat_uv=ecfg.flat_uv, noisy_uv=ecfg.noisy_uv, pop_uv=ecfg.pop_uv,
+            x[:, :N_EEG], flat_uv=ecfg.flat_uv, noisy_uv=None, pop_uv=ecfg.pop_uv,
             max_pops=ecfg.max_pops, sfreq=sfreq,
         )  # fmt: skip
-        missing = nrep.all_nan[:, :N_EEG]
-        long_gaps = nrep.long_gap_fraction[:, :N_EEG] > ecfg.max_nan_fraction
-        ref_bad = missing | long_gaps | art.flat | art.noisy | art.popping
-        ref_ok = ~ref_bad
-        bip_ok = bipolar_quality(ref_ok, ecfg.include_central_chain)
     with tm("filter"):
         sos = design_filter(
             ecfg.filter_low, ecfg.filter_high, float(sfreq), ecfg.filter_order, ecfg.notch_freq, ecfg.notch_quality
@@ -190,6 +186,15 @@ def process_windows(
         y = apply_filter(x, sos)
         c0 = (n_times - ecfg.context_length) // 2
         y = y[..., c0 : c0 + ecfg.context_length]
+    with tm("artifacts"):
+        # loose/noisy electrodes are judged after the band-pass, so slow drifts and DC offsets do not count
+        q25, q75 = np.percentile(y[:, :N_EEG, ::4], [25, 75], axis=-1)
+        art.noisy = (q75 - q25) / 1.349 > ecfg.noisy_uv
+        missing = nrep.all_nan[:, :N_EEG]
+        long_gaps = nrep.long_gap_fraction[:, :N_EEG] > ecfg.max_nan_fraction
+        ref_bad = missing | long_gaps | art.flat | art.noisy | art.popping
+        ref_ok = ~ref_bad
+        bip_ok = bipolar_quality(ref_ok, ecfg.include_central_chain)
     with tm("montage"):
         ref = y[:, :N_EEG]
         ekg = y[:, N_EEG]
@@ -349,17 +354,22 @@ def _fingerprint(rows: pd.DataFrame, cfg: PreprocessingConfig, batch_size: int, 
 
 
 class _LRU:
+    """Small thread-safe LRU cache of loaded files (rows of one EEG are usually adjacent)."""
+
     def __init__(self, loader: Callable[[Any], np.ndarray], size: int = 16) -> None:
         self.loader, self.size, self.data = loader, size, OrderedDict()
+        self.lock = threading.Lock()
 
     def __call__(self, key: Any) -> np.ndarray:
-        if key in self.data:
-            self.data.move_to_end(key)
-            return self.data[key]
-        val = self.loader(key)
-        self.data[key] = val
-        if len(self.data) > self.size:
-            self.data.popitem(last=False)
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        val = self.loader(key)  # outside the lock: reads of different files overlap
+        with self.lock:
+            self.data[key] = val
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
         return val
 
 
@@ -383,26 +393,6 @@ class _BatchJob:
     eeg_dir: str
     spec_dir: str | None
     partial: str
-    cfg: dict[str, Any]
-
-
-_WORKER_CACHES: dict[tuple[str, str], _LRU] = {}
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; torch threads would oversubscribe
-
-
-def _cache(kind: str, folder: str, mode: str) -> _LRU:
-    key = (kind, folder)
-    if key not in _WORKER_CACHES:
-        if kind == "eeg":
-            _WORKER_CACHES[key] = _LRU(lambda i: read_hms_eeg(Path(folder) / f"{i}.parquet", missing_channels=mode))
-        else:
-            _WORKER_CACHES[key] = _LRU(lambda i: read_kaggle_spectrogram_table(Path(folder) / f"{i}.parquet"), size=8)
-    return _WORKER_CACHES[key]
 
 
 def _write_rows(path: Path, b0: int, arr: np.ndarray) -> None:
@@ -418,23 +408,22 @@ def _write_rows(path: Path, b0: int, arr: np.ndarray) -> None:
         f.write(data.tobytes())
 
 
-def _run_batch(job: _BatchJob, cfg: PreprocessingConfig | None = None) -> tuple[int, dict[str, float]]:
+def _run_batch(
+    job: _BatchJob, cfg: PreprocessingConfig, eegs: _LRU, spec_tables: _LRU | None
+) -> tuple[int, dict[str, float]]:
     """Read, preprocess and write one batch of rows into the partial arrays; returns (b0, step seconds)."""
-    cfg = cfg or PreprocessingConfig.model_validate(job.cfg)
     partial = Path(job.partial)
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
-    eegs = _cache("eeg", job.eeg_dir, cfg.eeg.missing_channels)
     ids = [f"{Path(job.eeg_dir) / str(e)}.parquet (row {job.b0 + i}, offset {o} s)"
            for i, (e, o) in enumerate(zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"]))]  # fmt: skip
     windows = np.stack(
         [extract_window(eegs(e), o, rid) for e, o, rid in zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"], ids)]
     )  # fmt: skip
     kag = None
-    if job.spec_dir is not None:
-        specs_cache = _cache("spec", job.spec_dir, "")
+    if spec_tables is not None:
         kag = np.stack(
-            [kaggle_spectrogram_window(specs_cache(s), o)
+            [kaggle_spectrogram_window(spec_tables(s), o)
              for s, o in zip(job.rows["spectrogram_id"], job.rows["spectrogram_label_offset_seconds"])]
         )  # fmt: skip
     secs["read"] = time.perf_counter() - t0
@@ -478,6 +467,8 @@ def build_partition(
     Arrays are filled in ``out_dir/.partial/`` through ``np.lib.format.open_memmap``; a progress marker records
     the completed rows, so rerunning on an interrupted partition with the same rows and config resumes where it
     stopped. Final files replace old ones atomically, one by one, after the old manifest was removed.
+    ``cfg.workers`` > 1 processes batches in that many threads (at most two batches per thread in flight, so peak
+    memory is bounded by ``workers * batch_size`` windows, whatever N).
     """
     t_start = time.perf_counter()
     eeg_dir, out_dir = Path(eeg_dir), Path(out_dir)
@@ -535,25 +526,42 @@ def build_partition(
             if c in rows.columns]  # fmt: skip
     jobs = [
         _BatchJob(b0, rows.iloc[b0 : b0 + batch_size][cols].reset_index(drop=True), str(eeg_dir),
-                  None if not with_kaggle else str(spec_dir), str(partial), cfg.model_dump(mode="json"))
+                  None if not with_kaggle else str(spec_dir), str(partial))
         for b0 in todo
     ]  # fmt: skip
-    # worker processes cost a few seconds to start (imports): use them only with at least 2 batches per worker
-    workers = min(cfg.workers, len(jobs)) if len(jobs) >= 2 * cfg.workers else 1
+    mode = cfg.eeg.missing_channels
+    eegs = _LRU(lambda i: read_hms_eeg(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8 * cfg.workers)
+    spec_tables = (
+        _LRU(lambda i: read_kaggle_spectrogram_table(Path(spec_dir) / f"{i}.parquet"), size=4 * cfg.workers)  # type: ignore[arg-type]
+        if with_kaggle else None
+    )  # fmt: skip
+    workers = min(cfg.workers, len(jobs))
     if workers > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        # threads, not processes: the heavy steps (parquet reads, SOS filters, FFTs, percentiles, torch) release the
+        # GIL, threads start instantly and share the file caches; worker processes paid seconds of imports each and
+        # pyarrow/torch thread pools are not fork-safe. torch runs one intra-op thread per worker meanwhile.
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
 
-        # spawn, not fork: pyarrow's and torch's thread pools are not fork-safe once used (forked children can
-        # deadlock). Scripts that call this with workers > 1 need the usual `if __name__ == "__main__":` guard.
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-            futures = [pool.submit(_run_batch, job) for job in jobs]
-            for fut in as_completed(futures):
-                b0, secs = fut.result()
-                finished(b0, secs)
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="hms-preprocess") as pool:
+                # at most 2 batches in flight per worker keeps peak memory ~ 2 * workers * batch_size windows
+                pending = []
+                for job in jobs:
+                    pending.append(pool.submit(_run_batch, job, cfg, eegs, spec_tables))
+                    if len(pending) >= 2 * workers:
+                        b0, secs = pending.pop(0).result()
+                        finished(b0, secs)
+                for fut in pending:
+                    b0, secs = fut.result()
+                    finished(b0, secs)
+        finally:
+            torch.set_num_threads(n_threads)
     else:
         for job in jobs:
-            b0, secs = _run_batch(job, cfg)
+            b0, secs = _run_batch(job, cfg, eegs, spec_tables)
             finished(b0, secs)
     # finalise: index + features from the per-batch parts, then the arrays, then the manifest
     import polars as pl

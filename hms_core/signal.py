@@ -169,7 +169,7 @@ class ArtifactReport:
 def detect_artifacts(
     x: np.ndarray,
     flat_uv: float = 0.5,
-    noisy_uv: float = 400.0,
+    noisy_uv: float | None = 400.0,
     pop_uv: float = 200.0,
     max_pops: int = 5,
     sfreq: float = SFREQ,
@@ -177,7 +177,7 @@ def detect_artifacts(
     """Flat/disconnected channels, very noisy channels and electrode pops on raw (NaN-filled) signals.
 
     flat: in at least 90 % of the 1-s blocks no sample-to-sample change exceeds ``flat_uv``; noisy: the robust
-    standard deviation (IQR / 1.349) exceeds ``noisy_uv``; pops: 0.25-s blocks holding a sample-to-sample jump
+    standard deviation (IQR / 1.349) exceeds ``noisy_uv`` (None: not checked); pops: 0.25-s blocks holding a sample-to-sample jump
     above ``pop_uv`` (a pop and its recovery count once).
     """
     x = np.asarray(x, dtype=np.float32)
@@ -190,8 +190,11 @@ def detect_artifacts(
         flat = (per_block < flat_uv).mean(-1) >= 0.9
     else:
         flat = absd.max(-1) < flat_uv
-    q25, q75 = np.percentile(x[..., ::4], [25, 75], axis=-1)
-    noisy = (q75 - q25) / 1.349 > noisy_uv
+    if noisy_uv is None:
+        noisy = np.zeros(x.shape[:-1], bool)
+    else:
+        q25, q75 = np.percentile(x[..., ::4], [25, 75], axis=-1)
+        noisy = (q75 - q25) / 1.349 > noisy_uv
     # pops: jumps above pop_uv, counted once per 0.25-s block (a pop and its recovery are one event)
     refractory = max(int(sfreq // 4), 1)
     k = -(-n_d // refractory)

@@ -135,7 +135,7 @@ def test_resume_after_interruption(raw: dict, tmp_path: Path) -> None:
     m = build_partition(rows, root / "eegs", None, tmp_path / "p", cfg, batch_size=2)
     assert m.resumed_from == 2
     cfg2 = cfg.model_copy(deep=True)
-    cfg2.workers = 2  # worker processes (6 batches >= 2 per worker) give the same arrays
+    cfg2.workers = 2  # worker threads give the same arrays
     build_partition(rows, root / "eegs", None, tmp_path / "q", cfg2, batch_size=1)
     a, b = load_partition(tmp_path / "p"), load_partition(tmp_path / "q")
     for k in a.arrays:
