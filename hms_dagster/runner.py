@@ -27,7 +27,7 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        return f"{self.stage}: {self.job.name}" + (f" [{self.partition}]" if self.partition else "")
+        return f"{self.stage}: {self.job.name}" + (f" {self.partition}" if self.partition else "")
 
 
 @dataclass

@@ -89,7 +89,9 @@ class StatusResolver:
             if ps.state == "stale":
                 causes = self.stale.get_stale_root_causes(key, partition)
                 ps.reason = "; ".join(f"{c.asset_key.to_user_string()}: {c.reason}" for c in causes[:3]) or None
-        if run is not None and (rec is None or run.create_timestamp.timestamp() > rec.timestamp):
+        if run is not None and (
+            rec is None or rec.run_id == run.dagster_run.run_id or run.create_timestamp.timestamp() > rec.timestamp
+        ):
             rs = run.dagster_run.status
             if rs == dg.DagsterRunStatus.FAILURE or rs == dg.DagsterRunStatus.CANCELED:
                 ps.state, ps.run_id, ps.reason = "failed", run.dagster_run.run_id, f"run {rs.value.lower()}"

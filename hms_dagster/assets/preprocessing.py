@@ -15,7 +15,7 @@ from hms_dagster.resources import WorkspaceResource
 
 GROUP = "preprocessing"
 VERSION = "1"
-CHECKS = ("finite", "shapes", "flagged_fraction", "fold_purity")
+CHECKS = ("finite", "shapes", "flagged_fraction", "patients_in_fold")
 
 
 def preprocessing_asset_keys(cfg) -> list[str]:
@@ -45,10 +45,16 @@ def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
         extra = {
             "flagged_fraction": manifest.get("flagged_fraction"),
             "n_flagged_channels": manifest.get("n_flagged_channels"),
+            "records_per_second": manifest.get("records_per_second"),
+            "step_seconds": dg.MetadataValue.json(manifest.get("step_seconds", {})),
         }
     elif key == "spectrograms":
-        files = [f"spec_{t}.npy" for t in manifest.get("spectrogram_types", [])]
-        extra = {"frequency_axes": dg.MetadataValue.json(manifest.get("frequency_axes", {}))}
+        files = sorted(p.name for p in out_dir.glob("spec_*.npy") if p.name != "spec_kaggle.npy")
+        extra = {
+            "frequency_axes_hz": dg.MetadataValue.json(
+                {k: [min(v), max(v), len(v)] for k, v in manifest.get("frequency_axes", {}).items() if v}
+            )
+        }
     elif key == "kaggle_spectrograms":
         files = ["spec_kaggle.npy"]
         extra = {}
@@ -92,8 +98,9 @@ def build_preprocessing_assets(cfg) -> list:
 
         cfg = workspace.config
         k = fold_index(context.partition_key)
-        rows = pd.read_parquet(cfg.processed_dir / "folds.parquet")
-        rows = rows[rows["fold"] == k].reset_index(drop=True)
+        all_rows = pd.read_parquet(cfg.processed_dir / "folds.parquet")
+        rows = all_rows[all_rows["fold"] == k].reset_index(drop=True)
+        patient_folds = dict(zip(all_rows["patient_id"], all_rows["fold"]))
         out_dir = cfg.processed_dir / "windows" / context.partition_key
         manifest = build_partition(
             rows,
@@ -110,7 +117,9 @@ def build_preprocessing_assets(cfg) -> list:
             if key in ("eeg_windows", "spectrograms") and plots:
                 meta["examples"] = dg.MetadataValue.md(plots[key])
             yield dg.MaterializeResult(asset_key=key, metadata=meta)
-        for name, (passed, detail) in partition_checks(out_dir, cfg.preprocessing).items():
+        for name, (passed, detail) in partition_checks(
+            out_dir, cfg.preprocessing, fold=k, patient_folds=patient_folds
+        ).items():
             if name in CHECKS:
                 yield dg.AssetCheckResult(
                     asset_key="eeg_windows", check_name=name, passed=bool(passed), metadata=_jsonable(detail)
@@ -130,7 +139,7 @@ def build_preprocessing_assets(cfg) -> list:
         from hms_core.preprocess import build_partition
 
         cfg = workspace.config
-        rows = pd.read_parquet(cfg.processed_dir / "test_rows.parquet")
+        rows = pd.read_parquet(cfg.processed_dir / "test_rows.parquet").assign(fold=-1)
         out_dir = cfg.processed_dir / "windows" / "test"
         manifest = build_partition(
             rows,
