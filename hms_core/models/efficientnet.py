@@ -46,7 +46,7 @@ def build_spectrogram_image(arrays: Mapping[str, np.ndarray | torch.Tensor], typ
     """Per-sample ``{type: (4, F, T)}`` (or batched ``(B, 4, F, T)``) -> image ``([B,] n_types, 4*H, W)`` float32."""
     chans = []
     for t in types:
-        a = torch.as_tensor(np.asarray(arrays[t], dtype=np.float32) if not torch.is_tensor(arrays[t]) else arrays[t])
+        a = arrays[t] if torch.is_tensor(arrays[t]) else torch.from_numpy(np.array(arrays[t], dtype=np.float32))
         batched = a.ndim == 4
         a = a if batched else a.unsqueeze(0)
         if a.shape[1] != N_CHAINS:
