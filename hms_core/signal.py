@@ -177,30 +177,30 @@ def detect_artifacts(
     """Flat/disconnected channels, very noisy channels and electrode pops on raw (NaN-filled) signals.
 
     flat: in at least 90 % of the 1-s blocks no sample-to-sample change exceeds ``flat_uv``; noisy: the robust
-    standard deviation (IQR / 1.349) exceeds ``noisy_uv`` (None: not checked); pops: 0.25-s blocks holding a sample-to-sample jump
-    above ``pop_uv`` (a pop and its recovery count once).
+    standard deviation (IQR / 1.349) exceeds ``noisy_uv`` (None: not checked); pops: 0.25-s blocks holding a
+    sample-to-sample jump above ``pop_uv`` (a pop and its recovery count once).
     """
     x = np.asarray(x, dtype=np.float32)
     absd = np.abs(np.diff(x, axis=-1))
-    n_d = absd.shape[-1]
-    block = max(int(sfreq), 1)
-    if n_d >= block:
-        k = n_d // block
-        per_block = absd[..., : k * block].reshape(*absd.shape[:-1], k, block).max(-1)
-        flat = (per_block < flat_uv).mean(-1) >= 0.9
+    lead, n_d = absd.shape[:-1], absd.shape[-1]
+    # maxima of |diff| over 0.25-s blocks: a pop and its recovery count once; 4 blocks make the 1-s flat blocks
+    refractory = max(int(sfreq // 4), 1)
+    k = n_d // refractory
+    block_max = absd[..., : k * refractory].reshape(*lead, k, refractory).max(-1)
+    tail = absd[..., k * refractory :].max(-1, initial=0.0)
+    n_pops = (block_max > pop_uv).sum(-1) + (tail > pop_uv)
+    per_sec = max(int(round(sfreq / refractory)), 1)
+    k1 = k // per_sec
+    if k1 >= 1:
+        sec_max = block_max[..., : k1 * per_sec].reshape(*lead, k1, per_sec).max(-1)
+        flat = (sec_max < flat_uv).mean(-1) >= 0.9
     else:
-        flat = absd.max(-1) < flat_uv
+        flat = np.maximum(block_max.max(-1, initial=0.0), tail) < flat_uv
     if noisy_uv is None:
-        noisy = np.zeros(x.shape[:-1], bool)
+        noisy = np.zeros(lead, bool)
     else:
         q25, q75 = np.percentile(x[..., ::4], [25, 75], axis=-1)
         noisy = (q75 - q25) / 1.349 > noisy_uv
-    # pops: jumps above pop_uv, counted once per 0.25-s block (a pop and its recovery are one event)
-    refractory = max(int(sfreq // 4), 1)
-    k = -(-n_d // refractory)
-    jumps = np.zeros((*absd.shape[:-1], k * refractory), bool)
-    jumps[..., :n_d] = absd > pop_uv
-    n_pops = jumps.reshape(*absd.shape[:-1], k, refractory).any(-1).sum(-1)
     return ArtifactReport(flat=flat, noisy=noisy, n_pops=n_pops, popping=n_pops > max_pops)
 
 
