@@ -209,6 +209,9 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = False
     seed: int = 0
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows per fold (smoke runs).")
+    quality_gate: bool = Field(
+        True, description="Blocking check: a model's out-of-fold KL must beat the class-prior baseline."
+    )
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads while training (0 = torch default); 1 avoids OpenMP "
         "oversubscription when other processes share the cores.",

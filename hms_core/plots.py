@@ -78,12 +78,14 @@ def learning_curve_markdown(history: list[dict]) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3))
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    for key in ("train_loss", "val_kl", "val_kl_high_votes"):
-        ys = [h.get(key) for h in history]
-        if any(y is not None for y in ys):
-            ax.plot(epochs, ys, marker="o", ms=3, label=key)
-    ax.set_xlabel("epoch")
+    keys = sorted({k for h in history for k, v in h.items() if isinstance(v, (int, float)) and
+                   (k.endswith("loss") or k.startswith("val_kl"))})
+    for key in keys:
+        pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=key)
+    ax.set_xlabel("epoch / round")
     ax.set_ylabel("KL")
-    ax.legend(fontsize=7)
+    if keys:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _png_markdown(fig, "Learning curve")

@@ -44,18 +44,25 @@ class TrackingResource(dg.ConfigurableResource):
     wandb_mode: str = "offline"
     root: str = "."
 
-    def loggers(self, run_name: str, tags: dict[str, str], group: str | None = None) -> list[Any]:
+    def loggers(self, run_name: str, tags: dict[str, str], group: str | None = None,
+                state_dir: str | None = None) -> list[Any]:
+        """Loggers for one training: JSON lines under logs/metrics always, MLflow and W&B when enabled.
+
+        ``state_dir`` keeps the MLflow run id, so a resumed training continues the same MLflow run.
+        """
         from hms_core import tracking
 
-        out: list[Any] = []
+        root = Path(self.root)
+        out: list[Any] = [tracking.JSONLinesLogger(root / "logs" / "metrics" / f"{run_name}.jsonl")]
         if self.mlflow_tracking_uri:
             out.append(
                 tracking.MLflowLogger(
                     tracking_uri=self.mlflow_tracking_uri,
                     experiment=self.mlflow_experiment,
+                    artifact_location=root / "mlflow_artifacts",
                     run_name=run_name,
                     tags=tags,
-                    artifact_root=str(Path(self.root) / "mlflow_artifacts"),
+                    state_file=Path(state_dir) / "mlflow_run.json" if state_dir else None,
                 )
             )
         if self.wandb_mode != "disabled":
@@ -64,9 +71,9 @@ class TrackingResource(dg.ConfigurableResource):
                     project=self.wandb_project,
                     mode=self.wandb_mode,
                     run_name=run_name,
-                    tags=tags,
+                    tags=[f"{k}:{v}" for k, v in tags.items()],
                     group=group,
-                    dir=str(Path(self.root) / "wandb"),
+                    dir=root,
                 )
             )
         return out

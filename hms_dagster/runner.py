@@ -61,7 +61,8 @@ def _error_text(result: dg.ExecuteInProcessResult) -> str:
             msgs.append(f"{ev.step_key}: {err.message.strip()}" + (f"\n  caused by: {cause}" if cause else ""))
     for ev in result.get_asset_check_evaluations():
         if not ev.passed:
-            msgs.append(f"check {ev.asset_key.to_user_string()}:{ev.check_name} failed: {dict(ev.metadata)}")
+            meta = {k: getattr(v, "value", v) for k, v in ev.metadata.items()}
+            msgs.append(f"check {ev.asset_key.to_user_string()}:{ev.check_name} failed: {meta}")
     return "\n".join(msgs) or "run failed (see the run's logs in the Dagster UI)"
 
 

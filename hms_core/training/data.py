@@ -64,7 +64,8 @@ class Partition:
 
     @property
     def has_targets(self) -> bool:
-        return all(c in self.index.columns for c in VOTE_COLUMNS)
+        """Vote columns present and voted (the test set carries the columns with zero votes)."""
+        return all(c in self.index.columns for c in VOTE_COLUMNS) and bool((self.votes.sum(axis=1) > 0).all())
 
     @property
     def votes(self) -> np.ndarray:

@@ -55,7 +55,7 @@ def _build_model_asset(cfg, name: str):
         train_dirs = [windows / f for f in cfg.fold_names if f != fold]
         out_dir = cfg.models_dir / name / fold
         tags = {"model": name, "fold": fold, "dagster_run_id": context.run.run_id, "profile": cfg.profile}
-        loggers = tracking.loggers(run_name=f"{name}-{fold}", tags=tags, group=name)
+        loggers = tracking.loggers(run_name=f"{name}-{fold}", tags=tags, group=name, state_dir=str(out_dir))
         last = [0.0]
 
         def progress(done: int, total: int) -> None:
@@ -90,6 +90,7 @@ def _build_model_asset(cfg, name: str):
         yield dg.AssetCheckResult(
             check_name="beats_prior",
             passed=bool(passed),
+            severity=dg.AssetCheckSeverity.ERROR if cfg.training.quality_gate else dg.AssetCheckSeverity.WARN,
             metadata={"val_kl": float(m["val_kl"]), "prior_kl": float(m["prior_kl"]),
                       "ratio": float(m["val_kl"] / m["prior_kl"])},
         )
