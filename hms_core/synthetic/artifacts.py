@@ -24,12 +24,12 @@ def _idx(*names: str) -> list[int]:
 
 def draw_artifact_style(rng: np.random.Generator) -> dict[str, Any]:
     """Patient-level artifact mix: rates (events per minute), line-noise and ECG parameters."""
-    awake = rng.random() < 0.4
+    awake = rng.random() < 0.3
     return {
         "rates": {
-            "blink": float(rng.uniform(2, 15) if awake else rng.uniform(0, 1.5)),
+            "blink": float(rng.uniform(1, 10) if awake else rng.uniform(0, 1.0)),
             "lateral_eye": float(rng.uniform(0.5, 4) if awake else rng.uniform(0, 0.5)),
-            "muscle": float(rng.exponential(2.0)),
+            "muscle": float(rng.exponential(1.0)),
             "pop": float(rng.exponential(0.3)),
             "drift": float(rng.exponential(0.3)),
             "flat": float(rng.exponential(0.05)),

@@ -106,13 +106,13 @@ class SessionPlan:
 def draw_patient_style(rng: np.random.Generator) -> dict[str, Any]:
     """Patient-level style shared by all of a patient's sessions: background, amplitude, artifacts, class mix."""
     return {
-        "beta": float(rng.uniform(1.0, 2.5)),
-        "rms": float(np.clip(rng.lognormal(np.log(20.0), 0.35), 10.0, 40.0)),
+        "beta": float(rng.triangular(1.0, 1.6, 2.5)),
+        "rms": float(np.clip(rng.lognormal(np.log(16.0), 0.2), 10.0, 40.0)),
         "neighbour_corr": float(rng.uniform(0.6, 0.88)),
         "alpha_amp": 0.0 if rng.random() < 0.4 else float(rng.uniform(5, 30)),
         "alpha_freq": float(rng.uniform(7.0, 11.0)),
         "beta_amp": float(rng.uniform(0, 10)),
-        "voltage_p": rng.dirichlet([6.0, 2.0, 1.0]).tolist(),
+        "voltage_p": rng.dirichlet([8.0, 2.0, 1.0]).tolist(),
         "class_p": rng.dirichlet(CLASS_PRIOR * 4.0).tolist(),
         "rater_noise": float(rng.uniform(0.0, 0.25)),
         "nan_channel_p": float(rng.choice([0.0, 0.08], p=[0.7, 0.3])),
@@ -144,7 +144,7 @@ def plan_eeg(
     n_r = raters.draw_n_raters(rng)
     alt_share = 0.6 if pattern["edge"] else (0.25 if pattern["alt"] else 0.0)
     if n_r >= raters.POPULATION_HIGH[0]:
-        diff = min(1.0, diff + 0.1)  # the hard cases were the ones sent to many raters
+        diff = min(1.0, diff + 0.05)  # the hard cases were the ones sent to many raters
     p = raters.perceived_distribution(cls, diff, pattern["alt"], alt_share)
     votes = raters.draw_votes(rng, n_r, p)
     nan_ch = int(rng.integers(0, len(EEG_CHANNELS))) if rng.random() < style["nan_channel_p"] else None

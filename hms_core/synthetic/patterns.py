@@ -32,11 +32,12 @@ LATERAL_RIGHT = ("Fp2", "F4", "C4", "P4", "F8", "T4", "T6", "O2")
 FOCUS_WEIGHTS = {"F7": 3, "T3": 4, "T5": 3, "F3": 2, "C3": 3, "P3": 2, "Fp1": 1, "O1": 1}
 
 
-def _amplitude(rng: np.random.Generator, lo: float, hi: float, faint_p: float = 0.15) -> float:
-    """Peak amplitude (uV), log-uniform in [lo, hi]; with probability ``faint_p`` a faint one below ``lo``."""
+def _amplitude(rng: np.random.Generator, lo: float, hi: float, faint_p: float = 0.08) -> float:
+    """Peak amplitude (uV) in [lo, hi], log-scale Beta(3, 1.5) (mostly well above ``lo``); with probability
+    ``faint_p`` a faint one below ``lo`` (hard to see, so raters disagree more)."""
     if rng.random() < faint_p:
-        return float(rng.uniform(0.35, 0.8) * lo)
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        return float(rng.uniform(0.4, 0.8) * lo)
+    return float(lo * (hi / lo) ** rng.beta(3.0, 1.5))
 
 
 def _side(rng: np.random.Generator) -> int:
@@ -63,6 +64,23 @@ def generalized_field(frontal_gain: float, asymmetry: float = 1.0, weak_side: in
     side = hemisphere_mask(weak_side)
     w = w * np.where(side == 1.0, asymmetry, 1.0)
     return w / w.max()
+
+
+def propagation_delays(origin: np.ndarray | str, ms_per_cm: float, sfreq: float = SFREQ) -> list[int]:
+    """Per-channel delays (samples) of a field spreading from ``origin`` at ``ms_per_cm`` (travelling waves)."""
+    c = electrode_positions()[CH_INDEX[origin]] if isinstance(origin, str) else np.asarray(origin, float)
+    dist_cm = 100.0 * np.sqrt(((electrode_positions() - c) ** 2).sum(-1))
+    return np.round(dist_cm * ms_per_cm / 1000.0 * sfreq).astype(int).tolist()
+
+
+def _apply_field(base: np.ndarray, field: np.ndarray, delays: list[int] | None) -> np.ndarray:
+    """(n,) waveform -> (19, n) ``field[ch] * base`` delayed per channel (np.roll; edges are tapered)."""
+    out = np.empty((N_CH, base.shape[-1]), np.float32)
+    for ch in range(N_CH):
+        d = int(delays[ch]) if delays is not None else 0
+        out[ch] = np.roll(base, d) if d else base
+    out *= np.asarray(field, np.float32)[:, None]
+    return out
 
 
 def _smooth_edges(n: int, ramp: int) -> np.ndarray:
@@ -104,12 +122,7 @@ def render_periodic(p: Params, n_times: int, rng: np.random.Generator, sfreq: fl
     tpl, zero = discharge_template(p, sfreq)
     train, _ = discharge_train(rng, n_times, p["rate_hz"], p["jitter"], sfreq=sfreq)
     base = oaconvolve(train, tpl)[zero : zero + n_times].astype(np.float32)
-    field = np.asarray(p["field"], np.float32)
-    delays = np.asarray(p.get("delays_samples", np.zeros(N_CH)), int)
-    out = np.empty((N_CH, n_times), np.float32)
-    for ch in range(N_CH):
-        out[ch] = np.roll(base, delays[ch]) if delays[ch] else base
-    out *= (p["amp_uv"] * field)[:, None].astype(np.float32)
+    out = _apply_field(base, p["amp_uv"] * np.asarray(p["field"]), p.get("delays_samples"))
     return out * _smooth_edges(n_times, int(sfreq))
 
 
@@ -133,6 +146,7 @@ def draw_lpd(rng: np.random.Generator, ctx: Params) -> Params:
         "width_m": width,
         "contra_ratio": contra,
         "field": lateral_field(focus, width, contra).tolist(),
+        "delays_samples": propagation_delays(focus, float(rng.uniform(4, 12))),
         "rate_hz": rate,
         "jitter": float(rng.uniform(0.05, 0.2)),
         "sharp_ms": float(rng.uniform(30, 70) if spike else rng.uniform(70, 200)),
@@ -227,7 +241,7 @@ def render_rhythmic(p: Params, n_times: int, rng: np.random.Generator, sfreq: fl
             gate[a:b] = _smooth_edges(b - a, int(0.3 * sfreq))
             s = b + rng.uniform(*p["gap_s"]) * sfreq
         env *= gate
-    out = (p["amp_uv"] * np.asarray(p["field"], np.float32))[:, None] * (base * env)[None, :]
+    out = _apply_field(base * env, p["amp_uv"] * np.asarray(p["field"]), p.get("delays_samples"))
     return out * _smooth_edges(n_times, int(sfreq))
 
 
@@ -245,8 +259,10 @@ def draw_lrda(rng: np.random.Generator, ctx: Params) -> Params:
     w = np.where(hemi == 1.0, 1.0, np.where(hemi == 0.5, 0.5 * (1 + contra), contra))
     w = w * (0.35 + 0.65 * anterior_gradient())
     run_lo = max(3.0, 6.0 / freq)
+    origin = "F7" if side < 0 else "F8"
     return {
         "side": side,
+        "delays_samples": propagation_delays(origin, float(rng.uniform(6, 18))),
         "contra_ratio": contra,
         "field": (w / w.max()).tolist(),
         "freq_hz": freq,
@@ -271,7 +287,9 @@ def draw_grda(rng: np.random.Generator, ctx: Params) -> Params:
     elif r < 0.25:
         freq, edge, alt = float(rng.uniform(1.0, 1.5)), "slow_gpd_like", "GPD"
     gain = float(rng.uniform(0.3, 1.5)) if rng.random() < 0.7 else float(rng.uniform(0.0, 0.3))
+    front = electrode_positions()[[CH_INDEX["Fp1"], CH_INDEX["Fp2"]]].mean(0)
     return {
+        "delays_samples": propagation_delays(front, float(rng.uniform(6, 18))),
         "frontal_gain": gain,
         "asymmetry": asym,
         "weak_side": weak,
@@ -318,8 +336,10 @@ def draw_seizure(rng: np.random.Generator, ctx: Params) -> Params:
         alt = "GPD"
     elif shape == "sine":
         alt = "LRDA"
+    origin = core_c if not generalized else electrode_positions()[CH_INDEX["Fz"]]
     return {
         "generalized": bool(generalized),
+        "delays_samples": propagation_delays(origin, float(rng.uniform(4, 12))),
         "side": side,
         "chain": chain,
         "core": core,
@@ -356,7 +376,8 @@ def render_seizure(p: Params, n_times: int, rng: np.random.Generator, sfreq: flo
         onset = 0.3 + 0.3 * rng.random()
         spread_env = np.clip((t - onset) / 0.15, 0, 1).astype(np.float32)
     sig = base * env * np.float32(p["amp_uv"])
-    out = w0[:, None].astype(np.float32) * sig[None] + (w1[:, None].astype(np.float32) * (sig * spread_env)[None])
+    delays = p.get("delays_samples")
+    out = _apply_field(sig, w0, delays) + _apply_field(sig * spread_env, w1, delays)
     return out * _smooth_edges(n_times, int(0.5 * sfreq))
 
 
