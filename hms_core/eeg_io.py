@@ -222,7 +222,8 @@ def read_kaggle_spectrogram_table(path: str | os.PathLike[str]) -> np.ndarray:
             f"(first: {missing[:4]}); expected '<chain>_<freq>' for chains {list(CHAIN_NAMES)}."
         )
     table = pq.read_table(path, columns=list(SPEC_COLUMNS))
-    arr = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in SPEC_COLUMNS]).astype(np.float32)
+    arr = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in SPEC_COLUMNS])
+    arr = arr.astype(np.float32, copy=False)
     return arr.reshape(-1, len(CHAIN_NAMES), len(SPEC_FREQS))
 
 

@@ -18,7 +18,9 @@ import polars as pl
 from hms_core.constants import CHAIN_NAMES, SFREQ, bipolar_names
 from hms_core.spectral import stft_power
 
-__all__ = ["BANDS", "welch_psd", "band_power", "spectral_shape", "time_features", "periodicity", "compute_features"]
+__all__ = [
+    "BANDS", "welch_psd", "band_power", "spectral_shape", "time_features", "periodicity", "compute_features",
+]  # fmt: skip
 
 #: Classical EEG bands (Hz), upper edge exclusive.
 BANDS: dict[str, tuple[float, float]] = {
@@ -30,7 +32,9 @@ BANDS: dict[str, tuple[float, float]] = {
 }
 
 
-def welch_psd(x: np.ndarray, sfreq: float = SFREQ, window_size: int = 256, nfft: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def welch_psd(
+    x: np.ndarray, sfreq: float = SFREQ, window_size: int = 256, nfft: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """Welch PSD (uV^2/Hz) along the last axis: mean of 50 %-overlap Hann periodograms. Returns (psd, freqs)."""
     window_size = min(window_size, x.shape[-1])
     p, f = stft_power(x, sfreq, window_size, window_size // 2, max(nfft, window_size), 0.0, sfreq / 2)
@@ -44,7 +48,9 @@ def band_power(psd: np.ndarray, freqs: np.ndarray, band: tuple[float, float]) ->
     return psd[..., m].sum(-1) * df
 
 
-def spectral_shape(psd: np.ndarray, freqs: np.ndarray, fmin: float = 0.5, fmax: float = 50.0) -> dict[str, np.ndarray]:
+def spectral_shape(
+    psd: np.ndarray, freqs: np.ndarray, fmin: float = 0.5, fmax: float = 50.0
+) -> dict[str, np.ndarray]:
     """Centroid, bandwidth, 85 % rolloff, normalised entropy, 90 % edge frequency and 1/f slope in [fmin, fmax]."""
     m = (freqs >= fmin) & (freqs <= fmax)
     f = freqs[m].astype(np.float64)
@@ -149,7 +155,9 @@ def compute_features(
     """
     bipolar = np.asarray(bipolar, dtype=np.float32)
     if bipolar.ndim != 3 or bipolar.shape[1] < 16:
-        raise ValueError(f"compute_features expects bipolar data shaped (batch, 16|18, n_times), got {bipolar.shape}.")
+        raise ValueError(
+            f"compute_features expects bipolar data shaped (batch, 16|18, n_times), got {bipolar.shape}."
+        )
     b, n_ch, _ = bipolar.shape
     names = bipolar_names(include_central=n_ch == 18)[:n_ch]
     w = np.ones((b, n_ch), np.float32) if quality is None else np.asarray(quality, np.float32)

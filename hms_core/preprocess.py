@@ -4,9 +4,10 @@
 
 Steps per window (all vectorised across the batch): NaN gaps (short ones interpolated, long ones filled and the
 channel flagged) -> flat/disconnected channels and electrode pops on the raw signal -> zero-phase SOS band-pass +
-notch (and harmonics) on the whole 50 s -> noisy channels (robust amplitude after filtering) -> central ``context_length`` samples kept -> double-banana
-montage -> amplitude clipping -> features and spectrograms (on unscaled microvolts, over the labelled segment or
-the context) -> robust scaling (median/IQR per channel). EKG is filtered and scaled like EEG but kept apart.
+notch (and harmonics) on the whole 50 s -> noisy channels (robust amplitude after filtering) -> central
+``context_length`` samples kept -> double-banana montage -> amplitude clipping -> features and spectrograms
+(on unscaled microvolts, over the labelled segment or the context) -> robust scaling (median/IQR per channel).
+EKG is filtered and scaled like EEG but kept apart.
 
 Partition layout (row ``i`` of ``index.parquet`` <-> index ``i`` of every array) is described in
 :func:`build_partition`.
@@ -58,7 +59,13 @@ from hms_core.signal import (
     fill_nans,
     robust_scale,
 )
-from hms_core.spectral import chain_average, compute_spectrogram, kaggle_spectrogram_image, log_normalize, spectrogram_axes
+from hms_core.spectral import (
+    chain_average,
+    compute_spectrogram,
+    kaggle_spectrogram_image,
+    log_normalize,
+    spectrogram_axes,
+)
 
 __all__ = [
     "BatchOutput",
@@ -289,7 +296,9 @@ def preprocess_record(
 
 
 # --- partition layout -----------------------------------------------------------------------------------------
-def array_specs(cfg: PreprocessingConfig, n_rows: int, with_kaggle: bool) -> dict[str, tuple[tuple[int, ...], str]]:
+def array_specs(
+    cfg: PreprocessingConfig, n_rows: int, with_kaggle: bool
+) -> dict[str, tuple[tuple[int, ...], str]]:
     """name -> (shape, dtype) of every array a partition of ``n_rows`` windows holds."""
     dt = cfg.eeg.dtype
     ctx = cfg.eeg.context_length
@@ -378,7 +387,9 @@ def _rows_in(batch_starts: Any, batch_size: int, n: int) -> int:
 
 
 def _validate_rows(rows: pd.DataFrame, need_spec: bool) -> None:
-    need = list(ROW_COLUMNS_REQUIRED) + (["spectrogram_id", "spectrogram_label_offset_seconds"] if need_spec else [])
+    need = list(ROW_COLUMNS_REQUIRED)
+    if need_spec:
+        need += ["spectrogram_id", "spectrogram_label_offset_seconds"]
     missing = [c for c in need if c not in rows.columns]
     if missing:
         raise ValueError(f"build_partition: 'rows' lacks column(s) {missing}; it has {list(rows.columns)}.")
@@ -418,7 +429,8 @@ def _run_batch(
     ids = [f"{Path(job.eeg_dir) / str(e)}.parquet (row {job.b0 + i}, offset {o} s)"
            for i, (e, o) in enumerate(zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"]))]  # fmt: skip
     windows = np.stack(
-        [extract_window(eegs(e), o, rid) for e, o, rid in zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"], ids)]
+        [extract_window(eegs(e), o, rid)
+         for e, o, rid in zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"], ids)]
     )  # fmt: skip
     kag = None
     if spec_tables is not None:
@@ -498,7 +510,9 @@ def build_partition(
         if done:
             got = np.load(path, mmap_mode="r")
             if got.shape != shape or str(got.dtype) != dt:
-                raise RuntimeError(f"Partial array '{path}' has shape {got.shape}, expected {shape}; delete {partial}.")
+                raise RuntimeError(
+                    f"Partial array '{path}' has shape {got.shape}, expected {shape}; delete {partial}."
+                )
             del got
         else:  # header + full-size file; batches are written in place (positioned writes, no growing mapping)
             del_me = np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=shape)
@@ -509,7 +523,8 @@ def build_partition(
     step_seconds: dict[str, float] = {}
 
     def save_marker() -> None:
-        write_json(marker, {"fingerprint": fp, "done_batches": sorted(done), "n_rows": n, "batch_size": batch_size})
+        state = {"fingerprint": fp, "done_batches": sorted(done), "n_rows": n, "batch_size": batch_size}
+        write_json(marker, state)
 
     def finished(b0: int, secs: dict[str, float]) -> None:
         done.add(b0)
@@ -532,14 +547,14 @@ def build_partition(
     mode = cfg.eeg.missing_channels
     eegs = _LRU(lambda i: read_hms_eeg(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8 * cfg.workers)
     spec_tables = (
-        _LRU(lambda i: read_kaggle_spectrogram_table(Path(spec_dir) / f"{i}.parquet"), size=4 * cfg.workers)  # type: ignore[arg-type]
+        _LRU(lambda i: read_kaggle_spectrogram_table(Path(str(spec_dir)) / f"{i}.parquet"), size=4 * cfg.workers)
         if with_kaggle else None
     )  # fmt: skip
     workers = min(cfg.workers, len(jobs))
     if workers > 1:
-        # threads, not processes: the heavy steps (parquet reads, SOS filters, FFTs, percentiles, torch) release the
-        # GIL, threads start instantly and share the file caches; worker processes paid seconds of imports each and
-        # pyarrow/torch thread pools are not fork-safe. torch runs one intra-op thread per worker meanwhile.
+        # threads, not processes: the heavy steps (parquet reads, SOS filters, FFTs, percentiles, torch) release
+        # the GIL, threads start instantly and share the file caches; worker processes paid seconds of imports
+        # each and pyarrow/torch thread pools are not fork-safe. torch runs one intra-op thread per worker.
         import torch
         from concurrent.futures import ThreadPoolExecutor
 
@@ -642,7 +657,9 @@ class PartitionData:
         arrays = self.__dict__.get("arrays", {})
         if name in arrays:
             return arrays[name]
-        raise AttributeError(f"Partition '{self.__dict__.get('out_dir')}' has no array {name!r}; it has {sorted(arrays)}.")
+        raise AttributeError(
+            f"Partition '{self.__dict__.get('out_dir')}' has no array {name!r}; it has {sorted(arrays)}."
+        )
 
     @property
     def spectrograms(self) -> dict[str, np.ndarray]:
@@ -694,11 +711,13 @@ def partition_checks(
     res["finite"] = (all(v == 0 for v in bad.values()), {"non_finite": bad})
     expected = array_specs(cfg, n, "spec_kaggle" in part.arrays)
     mism = {
-        k: {"expected": [list(s), d], "got": [list(part.arrays[k].shape), str(part.arrays[k].dtype)] if k in part.arrays else None}
+        k: {"expected": [list(s), d],
+            "got": [list(part.arrays[k].shape), str(part.arrays[k].dtype)] if k in part.arrays else None}
         for k, (s, d) in expected.items()
         if k not in part.arrays or part.arrays[k].shape != s or str(part.arrays[k].dtype) != d
     }  # fmt: skip
-    res["shapes"] = (not mism, {"n_rows": n, "mismatches": mism, "shapes": {k: list(v.shape) for k, v in part.arrays.items()}})
+    shapes = {k: list(v.shape) for k, v in part.arrays.items()}
+    res["shapes"] = (not mism, {"n_rows": n, "mismatches": mism, "shapes": shapes})
     frac = float(part.index["n_flagged_channels"].sum()) / max(n * N_EEG, 1)
     res["flagged_fraction"] = (
         frac <= cfg.max_flagged_fraction,
@@ -707,7 +726,10 @@ def partition_checks(
     )  # fmt: skip
     idx = part.index
     folds_per_patient = idx.groupby("patient_id")["fold"].nunique()
-    detail: dict[str, Any] = {"folds": sorted(int(f) for f in idx["fold"].unique()), "n_patients": int(len(folds_per_patient))}
+    detail: dict[str, Any] = {
+        "folds": sorted(int(f) for f in idx["fold"].unique()),
+        "n_patients": int(len(folds_per_patient)),
+    }
     ok = bool((folds_per_patient <= 1).all())
     if fold is not None:
         wrong = idx.loc[idx["fold"] != fold, "patient_id"].unique().tolist()

@@ -119,7 +119,9 @@ def design_filter(
     nyq = sfreq / 2
     for name, f in (("l_freq", l_freq), ("h_freq", h_freq), ("notch_freq", notch_freq)):
         if f is not None and not 0 < f < nyq:
-            raise ValueError(f"Invalid value for the '{name}' parameter: {f} Hz must be in (0, {nyq}) Hz (Nyquist).")
+            raise ValueError(
+                f"Invalid value for the '{name}' parameter: {f} Hz must be in (0, {nyq}) Hz (Nyquist)."
+            )
     if l_freq is not None and h_freq is not None and l_freq >= h_freq:
         raise ValueError(f"l_freq ({l_freq}) must be below h_freq ({h_freq}).")
     sections = []
@@ -205,7 +207,7 @@ def detect_artifacts(
 
 
 def clip_amplitude(x: np.ndarray, clip_uv: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Clip to ``[-clip_uv, clip_uv]``; returns the clipped array and the per-channel fraction of clipped samples."""
+    """Clip to ``[-clip_uv, clip_uv]``; returns the clipped array and the per-channel clipped fraction."""
     frac = (np.abs(x) > clip_uv).mean(-1, dtype=np.float32)
     return np.clip(x, -clip_uv, clip_uv, out=out), frac
 

@@ -152,7 +152,9 @@ def morlet_power(
     pad = hop // 2
     out = np.empty((flat.shape[0], len(freqs), n_frames), np.float32)
     for s in range(0, flat.shape[0], chunk):
-        coef, _ = pywt.cwt(flat[s : s + chunk], scales, wavelet, sampling_period=1.0 / sfreq, method="fft", axis=-1)
+        coef, _ = pywt.cwt(
+            flat[s : s + chunk], scales, wavelet, sampling_period=1.0 / sfreq, method="fft", axis=-1
+        )
         p = (coef.real**2 + coef.imag**2).astype(np.float32)  # (F, n, T)
         right = n_frames * hop - pad - n_times  # frames span samples [-pad, n_frames*hop - pad)
         p = np.pad(p, ((0, 0), (0, 0), (pad, max(right, 0))), mode="edge")[..., : n_frames * hop]
@@ -210,7 +212,9 @@ def _stft(x: np.ndarray, cfg: SpectrogramConfig, sfreq: float) -> tuple[np.ndarr
 
 @register_spectrogram("multitaper")
 def _multitaper(x: np.ndarray, cfg: SpectrogramConfig, sfreq: float) -> tuple[np.ndarray, np.ndarray]:
-    return multitaper_power(x, sfreq, cfg.window_size, _hop(cfg), cfg.nfft, cfg.freq_min, cfg.freq_max, cfg.n_tapers)
+    return multitaper_power(
+        x, sfreq, cfg.window_size, _hop(cfg), cfg.nfft, cfg.freq_min, cfg.freq_max, cfg.n_tapers
+    )
 
 
 @register_spectrogram("wavelet")
@@ -281,7 +285,10 @@ class SpectrogramAxes:
         return len(self.freqs), len(self.times)
 
     def to_dict(self) -> dict[str, list[float]]:
-        return {"freqs_hz": [round(float(f), 4) for f in self.freqs], "times_s": [round(float(t), 4) for t in self.times]}
+        return {
+            "freqs_hz": [round(float(f), 4) for f in self.freqs],
+            "times_s": [round(float(t), 4) for t in self.times],
+        }
 
 
 def spectrogram_axes(name: str, cfg: SpectrogramConfig, n_times: int, sfreq: float = SFREQ) -> SpectrogramAxes:
