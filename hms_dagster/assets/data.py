@@ -45,7 +45,8 @@ def build_data_assets(cfg) -> list:
     @dg.asset(
         group_name=GROUP,
         kinds={"parquet"},
-        code_version=code("dataset"),
+        code_version=code("dataset.source", "dataset.raw_data_path", "dataset.synthetic",
+                          "dataset.kaggle_competition", "dataset.check_files"),
         description="The raw HMS competition folder (local, Kaggle download, or generated synthetic data), "
         "validated file by file.",
         check_specs=[
@@ -93,7 +94,7 @@ def build_data_assets(cfg) -> list:
         group_name=GROUP,
         deps=[raw_dataset],
         kinds={"parquet", "duckdb"},
-        code_version=code("dataset"),
+        code_version=code("dataset.processed_data_path"),
         description="train.csv validated and deduplicated to one row per (eeg_id, votes) group, plus the test rows.",
         check_specs=[dg.AssetCheckSpec("vote_sums", asset="labels", blocking=True)],
     )

@@ -1,0 +1,102 @@
+"""Stages materialized through the Dagster instance on the tiny profile: data, resume, staleness, bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from hms_core.config import load_config
+from hms_dagster.definitions import build_definitions
+from hms_dagster.instance import prepare_instance
+from hms_dagster.runner import run_pipeline
+from hms_dagster.status import collect_status, status_summary
+from tests.hms_dagster.conftest import write_config
+
+
+def _states(cfg):
+    inst = prepare_instance(cfg)
+    return {(r.asset, r.partition): r.state for r in collect_status(cfg, build_definitions(cfg), inst)}
+
+
+@pytest.fixture(scope="module")
+def data_workspace(tmp_path_factory):
+    """A tiny workspace whose data stage has run once (shared by the tests of this module)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = load_config(write_config(root))
+    report = run_pipeline(cfg, "data")
+    assert report.ok, report.failed
+    return root, cfg
+
+
+def test_data_stage_materializes_with_checks(data_workspace):
+    root, cfg = data_workspace
+    inst = prepare_instance(cfg)
+    states = _states(cfg)
+    assert states[("raw_dataset", None)] == "fresh"
+    assert states[("labels", None)] == "fresh"
+    assert states[("folds", None)] == "fresh"
+    labels = pl.read_parquet(cfg.processed_dir / "labels.parquet")
+    folds = pl.read_parquet(cfg.processed_dir / "folds.parquet")
+    assert labels.height == folds.height and labels["eeg_id"].is_unique().all()
+    assert folds.group_by("patient_id").agg(pl.col("fold").n_unique())["fold"].max() == 1
+    assert sorted(folds["fold"].unique().to_list()) == list(range(cfg.dataset.n_folds))
+    # every check evaluation recorded on the instance passed
+    for key, check in [("raw_dataset", "files_valid"), ("labels", "vote_sums"), ("folds", "no_patient_in_two_folds")]:
+        rec = inst.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey(key), check)]
+        )[dg.AssetCheckKey(dg.AssetKey(key), check)]
+        assert rec.evaluation.passed, (key, check)
+    meta = inst.get_latest_materialization_event(dg.AssetKey("labels")).asset_materialization.metadata
+    assert meta["rows"].value == labels.height and meta["patients"].value == labels["patient_id"].n_unique()
+    assert (cfg.processed_dir / "config.resolved.yaml").exists()
+
+
+def test_resume_skips_fresh_work(data_workspace):
+    _, cfg = data_workspace
+    report = run_pipeline(cfg, "data", resume=True)
+    assert report.ok and not report.done and len(report.skipped) == 1
+
+
+def test_config_change_makes_only_dependent_assets_stale(data_workspace):
+    root, _ = data_workspace
+    cfg2 = load_config(write_config(root, dataset={"fold_seed": 7}))
+    states = _states(cfg2)
+    assert states[("raw_dataset", None)] == "fresh"
+    assert states[("labels", None)] == "fresh"
+    assert states[("folds", None)] == "stale"
+    assert status_summary(collect_status(cfg2, build_definitions(cfg2), prepare_instance(cfg2)))["stages"]["data"] \
+        == "incomplete"
+    report = run_pipeline(cfg2, "data", resume=True)
+    assert report.ok and len(report.done) == 1
+    assert _states(cfg2)[("folds", None)] == "fresh"
+
+
+def test_bad_input_fails_naming_the_file_and_keeps_good_outputs(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    assert run_pipeline(cfg, "data").ok
+    labels_before = (cfg.processed_dir / "labels.parquet").read_bytes()
+    eeg = sorted((cfg.raw_dir / "train_eegs").glob("*.parquet"))[0]
+    eeg.write_bytes(eeg.read_bytes()[: eeg.stat().st_size // 3])  # truncated file
+    report = run_pipeline(cfg, "data")
+    assert not report.ok
+    pr, run_id, error = report.failed
+    assert pr.job.name == "data_job"
+    assert eeg.name in error
+    assert (cfg.processed_dir / "labels.parquet").read_bytes() == labels_before
+    states = _states(cfg)
+    assert states[("raw_dataset", None)] == "failed"
+
+
+def test_missing_data_without_credentials_or_synthetic_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nokaggle"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(write_config(tmp_path, dataset={"allow_synthetic": False}))
+    report = run_pipeline(cfg, "data")
+    assert not report.ok
+    error = report.failed[2]
+    assert "kaggle.json" in error and "KAGGLE_USERNAME" in error and str(cfg.raw_dir) in error

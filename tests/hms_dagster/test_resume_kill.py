@@ -1,0 +1,68 @@
+"""`hms run` killed with SIGKILL mid-stage, then `hms run --resume`: completed partitions are not redone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from tests.hms_dagster.conftest import write_config
+
+
+def _hms(*args: str, cfg: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hms_dagster.cli", *args, "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def _materialized(home: Path, key: str) -> set[str]:
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        return set(inst.get_materialized_partitions(dg.AssetKey(key)))
+
+
+def _succeeded_partitions(home: Path, job: str) -> set[str]:
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        runs = inst.get_runs(dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.SUCCESS]))
+        return {r.tags["dagster/partition"] for r in runs}
+
+
+def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    cfg = write_config(tmp_path)
+    home = tmp_path / "ws" / "dagster_home"
+    out = _hms("run", "--stage", "data", cfg=cfg)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "hms_dagster.cli", "run", "--stage", "preprocessing",
+                             "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    done: set[str] = set()
+    while time.time() < deadline and not done:
+        time.sleep(0.5)
+        done = _succeeded_partitions(home, "preprocessing_job")
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done and len(done) < 3, done
+
+    status = json.loads(_hms("status", "--json", cfg=cfg).stdout)
+    states = {(a["asset"], a["partition"]): a["state"] for a in status["assets"]}
+    for fold in done:
+        assert states[("eeg_windows", fold)] == "fresh"
+    interrupted = [a for a in status["assets"] if a["asset"] == "eeg_windows" and a["partition"] not in done]
+    assert all(a["state"] in ("failed", "missing") for a in interrupted)
+    assert any(a["state"] == "failed" for a in interrupted), "the killed run should be reported as failed"
+
+    out = _hms("run", "--stage", "preprocessing", "--resume", cfg=cfg)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for fold in done:
+        assert f"skip preprocessing: preprocessing_job {fold} (fresh)" in out.stdout
+    assert _materialized(home, "eeg_windows") == {"fold_0", "fold_1", "fold_2"}
+    status = json.loads(_hms("status", "--json", cfg=cfg).stdout)
+    assert status["stages"]["data"] == "complete" and status["stages"]["preprocessing"] == "complete"
