@@ -45,7 +45,7 @@ def difficulty(rng: np.random.Generator, edge: bool, snr: float, rater_noise: fl
 def perceived_distribution(true_class: str, difficulty: float, alt: str | None, alt_share: float) -> np.ndarray:
     """(6,) probability a random rater votes each class."""
     k = CLASSES.index(true_class)
-    eps = 0.04 + 0.66 * difficulty
+    eps = 0.04 + 0.5 * difficulty
     conf = CONFUSION[k] / CONFUSION[k].sum()
     if alt is not None:
         onehot = np.zeros(N_CLASSES)
