@@ -164,17 +164,17 @@ def morlet_power(
 
 
 @lru_cache(maxsize=4)
-def _mel_transform(sfreq: float, nfft: int, window_size: int, hop: int, fmin: float, fmax: float, n_mels: int):
-    import warnings
+def _mel_filterbank(sfreq: float, nfft: int, fmin: float, fmax: float, n_mels: int) -> tuple[torch.Tensor, int, int]:
+    """torchaudio mel filter bank (HTK scale, Slaney area normalisation) restricted to its non-zero FFT bins.
 
-    import torchaudio
+    Returns (fb (n_used_bins, n_mels), first bin, last bin + 1).
+    """
+    import torchaudio.functional as AF
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "filterbank has all zero values" is checked in tests instead
-        return torchaudio.transforms.MelSpectrogram(
-            sample_rate=int(sfreq), n_fft=nfft, win_length=window_size, hop_length=hop, f_min=fmin, f_max=fmax,
-            n_mels=n_mels, power=2.0, center=True, pad_mode="reflect", norm="slaney", mel_scale="htk",
-        )  # fmt: skip
+    fb = AF.melscale_fbanks(nfft // 2 + 1, fmin, fmax, n_mels, int(sfreq), norm="slaney", mel_scale="htk")
+    used = torch.nonzero(fb.sum(1) > 0).flatten()
+    lo, hi = int(used[0]), int(used[-1]) + 1
+    return fb[lo:hi].contiguous(), lo, hi
 
 
 def _mel_centres(fmin: float, fmax: float, n_mels: int) -> np.ndarray:
@@ -195,13 +195,14 @@ def mel_power(
     fmax: float = 50.0,
     n_mels: int = 128,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """torchaudio mel spectrogram (HTK mel scale, Slaney-normalised filters); freqs are the filter centres."""
-    transform = _mel_transform(float(sfreq), nfft, window_size, hop, float(fmin), float(fmax), n_mels)
-    xt = _as_tensor(x)
-    lead = xt.shape[:-1]
-    with torch.no_grad():
-        p = transform(xt.reshape(-1, xt.shape[-1]))
-    return p.reshape(*lead, *p.shape[-2:]).numpy(), _mel_centres(fmin, fmax, n_mels)
+    """Mel spectrogram: Hann-window power STFT (``window_size`` samples zero-padded to ``nfft``) projected on
+    torchaudio's mel filter bank (``torchaudio.functional.melscale_fbanks``, HTK scale, Slaney-normalised), the
+    same as ``torchaudio.transforms.MelSpectrogram`` but only over the bins the filters use. freqs are the filter
+    centres (Hz)."""
+    fb, lo, hi = _mel_filterbank(float(sfreq), nfft, float(fmin), float(fmax), n_mels)
+    power = _stft_frames_power(_as_tensor(x), _hann(window_size), nfft, hop)[..., lo:hi, :]
+    mel = torch.matmul(power.transpose(-1, -2), fb).transpose(-1, -2)
+    return mel.numpy(), _mel_centres(fmin, fmax, n_mels)
 
 
 # --- registry entries (config-driven) -------------------------------------------------------------------------
