@@ -31,63 +31,69 @@ class WorkspaceResource(dg.ConfigurableResource):
         return p
 
 
-class TrackingResource(dg.ConfigurableResource):
-    """MLflow (local sqlite by default; ``None`` disables it) and Weights & Biases (offline by default).
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking on a local sqlite file by default (``tracking_uri: null`` disables it).
 
-    One tracking run per (model, fold) materialization; the Dagster run id is recorded as a tag so the UI's run and
-    the MLflow/W&B runs can be found from each other.
+    One MLflow run per (model, fold) training, tagged with the Dagster run id. (dagster-mlflow's resource opens one
+    MLflow run per Dagster run, but one models run trains every enabled model of a fold, so the platform opens its
+    own runs through ``hms_core.tracking.MLflowLogger``.)
     """
 
-    mlflow_tracking_uri: str | None = None
-    mlflow_experiment: str = "hms-eeg"
-    wandb_project: str = "hms-eeg"
-    wandb_mode: str = "offline"
-    root: str = "."
+    tracking_uri: str | None = None
+    experiment: str = "hms-eeg"
+    artifact_root: str = "mlflow_artifacts"
 
-    def loggers(self, run_name: str, tags: dict[str, str], group: str | None = None,
-                state_dir: str | None = None) -> list[Any]:
-        """Loggers for one training: JSON lines under logs/metrics always, MLflow and W&B when enabled.
+    def logger(self, run_name: str, tags: dict[str, str], state_dir: str | None = None) -> Any | None:
+        if not self.tracking_uri:
+            return None
+        from hms_core.tracking import MLflowLogger
 
-        ``state_dir`` keeps the MLflow run id, so a resumed training continues the same MLflow run.
-        """
-        from hms_core import tracking
+        return MLflowLogger(
+            tracking_uri=self.tracking_uri,
+            experiment=self.experiment,
+            artifact_location=self.artifact_root,
+            run_name=run_name,
+            tags=tags,
+            state_file=Path(state_dir) / "mlflow_run.json" if state_dir else None,
+        )
 
-        root = Path(self.root)
-        out: list[Any] = [tracking.JSONLinesLogger(root / "logs" / "metrics" / f"{run_name}.jsonl")]
-        if self.mlflow_tracking_uri:
-            out.append(
-                tracking.MLflowLogger(
-                    tracking_uri=self.mlflow_tracking_uri,
-                    experiment=self.mlflow_experiment,
-                    artifact_location=root / "mlflow_artifacts",
-                    run_name=run_name,
-                    tags=tags,
-                    state_file=Path(state_dir) / "mlflow_run.json" if state_dir else None,
-                )
-            )
-        if self.wandb_mode != "disabled":
-            out.append(
-                tracking.WandbLogger(
-                    project=self.wandb_project,
-                    mode=self.wandb_mode,
-                    run_name=run_name,
-                    tags=[f"{k}:{v}" for k, v in tags.items()],
-                    group=group,
-                    dir=root,
-                )
-            )
-        return out
+
+class WandbResource(dg.ConfigurableResource):
+    """Weights & Biases, offline by default (runs land in ``<root>/wandb``; ``wandb sync`` uploads them later)."""
+
+    project: str = "hms-eeg"
+    mode: str = "offline"
+    dir: str = "."
+
+    def logger(self, run_name: str, tags: dict[str, str], group: str | None = None) -> Any | None:
+        if self.mode == "disabled":
+            return None
+        from hms_core.tracking import WandbLogger
+
+        return WandbLogger(project=self.project, mode=self.mode, run_name=run_name,
+                           tags=[f"{k}:{v}" for k, v in tags.items()], group=group, dir=self.dir)
+
+
+def training_loggers(
+    workspace: WorkspaceResource, mlflow: MLflowResource, wandb: WandbResource, run_name: str,
+    tags: dict[str, str], group: str | None = None, state_dir: str | None = None,
+) -> list[Any]:
+    """JSON lines under ``logs/metrics`` always, plus MLflow and W&B when enabled."""
+    from hms_core.tracking import JSONLinesLogger
+
+    loggers = [JSONLinesLogger(workspace.config.logs_dir / "metrics" / f"{run_name}.jsonl"),
+               mlflow.logger(run_name, tags, state_dir), wandb.logger(run_name, tags, group)]
+    return [lg for lg in loggers if lg is not None]
 
 
 def build_resources(cfg: PlatformConfig) -> dict[str, Any]:
     assert cfg.source_path is not None
     return {
         "workspace": WorkspaceResource(config_path=cfg.source_path),
-        "tracking": TrackingResource(
-            mlflow_tracking_uri=cfg.mlflow_uri,
-            mlflow_experiment=cfg.logging.mlflow_experiment,
-            wandb_project=cfg.logging.wandb_project,
-            wandb_mode=cfg.logging.wandb_mode,
-            root=str(cfg.root),
+        "mlflow": MLflowResource(
+            tracking_uri=cfg.mlflow_uri,
+            experiment=cfg.logging.mlflow_experiment,
+            artifact_root=str(cfg.root / "mlflow_artifacts"),
         ),
+        "wandb": WandbResource(project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode, dir=str(cfg.root)),
     }

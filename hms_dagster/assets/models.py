@@ -11,7 +11,7 @@ import dagster as dg
 
 from hms_core.models.specs import MODEL_SPECS
 from hms_dagster.partitions import fold_index, fold_partitions
-from hms_dagster.resources import TrackingResource, WorkspaceResource
+from hms_dagster.resources import MLflowResource, WandbResource, WorkspaceResource, training_loggers
 
 GROUP = "models"
 VERSION = "1"
@@ -44,7 +44,10 @@ def _build_model_asset(cfg, name: str):
         check_specs=[dg.AssetCheckSpec("beats_prior", asset=key, blocking=True,
                                        description="out-of-fold KL below the class-prior baseline")],
     )
-    def _model(context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource):
+    def _model(
+        context: dg.AssetExecutionContext, workspace: WorkspaceResource, mlflow: MLflowResource,
+        wandb: WandbResource,
+    ):
         from hms_core.plots import learning_curve_markdown
         from hms_core.training import train_fold
 
@@ -55,7 +58,8 @@ def _build_model_asset(cfg, name: str):
         train_dirs = [windows / f for f in cfg.fold_names if f != fold]
         out_dir = cfg.models_dir / name / fold
         tags = {"model": name, "fold": fold, "dagster_run_id": context.run.run_id, "profile": cfg.profile}
-        loggers = tracking.loggers(run_name=f"{name}-{fold}", tags=tags, group=name, state_dir=str(out_dir))
+        loggers = training_loggers(workspace, mlflow, wandb, run_name=f"{name}-{fold}", tags=tags, group=name,
+                                   state_dir=str(out_dir))
         last = [0.0]
 
         def progress(done: int, total: int) -> None:
