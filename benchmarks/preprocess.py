@@ -208,7 +208,7 @@ def spectrogram_costs(n: int = 100, seed: int = 1) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs=3, default=[200, 400, 800], help="dataset sizes (records)")
-    ap.add_argument("--n-ref", type=int, default=100, help="records for the ours-vs-reference comparison")
+    ap.add_argument("--n-ref", type=int, default=400, help="records for the ours-vs-reference comparison")
     ap.add_argument("--n-files", type=int, default=300, help="distinct 60-s EEG files (rows reuse them)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
