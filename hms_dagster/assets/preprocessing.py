@@ -36,6 +36,21 @@ def _progress_logger(context, label: str):
     return progress
 
 
+def _build(context, cfg, rows, split: str, out_dir: Path) -> dict:
+    """One streaming pass over ``rows`` of the ``train`` or ``test`` split into ``out_dir``; the manifest."""
+    from hms_core.preprocess import build_partition
+
+    return build_partition(
+        rows,
+        eeg_dir=cfg.raw_dir / f"{split}_eegs",
+        spec_dir=cfg.raw_dir / f"{split}_spectrograms",
+        out_dir=out_dir,
+        cfg=cfg.preprocessing,
+        batch_size=cfg.dataset.processing_batch_size,
+        progress=_progress_logger(context, out_dir.name),
+    ).to_dict()
+
+
 def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
     """Split one partition manifest into the metadata of each asset it produced."""
     shapes = manifest.get("shapes", {})
@@ -93,7 +108,7 @@ def build_preprocessing_assets(cfg) -> list:
     def preprocess_fold(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         import pandas as pd
 
-        from hms_core.preprocess import build_partition, partition_checks
+        from hms_core.preprocess import partition_checks
         from hms_core.plots import example_figure_markdown
 
         cfg = workspace.config
@@ -102,15 +117,7 @@ def build_preprocessing_assets(cfg) -> list:
         rows = all_rows[all_rows["fold"] == k].reset_index(drop=True)
         patient_folds = dict(zip(all_rows["patient_id"], all_rows["fold"]))
         out_dir = cfg.processed_dir / "windows" / context.partition_key
-        manifest = build_partition(
-            rows,
-            eeg_dir=cfg.raw_dir / "train_eegs",
-            spec_dir=cfg.raw_dir / "train_spectrograms",
-            out_dir=out_dir,
-            cfg=cfg.preprocessing,
-            batch_size=cfg.dataset.processing_batch_size,
-            progress=_progress_logger(context, context.partition_key),
-        ).to_dict()
+        manifest = _build(context, cfg, rows, "train", out_dir)
         plots = example_figure_markdown(out_dir)
         for key in keys:
             meta = _metadata_for(key, manifest, out_dir)
@@ -136,20 +143,10 @@ def build_preprocessing_assets(cfg) -> list:
     def test_windows(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         import pandas as pd
 
-        from hms_core.preprocess import build_partition
-
         cfg = workspace.config
         rows = pd.read_parquet(cfg.processed_dir / "test_rows.parquet").assign(fold=-1)
         out_dir = cfg.processed_dir / "windows" / "test"
-        manifest = build_partition(
-            rows,
-            eeg_dir=cfg.raw_dir / "test_eegs",
-            spec_dir=cfg.raw_dir / "test_spectrograms",
-            out_dir=out_dir,
-            cfg=cfg.preprocessing,
-            batch_size=cfg.dataset.processing_batch_size,
-            progress=_progress_logger(context, "test"),
-        ).to_dict()
+        manifest = _build(context, cfg, rows, "test", out_dir)
         return dg.MaterializeResult(
             metadata={"path": dg.MetadataValue.path(str(out_dir)), "rows": manifest.get("n_rows"),
                       "seconds": manifest.get("seconds")}
