@@ -15,11 +15,9 @@ from hms_core.config import PlatformConfig
 
 
 def _latest_storage_id(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> int:
-    if partition is None:
-        ev = instance.get_latest_materialization_event(dg.AssetKey(key))
-        return ev.storage_id if ev is not None else 0
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
+        limit=1,
     ).records
     return records[0].storage_id if records else 0
 
