@@ -63,3 +63,22 @@ def test_status_on_a_fresh_workspace_is_all_missing(tiny_config):
     assert states[("eeg_windows", "fold_0")] == "missing"
     assert data["stages"]["foundation"] == "not built"
     assert data["stages"]["data"] == "incomplete"
+
+
+def test_demo_data_then_validate_good_and_bad(tmp_path):
+    out = tmp_path / "raw"
+    res = runner.invoke(app, ["demo-data", "--out", str(out), "--patients", "4", "--seed", "3", "--workers", "1",
+                              "--test", "2"])
+    assert res.exit_code == 0, res.output
+    assert (out / "train.csv").exists() and (out / "test.csv").exists()
+    res = runner.invoke(app, ["validate", "--data", str(out)])
+    assert res.exit_code == 0, res.output
+
+    eegs = sorted((out / "train_eegs").glob("*.parquet"))
+    eegs[0].unlink()  # missing file
+    eegs[1].write_bytes(eegs[1].read_bytes()[:100])  # truncated file
+    res = runner.invoke(app, ["validate", "--data", str(out), "--json"])
+    assert res.exit_code == 1
+    report = json.loads(res.output)
+    files = {p["file"] for p in report["errors"]}
+    assert any(eegs[0].name in f for f in files) and any(eegs[1].name in f for f in files)
