@@ -47,9 +47,10 @@ def example_figure_markdown(partition_dir: str | Path) -> dict[str, str]:
     seg = slice(max(0, n // 2 - SFREQ * 5), n // 2 + SFREQ * 5)
     fig, axes = plt.subplots(1, len(examples), figsize=(3.2 * len(examples), 4.5), squeeze=False)
     for ax, (cls, i) in zip(axes[0], examples.items()):
-        x = np.asarray(bip[i, :, seg], dtype=np.float32)
+        x = np.nan_to_num(np.asarray(bip[i, :, seg], dtype=np.float32))
+        x = 0.45 * x / max(float(np.percentile(np.abs(x), 99)), 1e-6)  # one scale per example, as an EEG viewer
         for c in range(x.shape[0]):
-            ax.plot(np.arange(x.shape[1]) / SFREQ, x[c] / 4 - c, lw=0.4, color="k")
+            ax.plot(np.arange(x.shape[1]) / SFREQ, np.clip(x[c], -0.9, 0.9) - c, lw=0.4, color="k")
         ax.set_title(f"{cls} (row {i})", fontsize=9)
         ax.set_yticks(-np.arange(len(names)))
         ax.set_yticklabels(names, fontsize=5)

@@ -81,7 +81,10 @@ def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
         **common,
         **{k: v for k, v in extra.items() if v is not None},
         "path": dg.MetadataValue.path(str(out_dir)),
-        "files": dg.MetadataValue.json({f: shapes.get(f.split(".")[0], None) for f in present}),
+        "files": dg.MetadataValue.json(
+            {f: "x".join(map(str, shapes[f.split(".")[0]])) if f.split(".")[0] in shapes else "table"
+             for f in present}
+        ),
         "bytes": sum((out_dir / f).stat().st_size for f in present),
     }
 
