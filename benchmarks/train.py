@@ -5,9 +5,10 @@ Trains each enabled model for a few epochs on one fold of processed partitions (
 reports training samples per second as measured by the engine (forward + backward + optimiser step, data loading
 included, evaluation excluded; for LightGBM: training rows / fit seconds).
 
-    PYTHONPATH=. python -m benchmarks.train [--profile demo] [--processed DIR] [--epochs 2] [--rows 160]
+    python -m benchmarks.train [--profile demo] [--processed DIR] [--epochs 2] [--rows 160] [--stage-config demo]
 
-The last line is ``RESULT <model>=<samples/s> ...`` (plus ``seconds_<model>`` per training run).
+The last line is ``RESULT <model>=<samples/s> ...`` (plus ``seconds_<model>`` per training run, and with
+``--stage-config`` the wall time of the whole models stage through Dagster, ``<profile>_models_stage_s``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rows", type=int, default=160, help="rows per synthetic fold (when --processed is not given)")
     ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--stage-config", default=None,
+                    help="also time `hms run --stage models` (all folds, retrained) on this config's workspace, "
+                         "whose data and preprocessing stages must already be materialized (e.g. after make demo)")
     a = ap.parse_args(argv)
 
     import torch
@@ -65,8 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
+    if a.stage_config:
+        result.update(_time_models_stage(a.stage_config))
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
     return 0
+
+
+def _time_models_stage(config: str) -> dict[str, float]:
+    """Wall time of the whole models stage (every enabled model x every fold) through Dagster."""
+    from hms_core.config import load_config
+    from hms_dagster.runner import run_pipeline
+
+    cfg = load_config(config)
+    t = time.perf_counter()
+    report = run_pipeline(cfg, "models", resume=False)
+    secs = time.perf_counter() - t
+    if not report.ok:
+        raise SystemExit(f"models stage failed: {report.failed[2]}")
+    print(json.dumps({"stage": "models", "profile": cfg.profile, "runs": len(report.done), "seconds": round(secs, 1)}))
+    return {f"{cfg.profile}_models_stage_s": round(secs, 1)}
 
 
 if __name__ == "__main__":
