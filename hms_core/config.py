@@ -363,7 +363,13 @@ def _format_validation_error(path: Path | str, err: ValidationError) -> str:
             msg = "unknown key (check the spelling; see config/demo.yaml for every key)"
         elif e["type"] == "literal_error":
             msg = f"{msg}"
-        lines.append(f"  - {key}: {msg}; got {e.get('input')!r}")
+        got = e.get("input")
+        if key == "models":  # the models validator already names model, key and value
+            lines.append(f"  - {msg}")
+        elif isinstance(got, (dict, list)) and len(repr(got)) > 80:
+            lines.append(f"  - {key}: {msg}")
+        else:
+            lines.append(f"  - {key}: {msg}; got {got!r}")
     return "\n".join(lines)
 
 

@@ -99,17 +99,23 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 
 
 def validate_models_section(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Validate ``models:`` of a config; returns each model's full config (defaults filled in)."""
+    """Validate ``models:`` of a config; returns each model's full config (defaults filled in).
+
+    Every problem of every model is reported at once, each naming ``models.<name>.<key>``, the value and the rule.
+    """
     out: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
     for name, params in (section or {}).items():
         if name not in MODEL_SPECS:
-            raise ValueError(f"unknown model '{name}'; registered models are {sorted(MODEL_SPECS)}")
+            errors.append(f"models.{name}: unknown model; registered models are {sorted(MODEL_SPECS)}")
+            continue
         try:
             out[name] = MODEL_SPECS[name].config_cls.model_validate(params or {}).model_dump(mode="json")
         except ValidationError as e:
-            errs = "; ".join(
-                f"models.{name}.{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})"
-                for x in e.errors()
-            )
-            raise ValueError(errs) from None
+            for x in e.errors():
+                key = ".".join(map(str, x["loc"]))
+                msg = "unknown key" if x["type"] == "extra_forbidden" else x["msg"]
+                errors.append(f"models.{name}.{key}: {msg} (got {x.get('input')!r})")
+    if errors:
+        raise ValueError("\n  - ".join(errors))
     return out

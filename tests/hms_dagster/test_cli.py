@@ -82,3 +82,11 @@ def test_demo_data_then_validate_good_and_bad(tmp_path):
     report = json.loads(res.output)
     files = {p["file"] for p in report["errors"]}
     assert any(eegs[0].name in f for f in files) and any(eegs[1].name in f for f in files)
+
+
+def test_model_config_errors_are_all_reported(tmp_path):
+    path = write_config(tmp_path, models={"resnet1d_gru": {"dropout": 2}, "xgboost": {}})
+    out = runner.invoke(app, ["config", "--config", str(path)])
+    assert out.exit_code == 2
+    assert "models.resnet1d_gru.dropout: Input should be less than 1 (got 2)" in out.output
+    assert "models.xgboost: unknown model" in out.output and "'lightgbm'" in out.output
