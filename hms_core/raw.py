@@ -46,6 +46,38 @@ def fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+SYNTHETIC_MANIFEST = "synthetic_manifest.json"
+
+
+def _synthetic_key(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "workers"}  # workers never change the files
+
+
+def _stale_synthetic(raw: Path, cfg: PlatformConfig) -> bool:
+    """True when ``raw`` holds data this platform generated with another synthetic config."""
+    import json
+
+    f = raw / SYNTHETIC_MANIFEST
+    if not f.is_file():
+        return False
+    made = json.loads(f.read_text()).get("config", {})
+    return _synthetic_key(made) != _synthetic_key(cfg.dataset.synthetic.model_dump(mode="json"))
+
+
+def _remove_synthetic(raw: Path) -> None:
+    """Delete a generated data set (identified by its manifest) so it can be generated anew. Never user data."""
+    import shutil
+
+    assert (raw / SYNTHETIC_MANIFEST).is_file(), raw
+    # train.csv first (the folder stops counting as a data set), the manifest last (an interrupted removal is
+    # finished by the next call, which still sees a generated folder with a stale config).
+    for name in RAW_FILES:
+        (raw / name).unlink(missing_ok=True)
+    for sub in RAW_SUBDIRS:
+        shutil.rmtree(raw / sub, ignore_errors=True)
+    (raw / SYNTHETIC_MANIFEST).unlink()
+
+
 def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None] | None = None) -> RawDataset:
     """Return the raw dataset described by ``cfg.dataset``, downloading or generating it when needed."""
     from hms_core import kaggle
@@ -53,10 +85,12 @@ def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None]
     ds = cfg.dataset
     raw = cfg.raw_dir
     source = ds.source
+    if source in ("auto", "synthetic") and _stale_synthetic(raw, cfg):
+        _remove_synthetic(raw)
     if source in ("auto", "local") and has_raw_data(raw) and (
         source == "local" or not (raw / ".download").exists() or kaggle.raw_dir_complete(raw)
     ):
-        kind = "synthetic" if (raw / "synthetic_manifest.json").exists() else "local"
+        kind = "synthetic" if (raw / SYNTHETIC_MANIFEST).exists() else "local"
         return RawDataset(raw, kind, fingerprint(raw))
     if source == "local":
         raise RawDataUnavailableError(

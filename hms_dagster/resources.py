@@ -12,8 +12,13 @@ from hms_core.config import PlatformConfig, load_config
 
 
 @functools.lru_cache(maxsize=8)
-def _load(config_path: str) -> PlatformConfig:
+def _load_cached(config_path: str, mtime_ns: int) -> PlatformConfig:
     return load_config(config_path)
+
+
+def _load(config_path: str) -> PlatformConfig:
+    """The validated config, re-read when the file changes (a long-lived UI process sees edits)."""
+    return _load_cached(config_path, Path(config_path).stat().st_mtime_ns)
 
 
 class WorkspaceResource(dg.ConfigurableResource):

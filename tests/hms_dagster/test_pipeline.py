@@ -100,3 +100,17 @@ def test_missing_data_without_credentials_or_synthetic_is_a_clear_error(tmp_path
     assert not report.ok
     error = report.failed[2]
     assert "kaggle.json" in error and "KAGGLE_USERNAME" in error and str(cfg.raw_dir) in error
+
+
+def test_changed_synthetic_config_regenerates_the_data(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    assert run_pipeline(cfg, "data").ok
+    n_before = pl.read_parquet(cfg.processed_dir / "labels.parquet")["patient_id"].n_unique()
+    cfg2 = load_config(write_config(tmp_path, dataset={"synthetic": {"n_patients": 6, "eegs_per_patient": [2, 3]}}))
+    assert _states(cfg2)[("raw_dataset", None)] == "stale"
+    assert run_pipeline(cfg2, "data", resume=True).ok
+    labels = pl.read_parquet(cfg2.processed_dir / "labels.parquet")
+    assert labels["patient_id"].n_unique() == 6 != n_before
+    referenced = {f"{i}.parquet" for i in labels["eeg_id"].to_list()}
+    assert referenced <= {p.name for p in (cfg2.raw_dir / "train_eegs").glob("*.parquet")}
+    assert len(list((cfg2.raw_dir / "train_eegs").glob("*.parquet"))) == labels["eeg_id"].n_unique()
