@@ -6,10 +6,12 @@ Generates realistic 60-s HMS-format records (1/f background with spatial mixing,
 periodic discharges, 60-Hz line noise, an EKG column), then measures on the same records:
 
 * our pipeline (:func:`hms_core.preprocess.build_partition`: read parquet, NaN handling, artifacts, band-pass +
-  notch, montage, clipping, robust scaling, STFT + mel spectrograms, features, streaming writes) against a
-  straightforward per-record reference (pandas read, ``mne.filter.filter_data`` + ``notch_filter``, bipolar
-  montage, per-channel median/IQR, per-channel ``scipy.signal.spectrogram`` and Welch band powers in a Python
-  loop), records/s of both and their ratio;
+  notch, montage, clipping, robust scaling, spectrograms, features, streaming writes) against a like-for-like
+  straightforward reference computing the same outputs one record at a time (pandas read, NaN interpolation,
+  ``mne.filter.filter_data`` + ``notch_filter``, bipolar montage, per-derivation ``scipy.signal.spectrogram``,
+  DPSS multitaper, ``pywt.cwt``, mel via a scipy STFT and a mel filter bank, the main features with
+  ``scipy.signal.welch``/numpy, median/IQR scaling, chain averages), twice: with all four spectrogram types
+  ("full") and with the core set STFT + mel ("core"); records/s of both and their ratios, measured side by side;
 * records/s of the core steps alone (filter, montage, scaling, STFT, mel, features), from the pipeline's
   per-step timings;
 * the cost of each spectrogram type alone (records/s on one in-memory batch);
@@ -96,55 +98,118 @@ def make_rows(n_rows: int, n_files: int) -> pd.DataFrame:
 
 
 # --- reference --------------------------------------------------------------------------------------------------
-def reference_pipeline(rows: pd.DataFrame, eeg_dir: Path) -> int:
-    """Straightforward per-record processing: MNE filters + per-channel scipy spectrograms in Python loops."""
-    import mne
-    import scipy.signal as ss
+CORE_SPECS = ("stft", "mel")
+ALL_SPECS = ("stft", "multitaper", "wavelet", "mel")
 
+
+def _ref_features(ch: np.ndarray, sfreq: float) -> list[float]:
+    """The main per-derivation features, written the straightforward way (scipy.signal.welch + numpy)."""
+    import scipy.signal as ss
+    import scipy.stats as st
+
+    f, p = ss.welch(ch, sfreq, nperseg=256, nfft=512)
+    band = (f >= 0.5) & (f <= 50)
+    total = p[band].sum() + 1e-12
+    out = []
+    for lo, hi in ((0.5, 4), (4, 8), (8, 13), (13, 30), (30, 50)):
+        bp = p[(f >= lo) & (f < hi)].sum()
+        out += [bp, bp / total]
+    pn = p[band] / total
+    fb = f[band]
+    centroid = (fb * pn).sum()
+    out += [centroid, np.sqrt(((fb - centroid) ** 2 * pn).sum()), -(pn * np.log(pn + 1e-12)).sum(),
+            fb[np.searchsorted(np.cumsum(pn), 0.95)]]  # fmt: skip
+    d1, d2 = np.diff(ch), np.diff(ch, 2)
+    activity = ch.var()
+    mobility = np.sqrt(d1.var() / (activity + 1e-12))
+    out += [activity, mobility, np.sqrt(d2.var() / (d1.var() + 1e-12)) / (mobility + 1e-12),
+            np.abs(d1).sum(), st.kurtosis(ch), ((ch[:-1] * ch[1:]) < 0).sum()]  # fmt: skip
+    ac = np.correlate(ch - ch.mean(), ch - ch.mean(), "full")[len(ch) - 1 :]
+    lags = slice(int(sfreq / 3), int(sfreq * 2))
+    out.append(sfreq / (lags.start + int(np.argmax(ac[lags]))))
+    return out
+
+
+def reference_pipeline(rows: pd.DataFrame, eeg_dir: Path, specs: tuple[str, ...] = ALL_SPECS) -> int:
+    """The same outputs as our pipeline, computed the straightforward way: one record at a time, MNE filters,
+    then per derivation in Python loops: scipy STFT, DPSS multitaper, ``pywt.cwt`` (FFT method), mel from a scipy
+    STFT and a mel filter bank, and the main features; chain averages and log-normalisation per record."""
+    import mne
+    import pywt
+    import scipy.signal as ss
+    import torchaudio.functional as AF
+
+    cfg = PreprocessingConfig().spectrogram
     a, b = bipolar_index(False)
+    hop = cfg.window_size - cfg.overlap
+    tapers = ss.windows.dpss(cfg.window_size, 2.0, cfg.n_tapers)
+    mel_fb = AF.melscale_fbanks(cfg.mel_nfft // 2 + 1, cfg.freq_min, cfg.freq_max, cfg.n_mels, SFREQ,
+                                norm="slaney", mel_scale="htk").numpy()  # fmt: skip
+    wfreqs = np.geomspace(max(cfg.freq_min, 0.25), cfg.freq_max, cfg.n_wavelet_freqs)
+    scales = pywt.frequency2scale(cfg.wavelet, wfreqs / SFREQ)
     n = 0
     for eeg_id, off in zip(rows["eeg_id"], rows["eeg_label_offset_seconds"]):
         df = pd.read_parquet(eeg_dir / f"{eeg_id}.parquet")
         start = int(off * SFREQ)
         x = df.iloc[start : start + EEG_WINDOW_SAMPLES].to_numpy().T.astype(np.float64)
+        for ch in x:  # NaN gaps: linear interpolation per channel
+            bad = np.isnan(ch)
+            if bad.any() and not bad.all():
+                ch[bad] = np.interp(np.flatnonzero(bad), np.flatnonzero(~bad), ch[~bad])
         x = np.nan_to_num(x)
-        x = mne.filter.filter_data(x, SFREQ, 0.5, 50.0, verbose=False)
-        x = mne.filter.notch_filter(x, SFREQ, 60.0, verbose=False)
-        bip = [x[i] - x[j] for i, j in zip(a, b)]
-        bip = [np.clip(ch, -500, 500) for ch in bip]
+        x = mne.filter.filter_data(x, SFREQ, 0.5, 50.0, method="iir",
+                                   iir_params=dict(order=4, ftype="butter", output="sos"), verbose=False)
+        x = mne.filter.notch_filter(x, SFREQ, 60.0, method="iir", verbose=False)
+        bip = [np.clip(x[i] - x[j], -500, 500) for i, j in zip(a, b)]
+        powers: dict[str, list[np.ndarray]] = {k: [] for k in specs}
         feats = []
-        specs = []
         for ch in bip:
             seg = ch[4000:6000]
-            _, _, sxx = ss.spectrogram(seg, SFREQ, nperseg=256, noverlap=128, nfft=512)
-            specs.append(np.log(sxx + 1e-6))
-            f, p = ss.welch(seg, SFREQ, nperseg=256, nfft=512)
-            feats.append([p[(f >= lo) & (f < hi)].sum() for lo, hi in ((0.5, 4), (4, 8), (8, 13), (13, 30), (30, 50))])
+            if "stft" in specs:
+                powers["stft"].append(ss.spectrogram(seg, SFREQ, nperseg=cfg.window_size, noverlap=cfg.overlap,
+                                                     nfft=cfg.nfft)[2])  # fmt: skip
+            if "multitaper" in specs:
+                powers["multitaper"].append(np.mean([ss.spectrogram(seg, SFREQ, window=t, nperseg=cfg.window_size,
+                                                                    noverlap=cfg.overlap, nfft=cfg.nfft)[2]
+                                                     for t in tapers], axis=0))  # fmt: skip
+            if "wavelet" in specs:
+                coef, _ = pywt.cwt(seg, scales, cfg.wavelet, sampling_period=1 / SFREQ, method="fft")
+                pw = np.abs(coef) ** 2
+                powers["wavelet"].append(pw[:, : pw.shape[1] // hop * hop].reshape(len(scales), -1, hop).mean(-1))
+            if "mel" in specs:
+                spec = ss.spectrogram(seg, SFREQ, nperseg=cfg.window_size, noverlap=cfg.overlap, nfft=cfg.mel_nfft)[2]
+                powers["mel"].append(mel_fb.T @ spec)
+            feats.append(_ref_features(seg, SFREQ))
             q25, q50, q75 = np.percentile(ch, [25, 50, 75])
             _ = (ch - q50) / max(q75 - q25, 1e-3)
+        for k, chans in powers.items():
+            chains = np.stack(chans).reshape(4, 4, *chans[0].shape).mean(1)
+            lp = np.log(chains + 1e-6)
+            _ = (lp - lp.mean()) / lp.std()
         n += 1
     return n
 
 
 # --- ours -------------------------------------------------------------------------------------------------------
-def core_config(workers: int) -> PreprocessingConfig:
+def core_config(workers: int, specs: tuple[str, ...] = CORE_SPECS) -> PreprocessingConfig:
     cfg = PreprocessingConfig()
     cfg.workers = workers
-    cfg.spectrogram.types = ["stft", "mel"]
+    cfg.spectrogram.types = list(specs)
     cfg.spectrogram.use_kaggle_spectrograms = False
     return cfg
 
 
-def _run_size(args: tuple[int, int, str, str, int, int], queue: mp.Queue) -> None:
-    n_rows, n_files, eeg_dir, out_dir, batch, workers = args
+def _run_size(args: tuple, queue: mp.Queue) -> None:
+    n_rows, n_files, eeg_dir, out_dir, batch, workers, *rest = args
+    specs = tuple(rest[0]) if rest else CORE_SPECS
     from hms_core.preprocess import build_partition
 
     rows = make_rows(n_rows, n_files)
     # warm-up on 2 other rows (imports, filter design, mel filter bank), not timed
-    build_partition(make_rows(2, n_files), Path(eeg_dir), None, Path(out_dir + "_warm"), core_config(1), batch)
+    build_partition(make_rows(2, n_files), Path(eeg_dir), None, Path(out_dir + "_warm"), core_config(1, specs), batch)
     shutil.rmtree(out_dir + "_warm", ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    m = build_partition(rows, Path(eeg_dir), None, Path(out_dir), core_config(workers), batch)
+    m = build_partition(rows, Path(eeg_dir), None, Path(out_dir), core_config(workers, specs), batch)
     queue.put({"n": n_rows, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
                "steps": m.step_seconds, "bytes": m.total_bytes})  # fmt: skip
 
@@ -165,7 +230,7 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
-def run_in_fresh_process(args: tuple[int, int, str, str, int, int]) -> dict:
+def run_in_fresh_process(args: tuple) -> dict:
     """Run one partition build in a fresh process; sample the RSS of its process tree every 20 ms."""
     import queue as queue_mod
 
@@ -222,27 +287,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"generated {args.n_files} records of {RECORD_S} s in {time.perf_counter() - t0:.1f} s under {work}")
     print(f"cpu cores: {os.cpu_count()}, load average: {os.getloadavg()}")
 
-    # ours vs reference on the same records
+    # ours vs the like-for-like reference on the same records: all four spectrogram types + features ("full"),
+    # and the core steps only (filter, montage, scaling, STFT, mel, features)
     ref_rows = make_rows(args.n_ref, args.n_files)
-    reference_pipeline(ref_rows.iloc[:1], eeg_dir)  # warm-up (imports), not timed
-    t0, c0 = time.perf_counter(), time.process_time()
-    reference_pipeline(ref_rows, eeg_dir)
-    ref_rps = args.n_ref / (time.perf_counter() - t0)
-    ref_cpu = args.n_ref / (time.process_time() - c0)
-    print(f"reference (MNE filter_data + per-channel scipy, per record): {ref_rps:.1f} records/s, "
-          f"{ref_cpu:.1f} records per CPU-second")
-    ours = run_in_fresh_process((args.n_ref, args.n_files, str(eeg_dir), str(work / "ref_ours"), args.batch_size,
-                                 args.workers))  # fmt: skip
-    ours_rps = ours["n"] / ours["seconds"]
-    ours_cpu = ours["n"] / ours["cpu_seconds"]
-    print(f"ours (build_partition, stft+mel+features, {args.workers} workers): {ours_rps:.1f} records/s, "
-          f"{ours_cpu:.1f} records per CPU-second"
-          f"; steps (s, summed over workers): "
-          f"{ {k: round(v, 2) for k, v in ours['steps'].items()} }")  # fmt: skip
+    reference_pipeline(ref_rows.iloc[:1], eeg_dir)  # warm-up (imports, filter banks), not timed
+    cmp: dict[str, dict[str, float]] = {}
+    for label, specs in (("full", ALL_SPECS), ("core", CORE_SPECS)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        reference_pipeline(ref_rows, eeg_dir, specs)
+        ref = {"rps": args.n_ref / (time.perf_counter() - t0), "cpu": args.n_ref / (time.process_time() - c0)}
+        ours = run_in_fresh_process((args.n_ref, args.n_files, str(eeg_dir), str(work / f"cmp_{label}"),
+                                     args.batch_size, args.workers, specs))  # fmt: skip
+        cmp[label] = {"ref_rps": ref["rps"], "ref_cpu": ref["cpu"], "ours_rps": ours["n"] / ours["seconds"],
+                      "ours_cpu": ours["n"] / ours["cpu_seconds"], "steps": ours["steps"]}  # fmt: skip
+        print(f"[{label}: {'+'.join(specs)} + features] reference (per record, MNE + per-derivation scipy/pywt "
+              f"loops): {ref['rps']:.1f} records/s ({ref['cpu']:.1f} per CPU-second); ours (build_partition, "
+              f"{args.workers} workers): {cmp[label]['ours_rps']:.1f} records/s ({cmp[label]['ours_cpu']:.1f} per "
+              f"CPU-second); speedup {cmp[label]['ours_rps'] / ref['rps']:.1f}x; steps (s, summed over workers): "
+              f"{ {k: round(v, 2) for k, v in ours['steps'].items()} }")  # fmt: skip
+    ours_rps, ref_rps = cmp["full"]["ours_rps"], cmp["full"]["ref_rps"]
+    ours_cpu, ref_cpu = cmp["full"]["ours_cpu"], cmp["full"]["ref_cpu"]
 
     core = ("filter", "montage", "scaling", "spec_stft", "spec_mel", "features")
-    core_s = sum(ours["steps"].get(k, 0.0) for k in core) / max(args.workers, 1)
-    core_rps = ours["n"] / core_s
+    core_s = sum(cmp["core"]["steps"].get(k, 0.0) for k in core) / max(args.workers, 1)
+    core_rps = args.n_ref / core_s
     print(f"core steps {core} alone: {core_rps:.1f} records/s (per-step wall time summed over the worker threads, "
           f"divided by {args.workers} workers)")  # fmt: skip
 
@@ -265,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
         "ours_rps": round(ours_rps, 1),
         "reference_rps": round(ref_rps, 1),
         "speedup": round(ours_rps / ref_rps, 1),
+        "core_ours_rps": round(cmp["core"]["ours_rps"], 1),
+        "core_reference_rps": round(cmp["core"]["ref_rps"], 1),
+        "speedup_core": round(cmp["core"]["ours_rps"] / cmp["core"]["ref_rps"], 1),
         "core_steps_rps": round(core_rps, 1),
         "ours_cpu_rps": round(ours_cpu, 1),
         "reference_cpu_rps": round(ref_cpu, 1),
