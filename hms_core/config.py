@@ -96,6 +96,11 @@ class EEGPreprocessingConfig(Section):
     max_gap_s: float = Field(1.0, ge=0, description="NaN gaps up to this long are linearly interpolated.")
     include_central_chain: bool = Field(False, description="Add Fz-Cz and Cz-Pz to the 16 bipolar pairs.")
     missing_channels: Literal["error", "flag"] = "flag"
+    all_nan_windows: Literal["error", "flag"] = Field(
+        "error",
+        description="A window that is NaN in every EEG channel: stop naming the record (error), or keep it as "
+        "zeros with every channel flagged missing (flag).",
+    )
     scaling: Literal["robust", "none"] = "robust"
     dtype: Literal["float16", "float32"] = "float16"
     max_nan_fraction: float = Field(

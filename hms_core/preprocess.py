@@ -177,9 +177,12 @@ def process_windows(
         x = np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32)
         nan = np.isnan(x[:, :N_EEG])
         all_nan = nan.all(axis=(1, 2))
-        if all_nan.any():
+        if all_nan.any() and ecfg.all_nan_windows == "error":
             bad = [ids[i] for i in np.flatnonzero(all_nan)]
-            raise RecordError(f"EEG record(s) {bad} are all NaN in every EEG channel; nothing to preprocess.")
+            raise RecordError(
+                f"EEG record(s) {bad} are all NaN in every EEG channel; nothing to preprocess "
+                f"(set preprocessing.eeg.all_nan_windows: flag to keep such windows as flagged zeros)."
+            )
         x, nrep = fill_nans(x, max_gap=int(round(ecfg.max_gap_s * sfreq)), copy=False)
     with tm("artifacts"):
         art = detect_artifacts(

@@ -191,3 +191,15 @@ def test_quality_flags_and_scaling_in_process_windows() -> None:
     np.testing.assert_allclose(med, 0, atol=0.05)  # quantiles are estimated on every 4th sample
     np.testing.assert_allclose(q75 - q25, 1, atol=0.05)
     assert np.isfinite(out.spectrograms["stft"]).all() and out.features.height == 2
+
+
+def test_all_nan_window_can_be_kept_flagged() -> None:
+    cfg = _cfg(types=["stft"])
+    cfg.eeg.all_nan_windows = "flag"
+    rng = np.random.default_rng(6)
+    bad = _eeg(rng, 50)
+    bad[:, :19] = np.nan
+    out = preprocess_record(bad, cfg, record_id="rec-f")
+    assert np.isfinite(out["bipolar"]).all() and np.all(out["bipolar"] == 0)
+    assert not out["quality"].any()
+    assert out["window_quality"]["n_missing_channels"] == 19
