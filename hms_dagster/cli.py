@@ -54,7 +54,8 @@ ConfigOpt = Annotated[
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # logs and pipes get a wide table instead of rich's 80-column default
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _load(config: str | None):
