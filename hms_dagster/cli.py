@@ -4,6 +4,7 @@
     hms status [--json]
     hms demo-data --out DIR --patients N --seed S
     hms validate --data DIR
+    hms inspect RECORD.edf|RECORD.parquet
     hms ui
     hms config
 
@@ -196,6 +197,43 @@ def validate(
     report = validate_raw_dir(data, check_files=check_files)
     typer.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format())
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def inspect(
+    record: Annotated[Path, typer.Argument(help="An EDF/BDF file or an HMS EEG parquet file.")],
+    config: ConfigOpt = None,
+    offset: Annotated[Optional[float], typer.Option("--offset", help="Start of the 50-s window (s); default centre.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Read one EEG record (EDF/BDF with channel-name variants and resampling, or HMS parquet) and run the same
+    preprocessing as training on it: channels found, quality flags, output shapes."""
+    from hms_core.eeg_io import RecordError, read_edf, read_hms_eeg
+    from hms_core.preprocess import preprocess_record
+
+    cfg = _load(config)
+    mode = cfg.preprocessing.eeg.missing_channels
+    try:
+        if record.suffix.lower() in (".edf", ".bdf"):
+            rec = read_edf(record, missing_channels=mode)
+            data, info = rec.data, {"original_sfreq": rec.original_sfreq, "missing_channels": list(rec.missing),
+                                    "channel_map": rec.channel_map}
+        else:
+            data, info = read_hms_eeg(record, missing_channels=mode), {}
+        out = preprocess_record(data, cfg.preprocessing, record_id=str(record), offset_s=offset)
+    except RecordError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    summary = {
+        "record": str(record),
+        "seconds": round(data.shape[0] / cfg.dataset.eeg_sampling_rate, 2),
+        **info,
+        "window_quality": {k: (v.item() if hasattr(v, "item") else v) for k, v in out["window_quality"].items()},
+        "usable_bipolar": int(out["quality"].sum()),
+        "shapes": {k: list(v.shape) for k, v in out.items() if hasattr(v, "shape") and k != "features"},
+        "n_features": int(out["features"].width) if out.get("features") is not None else 0,
+    }
+    typer.echo(json.dumps(summary, indent=None if as_json else 2, default=str))
 
 
 @app.command()

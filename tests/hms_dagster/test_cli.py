@@ -90,3 +90,21 @@ def test_model_config_errors_are_all_reported(tmp_path):
     assert out.exit_code == 2
     assert "models.resnet1d_gru.dropout: Input should be less than 1 (got 2)" in out.output
     assert "models.xgboost: unknown model" in out.output and "'lightgbm'" in out.output
+
+
+def test_inspect_runs_the_serving_preprocessing_on_an_edf(tmp_path):
+    import os
+
+    import pyedflib
+
+    edf = os.path.join(os.path.dirname(pyedflib.__file__), "tests", "data", "test_utf8.edf")  # real 1-channel EEG
+    out = runner.invoke(app, ["inspect", edf, "--config", "tiny", "--json"])
+    assert out.exit_code == 0, out.output
+    info = json.loads(out.output)
+    assert info["original_sfreq"] == 128.0 and info["channel_map"] == {"Fp1": "Fp1"}
+    assert info["window_quality"]["n_missing_channels"] == 18 and info["usable_bipolar"] == 0
+    assert info["shapes"]["bipolar"] == [16, 10000]
+
+    strict = write_config(tmp_path, preprocessing={"eeg": {"missing_channels": "error"}})
+    out = runner.invoke(app, ["inspect", edf, "--config", str(strict)])
+    assert out.exit_code == 1 and "lacks channel(s)" in out.output and "'F3'" in out.output
