@@ -81,7 +81,7 @@ def _build_model_asset(cfg, name: str):
         )
         m = result.metrics
         meta = {
-            k2: (float(v) if isinstance(v, float) else v)
+            k2: (round(float(v), 4) if isinstance(v, float) else v)
             for k2, v in m.items()
             if isinstance(v, (int, float, str)) and v == v  # drop NaN
         }
