@@ -98,7 +98,9 @@ def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None]
             f"competition files there, or set dataset.source to 'auto', 'kaggle' or 'synthetic'."
         )
     if source == "kaggle" or (source == "auto" and kaggle.kaggle_credentials_available()):
-        kaggle.download_competition(ds.kaggle_competition, raw, progress=progress)
+        kaggle.download_competition(
+            ds.kaggle_competition, raw, progress=None if progress is None else (lambda _step, d, t: progress(d, t))
+        )
         return RawDataset(raw, "kaggle", fingerprint(raw))
     if source == "synthetic" or (source == "auto" and ds.allow_synthetic):
         from hms_core.synthetic import generate_dataset

@@ -114,3 +114,43 @@ def test_changed_synthetic_config_regenerates_the_data(tmp_path):
     referenced = {f"{i}.parquet" for i in labels["eeg_id"].to_list()}
     assert referenced <= {p.name for p in (cfg2.raw_dir / "train_eegs").glob("*.parquet")}
     assert len(list((cfg2.raw_dir / "train_eegs").glob("*.parquet"))) == labels["eeg_id"].n_unique()
+
+
+def test_data_stage_from_a_kaggle_download(tmp_path, monkeypatch):
+    """source: kaggle — the client (faked: no network here) returns the competition zip; the data stage
+    verifies, extracts, marks it complete and builds labels and folds from it."""
+    import zipfile
+
+    from hms_core import kaggle
+    from hms_core.config import SyntheticConfig
+    from hms_core.synthetic import generate_dataset
+
+    src = tmp_path / "competition"
+    generate_dataset(src, SyntheticConfig(n_patients=6, eegs_per_patient=(2, 3), n_test=2, seed=5, workers=1))
+    (src / "synthetic_manifest.json").unlink()  # a real download carries no generator manifest
+    calls = []
+
+    def fake_download(competition, download_dir, quiet=False):
+        calls.append(competition)
+        download_dir.mkdir(parents=True, exist_ok=True)
+        z = download_dir / f"{competition}.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            for f in sorted(src.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f.relative_to(src).as_posix())
+        return z
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    monkeypatch.setattr(kaggle, "_kaggle_download", fake_download)
+    cfg = load_config(write_config(tmp_path, dataset={"source": "kaggle", "allow_synthetic": False}))
+    report = run_pipeline(cfg, "data")
+    assert report.ok, report.failed
+    assert calls == [cfg.dataset.kaggle_competition]
+    assert kaggle.raw_dir_complete(cfg.raw_dir)
+    labels = pl.read_parquet(cfg.processed_dir / "labels.parquet")
+    assert labels["patient_id"].n_unique() == 6
+    meta = prepare_instance(cfg).get_latest_materialization_event(dg.AssetKey("raw_dataset")).asset_materialization
+    assert meta.metadata["source"].value == "kaggle"
+    # the next run finds the complete download and does not download again
+    assert run_pipeline(cfg, "data").ok and len(calls) == 1
