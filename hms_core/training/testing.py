@@ -39,7 +39,8 @@ def make_partition(path: str | Path, n: int, seed: int = 0, fold: int = 0, n_tim
             x[i, chans] += wave
     save_npy(path / "bipolar.npy", x.astype(np.float16))
     save_npy(path / "quality.npy", np.ones((n, 16), bool))
-    for name, (fb, tb) in (spec_shapes or {"stft": (32, 40), "mel": (24, 40), "kaggle": (100, 300)}).items():
+    default_shapes = {"stft": (32, 40), "multitaper": (32, 40), "wavelet": (24, 40), "mel": (24, 40), "kaggle": (100, 300)}
+    for name, (fb, tb) in (spec_shapes or default_shapes).items():
         s = rng.normal(0, 0.5, (n, 4, fb, tb)).astype(np.float32)
         for i in range(n):
             band = int(cls[i] * fb / N_CLASSES)

@@ -242,6 +242,6 @@ def test_partition_errors_name_the_file(tmp_path: Path, data) -> None:  # noqa: 
     with pytest.raises(PartitionError, match="index.parquet does not exist"):
         load_partition(tmp_path)
     p = load_partition(data[0][0])
-    with pytest.raises(PartitionError, match=r"spec_wavelet.npy does not exist; this partition has arrays"):
-        p.array("spec_wavelet")
+    with pytest.raises(PartitionError, match=r"referential.npy does not exist; this partition has arrays"):
+        p.array("referential")
     assert set(VOTE_COLUMNS) <= set(p.index.columns)
