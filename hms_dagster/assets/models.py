@@ -78,6 +78,8 @@ def _build_model_asset(cfg, name: str):
             loggers=loggers,
             resume=True,
             progress=progress,
+            # the exact preprocessing parameters travel with the weights: serving reuses them
+            preprocessing=cfg.preprocessing.model_dump(mode="json"),
         )
         m = result.metrics
         meta = {

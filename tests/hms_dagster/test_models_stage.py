@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import mlflow
 import pandas as pd
@@ -37,6 +39,8 @@ def test_models_stage_one_fold_end_to_end(tmp_path, monkeypatch):
         assert len(oof) == n_val
         probs = oof[list(VOTE_COLUMNS)].to_numpy()
         assert ((probs.sum(axis=1) - 1).__abs__() < 1e-4).all()
+        saved = json.loads((cfg.models_dir / name / "fold_1" / "final" / "config.json").read_text())
+        assert saved["preprocessing"] == cfg.preprocessing.model_dump(mode="json")
         test = pd.read_parquet(cfg.models_dir / name / "fold_1" / "test_pred.parquet")
         assert len(test) == cfg.dataset.synthetic.n_test
         ev = inst.event_log_storage.get_latest_asset_check_execution_by_key(
