@@ -15,6 +15,8 @@ user sets ``mode='online'`` explicitly.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -48,6 +50,24 @@ def _param_str(v: Any) -> str:
     return s[:6000]
 
 
+@contextlib.contextmanager
+def _sqlite_store_lock(tracking_uri: str):
+    """An exclusive ``flock`` beside a ``sqlite:///`` tracking database (a no-op for other stores)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class MLflowLogger:
     """One MLflow run per training; params, per-epoch metrics, final metrics and artifacts."""
 
@@ -69,7 +89,11 @@ class MLflowLogger:
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            # Steps of one Dagster run train in parallel processes: opening a new sqlite store runs its schema
+            # migrations, which race ("duplicate column name") unless serialised by a file lock.
+            with _sqlite_store_lock(self.tracking_uri):
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+                self._client.search_experiments(max_results=1)
         return self._client
 
     def _experiment_id(self) -> str:

@@ -113,3 +113,24 @@ def test_train_fold_drives_the_loggers(tmp_path: Path, uri: str) -> None:
     assert run.data.metrics["final_val_kl"] == pytest.approx(res.metrics["val_kl"])
     names = {Path(a.path).name for a in mlf.client.list_artifacts(mlf.run_id)}
     assert {"config.json", "oof.parquet", "metrics.json"} <= names
+
+
+def test_mlflow_store_created_by_parallel_processes(tmp_path: Path) -> None:
+    """Steps of one Dagster run start in parallel processes; the first touch of a new sqlite store must not race."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import sys; from hms_core.tracking import MLflowLogger; "
+        f"lg = MLflowLogger({uri!r}, 'exp', {str(tmp_path / 'art')!r}, run_name=sys.argv[1]); "
+        "lg.on_start({'a': 1}); lg.on_end({'val_kl': 0.5})"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"r{i}"], stderr=subprocess.PIPE, text=True)
+             for i in range(3)]  # fmt: skip
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    assert set(mlflow.search_runs(experiment_names=["exp"])["tags.mlflow.runName"]) == {"r0", "r1", "r2"}
