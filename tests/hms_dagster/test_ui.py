@@ -19,6 +19,11 @@ QUERY = """{ assetNodes { assetKey { path } dependencyKeys { path } isPartitione
   assetMaterializations(limit: 1) { runId } } }"""
 
 
+LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+RUN = '{ runOrError(runId: "%s") { ... on Run { status } } }'
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,6 +69,19 @@ def test_ui_shows_assets_lineage_partitions_and_runs(tmp_path, monkeypatch):
         assert by_key["eeg_windows"]["partitionKeys"] == cfg.fold_names
         run_ids = {rid for _, rid, _ in report.done}
         assert by_key["folds"]["assetMaterializations"][0]["runId"] in run_ids
+
+        # materialize from the UI: launch the data job as the "Materialize" button does (queued run, daemon,
+        # multiprocess executor) and wait for it
+        launched = httpx.post(f"{base}/graphql", json={"query": LAUNCH, "variables": {"p": {
+            "selector": {"repositoryLocationName": "hms_dagster.definitions", "repositoryName": "__repository__",
+                         "jobName": "data_job"}, "runConfigData": {}}}}, timeout=60).json()
+        run_id = launched["data"]["launchRun"]["run"]["runId"]
+        status = None
+        while time.time() < deadline + 120 and status not in ("SUCCESS", "FAILURE", "CANCELED"):
+            time.sleep(2)
+            res = httpx.post(f"{base}/graphql", json={"query": RUN % run_id}, timeout=30).json()
+            status = res["data"]["runOrError"]["status"]
+        assert status == "SUCCESS", status
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
