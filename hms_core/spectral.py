@@ -78,6 +78,22 @@ def _hann(n: int) -> torch.Tensor:
     return torch.hann_window(n, periodic=True)
 
 
+def _windowed_psd(
+    x: np.ndarray | torch.Tensor, windows: torch.Tensor, sfreq: float, nfft: int, hop: int, fmin: float, fmax: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided PSD (uV^2/Hz) of the sliding frames, averaged over ``windows`` (K, window_size), in [fmin, fmax]."""
+    xt = _as_tensor(x)
+    power = None
+    for w in windows:
+        p = _stft_frames_power(xt, w, nfft, hop).mul_(2.0 / (sfreq * float(w.square().sum())))
+        power = p if power is None else power.add_(p)
+    assert power is not None
+    power /= len(windows)
+    freqs = np.fft.rfftfreq(nfft, 1.0 / sfreq)
+    idx = _band(freqs, fmin, fmax)
+    return power[..., idx, :].numpy(), freqs[idx]
+
+
 def stft_power(
     x: np.ndarray | torch.Tensor,
     sfreq: float = SFREQ,
@@ -88,12 +104,7 @@ def stft_power(
     fmax: float = 50.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hann-window STFT power spectral density (uV^2/Hz, one-sided) restricted to ``[fmin, fmax]``."""
-    win = _hann(window_size)
-    power = _stft_frames_power(_as_tensor(x), win, nfft, hop)
-    power *= 2.0 / (sfreq * float(win.square().sum()))
-    freqs = np.fft.rfftfreq(nfft, 1.0 / sfreq)
-    idx = _band(freqs, fmin, fmax)
-    return power[..., idx, :].numpy(), freqs[idx]
+    return _windowed_psd(x, _hann(window_size)[None], sfreq, nfft, hop, fmin, fmax)
 
 
 @lru_cache(maxsize=8)
@@ -114,17 +125,7 @@ def multitaper_power(
     n_tapers: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sliding-window multitaper PSD: mean over ``n_tapers`` DPSS tapers (time-half-bandwidth (K+1)/2)."""
-    xt = _as_tensor(x)
-    tapers = _dpss(window_size, n_tapers)
-    power = None
-    for taper in tapers:
-        p = _stft_frames_power(xt, taper, nfft, hop)
-        power = p if power is None else power.add_(p)
-    assert power is not None
-    power *= 2.0 / (sfreq * len(tapers))  # DPSS tapers have unit energy
-    freqs = np.fft.rfftfreq(nfft, 1.0 / sfreq)
-    idx = _band(freqs, fmin, fmax)
-    return power[..., idx, :].numpy(), freqs[idx]
+    return _windowed_psd(x, _dpss(window_size, n_tapers), sfreq, nfft, hop, fmin, fmax)
 
 
 #: log2 of the number of points the wavelet is sampled at for ``pywt.cwt`` (its default, 12, is too coarse
