@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,6 @@ class WorkspaceResource(dg.ConfigurableResource):
     @property
     def config(self) -> PlatformConfig:
         return _load(self.config_path)
-
-    def stage_dir(self, *parts: str) -> Path:
-        p = self.config.processed_dir.joinpath(*parts)
-        p.mkdir(parents=True, exist_ok=True)
-        return p
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -77,6 +73,18 @@ class WandbResource(dg.ConfigurableResource):
 
         return WandbLogger(project=self.project, mode=self.mode, run_name=run_name,
                            tags=[f"{k}:{v}" for k, v in tags.items()], group=group, dir=self.dir)
+
+
+def progress_logger(context, label: str, unit: str = "", every_s: float = 5.0):
+    """A ``progress(done, total)`` callback for hms_core functions: logs to the run at most every ``every_s``."""
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if total and (done == total or time.perf_counter() - last[0] > every_s):
+            last[0] = time.perf_counter()
+            context.log.info(f"{label}: {unit}{done}/{total}")
+
+    return progress
 
 
 def training_loggers(

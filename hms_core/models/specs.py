@@ -81,6 +81,7 @@ class ModelSpec:
     config_cls: type[ModelConfig]
     module: str  # imported lazily by the registry; the module calls ``register_model``
     description: str = ""
+    framework: str = "pytorch"  # what trains it: "pytorch" steps share the accelerator pool
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -93,7 +94,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ModelSpec("sparcnet", "raw", SPaRCNetConfig, "hms_core.models.sparcnet",
                   "SPaRCNet (Jing et al. 2023) from braindecode, the clinical baseline"),
         ModelSpec("lightgbm", "features", LightGBMConfig, "hms_core.models.lightgbm_model",
-                  "LightGBM on the features table with soft labels"),
+                  "LightGBM on the features table with soft labels", framework="lightgbm"),
     )
 }  # fmt: skip
 

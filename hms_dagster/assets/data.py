@@ -10,7 +10,7 @@ from hms_core import labels as labels_lib
 from hms_core.io import write_parquet, write_text
 from hms_core.raw import ensure_raw_dataset
 from hms_core.validation import DataValidationError, validate_raw_dir
-from hms_dagster.resources import WorkspaceResource
+from hms_dagster.resources import WorkspaceResource, progress_logger
 
 GROUP = "data"
 VERSION = "1"
@@ -57,14 +57,7 @@ def build_data_assets(cfg) -> list:
     def raw_dataset(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         cfg = workspace.config
         t0 = time.perf_counter()
-        last = [0.0]
-
-        def progress(done: int, total: int) -> None:
-            if total and (done == total or time.perf_counter() - last[0] > 5):
-                last[0] = time.perf_counter()
-                context.log.info(f"raw data: {done}/{total}")
-
-        raw = ensure_raw_dataset(cfg, progress=progress)
+        raw = ensure_raw_dataset(cfg, progress=progress_logger(context, "raw data"))
         report = validate_raw_dir(raw.path, check_files=cfg.dataset.check_files)
         if not report.ok:
             raise DataValidationError(report)

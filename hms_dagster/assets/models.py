@@ -5,13 +5,14 @@ figures. A blocking check fails a model whose out-of-fold KL does not beat the c
 """
 
 
-import time
 
 import dagster as dg
 
 from hms_core.models.specs import MODEL_SPECS
 from hms_dagster.partitions import fold_index, fold_partitions
-from hms_dagster.resources import MLflowResource, WandbResource, WorkspaceResource, training_loggers
+from hms_dagster.resources import (
+    MLflowResource, WandbResource, WorkspaceResource, progress_logger, training_loggers,
+)
 
 GROUP = "models"
 VERSION = "1"
@@ -38,8 +39,8 @@ def _build_model_asset(cfg, name: str):
             dg.AssetDep("test_windows"),
         ],
         code_version=code,
-        kinds={"pytorch" if spec.input_kind != "features" else "lightgbm"},
-        pool="gpu" if spec.input_kind != "features" else None,
+        kinds={spec.framework},
+        pool="gpu" if spec.framework == "pytorch" else None,  # one accelerator: one torch training at a time
         description=f"{spec.description}. Partition fold_k: trained on the other folds, predicts fold k.",
         check_specs=[dg.AssetCheckSpec("beats_prior", asset=key, blocking=True,
                                        description="out-of-fold KL below the class-prior baseline")],
@@ -60,13 +61,6 @@ def _build_model_asset(cfg, name: str):
         tags = {"model": name, "fold": fold, "dagster_run_id": context.run.run_id, "profile": cfg.profile}
         loggers = training_loggers(workspace, mlflow, wandb, run_name=f"{name}-{fold}", tags=tags, group=name,
                                    state_dir=str(out_dir))
-        last = [0.0]
-
-        def progress(done: int, total: int) -> None:
-            if done == total or time.perf_counter() - last[0] > 5:
-                last[0] = time.perf_counter()
-                context.log.info(f"{name} {fold}: epoch {done}/{total}")
-
         result = train_fold(
             name,
             cfg.models[name],
@@ -77,7 +71,7 @@ def _build_model_asset(cfg, name: str):
             out_dir=out_dir,
             loggers=loggers,
             resume=True,
-            progress=progress,
+            progress=progress_logger(context, f"{name} {fold}", unit="epoch "),
             # the exact preprocessing parameters travel with the weights: serving reuses them
             preprocessing=cfg.preprocessing.model_dump(mode="json"),
         )

@@ -5,13 +5,12 @@ reports them as separate assets so lineage shows what each classifier reads.
 """
 
 
-import time
 from pathlib import Path
 
 import dagster as dg
 
 from hms_dagster.partitions import fold_index, fold_partitions
-from hms_dagster.resources import WorkspaceResource
+from hms_dagster.resources import WorkspaceResource, progress_logger
 
 GROUP = "preprocessing"
 VERSION = "1"
@@ -25,17 +24,6 @@ def preprocessing_asset_keys(cfg) -> list[str]:
     return keys
 
 
-def _progress_logger(context, label: str):
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        if total and (done == total or time.perf_counter() - last[0] > 5):
-            last[0] = time.perf_counter()
-            context.log.info(f"{label}: {done}/{total} windows")
-
-    return progress
-
-
 def _build(context, cfg, rows, split: str, out_dir: Path) -> dict:
     """One streaming pass over ``rows`` of the ``train`` or ``test`` split into ``out_dir``; the manifest."""
     from hms_core.preprocess import build_partition
@@ -47,7 +35,7 @@ def _build(context, cfg, rows, split: str, out_dir: Path) -> dict:
         out_dir=out_dir,
         cfg=cfg.preprocessing,
         batch_size=cfg.dataset.processing_batch_size,
-        progress=_progress_logger(context, out_dir.name),
+        progress=progress_logger(context, out_dir.name, unit="windows "),
     ).to_dict()
 
 
@@ -90,9 +78,6 @@ def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
 
 
 def build_preprocessing_assets(cfg) -> list:
-    from hms_core.config import PlatformConfig
-
-    assert isinstance(cfg, PlatformConfig)
     keys = preprocessing_asset_keys(cfg)
     code = f"{VERSION}-{cfg.section_hash('preprocessing', 'dataset.processing_batch_size')}"
     specs = [
