@@ -127,6 +127,13 @@ class EEGPreprocessingConfig(Section):
             raise ValueError(f"context_length ({self.context_length}) must be at most {50 * SFREQ} samples (50 s)")
         return self
 
+    @property
+    def segment_slice(self) -> slice:
+        """Where the labelled segment sits inside the stored context (centred): the one source of truth used by
+        preprocessing, the partition manifest, training, plots and serving."""
+        start = (self.context_length - self.segment_length) // 2
+        return slice(start, start + self.segment_length)
+
 
 SpectrogramType = Literal["stft", "multitaper", "wavelet", "mel"]
 
@@ -174,6 +181,11 @@ class PreprocessingConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     max_flagged_fraction: float = Field(
         0.25, ge=0, le=1, description="Asset check: largest allowed fraction of flagged (bad) channels."
+    )
+    max_bad_window_fraction: float = Field(
+        0.01, ge=0, le=1, description="Blocking asset check: largest allowed fraction of windows that could not be "
+        "judged (all-NaN input, or a transform output that was not finite and was zeroed); such windows are kept, "
+        "flagged in index.parquet's 'bad_window' column, and the fold carries on below this fraction.",
     )
     workers: int = Field(2, ge=1)
 
