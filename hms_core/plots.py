@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hms_core.constants import CLASSES, SFREQ, VOTE_COLUMNS, bipolar_names
+from hms_core.constants import CLASSES, SFREQ
 
 
 def _png_markdown(fig, title: str) -> str:
@@ -30,21 +30,22 @@ def _plt():
 
 
 def example_figure_markdown(partition_dir: str | Path) -> dict[str, str]:
-    """One example per class: bipolar traces (``eeg_windows``) and each spectrogram type (``spectrograms``)."""
-    import pandas as pd
+    """One example per class: bipolar traces of the labelled segment (``eeg_windows``) and each spectrogram type
+    (``spectrograms``)."""
+    from hms_core.partition import PartitionError, load_partition
 
-    d = Path(partition_dir)
-    if not (d / "index.parquet").exists() or not (d / "bipolar.npy").exists():
+    try:
+        part = load_partition(partition_dir)
+    except PartitionError:
+        return {}
+    if not part.has("bipolar") or not part.has_targets:
         return {}
     plt = _plt()
-    index = pd.read_parquet(d / "index.parquet")
-    votes = index[list(VOTE_COLUMNS)].to_numpy()
-    consensus = votes.argmax(axis=1)
+    consensus = part.votes.argmax(axis=1)
     examples = {c: int(np.flatnonzero(consensus == k)[0]) for k, c in enumerate(CLASSES) if (consensus == k).any()}
-    bip = np.load(d / "bipolar.npy", mmap_mode="r")
-    names = bipolar_names(bip.shape[1] > 16)
-    n = bip.shape[2]
-    seg = slice(max(0, n // 2 - SFREQ * 5), n // 2 + SFREQ * 5)
+    bip = part.array("bipolar")
+    names = part.layout.bipolar
+    seg = part.layout.segment
     fig, axes = plt.subplots(1, len(examples), figsize=(3.2 * len(examples), 4.5), squeeze=False)
     for ax, (cls, i) in zip(axes[0], examples.items()):
         x = np.nan_to_num(np.asarray(bip[i, :, seg], dtype=np.float32))
@@ -56,12 +57,11 @@ def example_figure_markdown(partition_dir: str | Path) -> dict[str, str]:
         ax.set_yticklabels(names, fontsize=5)
         ax.set_xlabel("s", fontsize=7)
     out = {"eeg_windows": _png_markdown(fig, "Bipolar 10 s segment, one example per class")}
-    specs = sorted(p for p in d.glob("spec_*.npy"))
+    specs = sorted(part.spectrograms.items())
     if specs:
         fig, axes = plt.subplots(len(specs), len(examples), figsize=(2.4 * len(examples), 1.8 * len(specs)),
                                  squeeze=False)
-        for r, p in enumerate(specs):
-            arr = np.load(p, mmap_mode="r")
+        for r, (spec_type, arr) in enumerate(specs):
             for c, (cls, i) in enumerate(examples.items()):
                 ax = axes[r, c]
                 ax.imshow(np.asarray(arr[i, 0], dtype=np.float32), aspect="auto", origin="lower", cmap="magma")
@@ -70,7 +70,7 @@ def example_figure_markdown(partition_dir: str | Path) -> dict[str, str]:
                 if r == 0:
                     ax.set_title(cls, fontsize=8)
                 if c == 0:
-                    ax.set_ylabel(p.stem.removeprefix("spec_"), fontsize=8)
+                    ax.set_ylabel(spec_type, fontsize=8)
         out["spectrograms"] = _png_markdown(fig, "Chain LL spectrograms per type, one example per class")
     return out
 

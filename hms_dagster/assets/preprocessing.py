@@ -1,6 +1,6 @@
 """Preprocessing stage: per-fold processed windows, spectrograms, Kaggle spectrograms and features.
 
-One streaming pass (``hms_core.preprocess.build_partition``) writes all of a fold's arrays; the multi-asset
+One streaming pass (``hms_core.partition.build_partition``) writes all of a fold's arrays; the multi-asset
 reports them as separate assets so lineage shows what each classifier reads.
 """
 
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from hms_core.partition import CHECK_NAMES
 from hms_dagster.partitions import fold_index, fold_partitions
 from hms_dagster.resources import WorkspaceResource, progress_logger
 
 GROUP = "preprocessing"
-VERSION = "1"
-CHECKS = ("finite", "shapes", "flagged_fraction", "patients_in_fold")
+VERSION = "2"  # 2: partition layout v2 (manifest carries the layout), bad_window column
 
 
 def preprocessing_asset_keys(cfg) -> list[str]:
@@ -26,7 +26,7 @@ def preprocessing_asset_keys(cfg) -> list[str]:
 
 def _build(context, cfg, rows, split: str, out_dir: Path) -> dict:
     """One streaming pass over ``rows`` of the ``train`` or ``test`` split into ``out_dir``; the manifest."""
-    from hms_core.preprocess import build_partition
+    from hms_core.partition import build_partition
 
     return build_partition(
         rows,
@@ -84,7 +84,7 @@ def build_preprocessing_assets(cfg) -> list:
         dg.AssetSpec(k, group_name=GROUP, deps=["folds", "raw_dataset"], code_version=code, kinds={"numpy"})
         for k in keys
     ]
-    check_specs = [dg.AssetCheckSpec(c, asset="eeg_windows", blocking=True) for c in CHECKS]
+    check_specs = [dg.AssetCheckSpec(c, asset="eeg_windows", blocking=True) for c in CHECK_NAMES]
 
     @dg.multi_asset(
         name="preprocess_fold",
@@ -96,7 +96,7 @@ def build_preprocessing_assets(cfg) -> list:
     def preprocess_fold(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         import pandas as pd
 
-        from hms_core.preprocess import partition_checks
+        from hms_core.partition import partition_checks
         from hms_core.plots import example_figure_markdown
 
         cfg = workspace.config
@@ -115,10 +115,9 @@ def build_preprocessing_assets(cfg) -> list:
         for name, (passed, detail) in partition_checks(
             out_dir, cfg.preprocessing, fold=k, patient_folds=patient_folds
         ).items():
-            if name in CHECKS:
-                yield dg.AssetCheckResult(
-                    asset_key="eeg_windows", check_name=name, passed=bool(passed), metadata=_jsonable(detail)
-                )
+            yield dg.AssetCheckResult(
+                asset_key="eeg_windows", check_name=name, passed=bool(passed), metadata=_jsonable(detail)
+            )
 
     @dg.asset(
         name="test_windows",

@@ -1,0 +1,777 @@
+"""The on-disk layout of a processed partition: layout spec, writer, memory-mapped reader and checks.
+
+A partition folder (``<processed>/windows/fold_k`` or ``.../test``) holds, row ``i`` of ``index.parquet`` <-> index
+``i`` of every array:
+
+- ``index.parquet``: the label rows (ids, offsets, votes, patient, fold) + the per-window quality columns
+  (:data:`hms_core.preprocess.QUALITY_COLUMNS`);
+- ``bipolar.npy`` (N, 16|18, context), ``referential.npy`` (N, 19, context), ``ekg.npy`` (N, context),
+  ``quality.npy`` (N, 16|18) bool (True = usable derivation);
+- ``spec_<type>.npy`` (N, 4, F, T) per spectrogram type, ``spec_kaggle.npy`` (N, 4, 100, 300) when enabled;
+- ``features.parquet`` (one row per window);
+- ``manifest.json``, written last: its presence marks a complete partition. It carries the :class:`Layout`
+  (where the labelled segment sits inside the stored context, channel names, spectrogram axes), so every reader
+  (training, plots, export, serving, the foundation model) takes positions from the data it reads, never from
+  constants.
+
+This module is the only one that knows file names and shapes; :mod:`hms_core.preprocess` holds the transform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hms_core.config import PreprocessingConfig
+from hms_core.constants import (
+    CHAIN_NAMES,
+    EEG_CHANNELS,
+    SFREQ,
+    SPEC_FREQS,
+    SPEC_ROW_S,
+    SPEC_WINDOW_ROWS,
+    VOTE_COLUMNS,
+    bipolar_names,
+)
+from hms_core.io import atomic_path, write_json, write_parquet
+
+__all__ = [
+    "CHECK_NAMES",
+    "FEATURES_FILE",
+    "INDEX_FILE",
+    "LAYOUT_VERSION",
+    "MANIFEST_FILE",
+    "Layout",
+    "Partition",
+    "PartitionError",
+    "PartitionManifest",
+    "build_partition",
+    "load_partition",
+    "partition_checks",
+    "write_partition",
+]
+
+INDEX_FILE = "index.parquet"
+FEATURES_FILE = "features.parquet"
+MANIFEST_FILE = "manifest.json"
+PROGRESS_FILE = "progress.json"
+PARTIAL_DIR = ".partial"
+#: Bumped when the folder layout changes; a reader refuses other versions with a message to rebuild.
+LAYOUT_VERSION = 2
+ROW_COLUMNS_REQUIRED: tuple[str, ...] = ("eeg_id", "eeg_label_offset_seconds", "patient_id", "fold")
+#: The checks :func:`partition_checks` computes (the blocking asset checks of the preprocessing stage).
+CHECK_NAMES: tuple[str, ...] = ("finite", "shapes", "bad_windows", "flagged_fraction", "patients_in_fold")
+N_EEG = len(EEG_CHANNELS)
+
+
+class PartitionError(ValueError):
+    """A processed partition folder is missing, incomplete, or its files do not match its manifest."""
+
+
+# --- layout ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Shapes and positions of a partition's arrays (saved in the manifest, read back by every consumer)."""
+
+    context_length: int
+    segment_start: int
+    segment_length: int
+    bipolar: tuple[str, ...]
+    dtype: str
+    spectrogram_span: str
+    #: spectrogram type -> (frequencies Hz, frame-centre times s relative to the span start)
+    spectrogram_axes: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
+    with_kaggle: bool = False
+    sfreq: int = SFREQ
+
+    @classmethod
+    def from_config(cls, cfg: PreprocessingConfig, with_kaggle: bool) -> Layout:
+        from hms_core.spectral import spectrogram_axes
+
+        seg = cfg.eeg.segment_slice
+        span = slice(0, cfg.eeg.context_length) if cfg.spectrogram.span == "context" else seg
+        n_span = span.stop - span.start
+        axes = {}
+        for name in cfg.spectrogram.types:
+            a = spectrogram_axes(name, cfg.spectrogram, n_span)
+            axes[name] = (tuple(round(float(f), 4) for f in a.freqs), tuple(round(float(t), 4) for t in a.times))
+        return cls(
+            context_length=cfg.eeg.context_length,
+            segment_start=seg.start,
+            segment_length=cfg.eeg.segment_length,
+            bipolar=bipolar_names(cfg.eeg.include_central_chain),
+            dtype=cfg.eeg.dtype,
+            spectrogram_span=cfg.spectrogram.span,
+            spectrogram_axes=axes,
+            with_kaggle=with_kaggle,
+        )
+
+    @property
+    def segment(self) -> slice:
+        """The labelled segment inside the stored context (samples)."""
+        return slice(self.segment_start, self.segment_start + self.segment_length)
+
+    @property
+    def spectrogram_types(self) -> tuple[str, ...]:
+        return (*self.spectrogram_axes, *(("kaggle",) if self.with_kaggle else ()))
+
+    def frequencies(self, spec_type: str) -> tuple[float, ...]:
+        if spec_type == "kaggle" and self.with_kaggle:
+            return tuple(SPEC_FREQS)
+        return self._axes(spec_type)[0]
+
+    def times(self, spec_type: str) -> tuple[float, ...]:
+        if spec_type == "kaggle" and self.with_kaggle:
+            return tuple(float(SPEC_ROW_S * i) for i in range(SPEC_WINDOW_ROWS))
+        return self._axes(spec_type)[1]
+
+    def frames_per_second(self, spec_type: str) -> float:
+        t = self.times(spec_type)
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+    def _axes(self, spec_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if spec_type not in self.spectrogram_axes:
+            from hms_core.checks import invalid_value
+
+            raise invalid_value("spec_type", spec_type, f"the partition's types {list(self.spectrogram_types)}")
+        return self.spectrogram_axes[spec_type]
+
+    def array_specs(self, n_rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """name -> (shape, dtype) of every array a partition of ``n_rows`` windows holds."""
+        ctx, nb = self.context_length, len(self.bipolar)
+        specs: dict[str, tuple[tuple[int, ...], str]] = {
+            "bipolar": ((n_rows, nb, ctx), self.dtype),
+            "referential": ((n_rows, N_EEG, ctx), self.dtype),
+            "ekg": ((n_rows, ctx), self.dtype),
+            "quality": ((n_rows, nb), "bool"),
+        }
+        for name, (freqs, times) in self.spectrogram_axes.items():
+            specs[f"spec_{name}"] = ((n_rows, len(CHAIN_NAMES), len(freqs), len(times)), self.dtype)
+        if self.with_kaggle:
+            specs["spec_kaggle"] = ((n_rows, len(CHAIN_NAMES), len(SPEC_FREQS), SPEC_WINDOW_ROWS), self.dtype)
+        return specs
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bipolar"] = list(self.bipolar)
+        d["spectrogram_axes"] = {k: {"freqs_hz": list(f), "times_s": list(t)} for k, (f, t) in
+                                 self.spectrogram_axes.items()}  # fmt: skip
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Layout:
+        d = dict(d)
+        d["bipolar"] = tuple(d["bipolar"])
+        d["spectrogram_axes"] = {k: (tuple(v["freqs_hz"]), tuple(v["times_s"]))
+                                 for k, v in d.get("spectrogram_axes", {}).items()}  # fmt: skip
+        return cls(**d)
+
+
+# --- manifest --------------------------------------------------------------------------------------------------
+@dataclass
+class PartitionManifest:
+    """What :func:`build_partition` wrote; ``to_dict()`` is JSON-ready (the asset's metadata)."""
+
+    out_dir: str
+    n_rows: int
+    layout: dict[str, Any]
+    shapes: dict[str, list[int]]
+    dtypes: dict[str, str]
+    bytes: dict[str, int]
+    total_bytes: int
+    seconds: float
+    step_seconds: dict[str, float]
+    records_per_second: float
+    n_flagged_channels: int
+    flagged_fraction: float
+    flagged_bipolar_fraction: float
+    nan_fraction: float
+    n_windows_with_flags: int
+    n_bad_windows: int
+    folds: list[int]
+    n_patients: int
+    n_eegs: int
+    n_features: int
+    resumed_from: int
+    batch_size: int
+    config_hash: str
+    config: dict[str, Any]
+    files: list[str]
+    layout_version: int = LAYOUT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _config_hash(cfg: PreprocessingConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _summary(index: pd.DataFrame, layout: Layout) -> dict[str, Any]:
+    """Quality figures of a partition from its index (the manifest's summary fields)."""
+    n = len(index)
+    col = lambda c: index[c] if c in index.columns else pd.Series(np.zeros(n))
+    n_flag = int(col("n_flagged_channels").sum())
+    return {
+        "n_flagged_channels": n_flag,
+        "flagged_fraction": round(n_flag / max(n * N_EEG, 1), 6),
+        "flagged_bipolar_fraction": round(float(col("n_flagged_bipolar").sum()) / max(n * len(layout.bipolar), 1), 6),
+        "nan_fraction": round(float(col("nan_fraction").mean()) if n else 0.0, 6),
+        "n_windows_with_flags": int((col("n_flagged_channels") > 0).sum()),
+        "n_bad_windows": int(col("bad_window").astype(bool).sum()),
+        "folds": sorted(int(f) for f in index["fold"].unique()) if "fold" in index.columns else [],
+        "n_patients": int(index["patient_id"].nunique()) if "patient_id" in index.columns else 0,
+        "n_eegs": int(index["eeg_id"].nunique()) if "eeg_id" in index.columns else 0,
+    }
+
+
+def write_partition(
+    out_dir: str | os.PathLike[str],
+    index: pd.DataFrame,
+    arrays: Mapping[str, np.ndarray],
+    layout: Layout,
+    features: Any | None = None,
+    **manifest_fields: Any,
+) -> PartitionManifest:
+    """Write a whole partition from in-memory arrays (tests, small sets, generated fixtures).
+
+    Arrays must match ``layout.array_specs(len(index))`` (missing arrays are allowed: a reader then says which is
+    absent); the manifest is written last. :func:`build_partition` is the streaming writer for real folds.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    n = len(index)
+    specs = layout.array_specs(n)
+    files = [INDEX_FILE]
+    write_parquet(out_dir / INDEX_FILE, index.reset_index(drop=True))
+    for name, arr in arrays.items():
+        if name not in specs:
+            raise PartitionError(f"write_partition: array {name!r} is not part of the layout {sorted(specs)}")
+        shape, dt = specs[name]
+        a = np.asarray(arr)
+        if a.shape != shape:
+            raise PartitionError(f"write_partition: array {name!r} has shape {a.shape}, the layout expects {shape}")
+        from hms_core.io import save_npy
+
+        save_npy(out_dir / f"{name}.npy", a.astype(dt, copy=False))
+        files.append(f"{name}.npy")
+    if features is not None:
+        write_parquet(out_dir / FEATURES_FILE, features)
+        files.append(FEATURES_FILE)
+    nbytes = {f: (out_dir / f).stat().st_size for f in files if f.endswith(".npy")}
+    written = {k: v for k, v in specs.items() if f"{k}.npy" in nbytes}
+    fields: dict[str, Any] = {
+        "out_dir": str(out_dir), "n_rows": n, "layout": layout.to_dict(),
+        "shapes": {k: list(s) for k, (s, _) in written.items()}, "dtypes": {k: d for k, (_, d) in written.items()},
+        "bytes": nbytes, "total_bytes": int(sum(nbytes.values())), "seconds": 0.0, "step_seconds": {},
+        "records_per_second": 0.0, **_summary(index, layout),
+        "n_features": 0 if features is None else int(_width(features)), "resumed_from": 0, "batch_size": n,
+        "config_hash": "", "config": {}, "files": [*files, MANIFEST_FILE],
+    }  # fmt: skip
+    fields.update(manifest_fields)
+    manifest = PartitionManifest(**fields)
+    write_json(out_dir / MANIFEST_FILE, manifest.to_dict())
+    return manifest
+
+
+def _width(df: Any) -> int:
+    return df.width if hasattr(df, "width") else df.shape[1]
+
+
+# --- streaming writer ------------------------------------------------------------------------------------------
+def _fingerprint(rows: pd.DataFrame, cfg: PreprocessingConfig, batch_size: int, with_kaggle: bool) -> str:
+    """Resume state of a half-built partition: same rows, same config, same batching."""
+    cols = [c for c in ("eeg_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_label_offset_seconds")
+            if c in rows.columns]  # fmt: skip
+    h = hashlib.sha256(pd.util.hash_pandas_object(rows[cols], index=False).values.tobytes())
+    h.update(f"{_config_hash(cfg)}|{batch_size}|{with_kaggle}".encode())
+    return h.hexdigest()[:16]
+
+
+class _LRU:
+    """Small thread-safe LRU cache of loaded files (rows of one EEG are usually adjacent)."""
+
+    def __init__(self, loader: Callable[[Any], np.ndarray], size: int = 16) -> None:
+        self.loader, self.size, self.data = loader, size, OrderedDict()
+        self.lock = threading.Lock()
+
+    def __call__(self, key: Any) -> np.ndarray:
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        val = self.loader(key)  # outside the lock: reads of different files overlap
+        with self.lock:
+            self.data[key] = val
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+        return val
+
+
+def _rows_in(batch_starts: Any, batch_size: int, n: int) -> int:
+    return int(sum(min(batch_size, n - b) for b in batch_starts))
+
+
+def _validate_rows(rows: pd.DataFrame, need_spec: bool) -> None:
+    need = list(ROW_COLUMNS_REQUIRED)
+    if need_spec:
+        need += ["spectrogram_id", "spectrogram_label_offset_seconds"]
+    missing = [c for c in need if c not in rows.columns]
+    if missing:
+        raise ValueError(f"build_partition: 'rows' lacks column(s) {missing}; it has {list(rows.columns)}.")
+    if rows.empty:
+        raise ValueError("build_partition: 'rows' is empty; a partition needs at least one labelled row.")
+
+
+@dataclass
+class _BatchJob:
+    b0: int
+    rows: pd.DataFrame
+    eeg_dir: str
+    spec_dir: str | None
+    partial: str
+
+
+def _write_rows(path: Path, b0: int, arr: np.ndarray) -> None:
+    """Write ``arr`` as rows ``b0 ...`` of the .npy file at ``path`` in place (dtype of the file)."""
+    mm = np.load(path, mmap_mode="r")
+    offset, dtype, row_shape = mm.offset, mm.dtype, mm.shape[1:]
+    del mm
+    data = np.ascontiguousarray(arr, dtype=dtype)
+    if data.shape[1:] != row_shape:
+        raise ValueError(f"Rows for '{path}' have shape {data.shape[1:]}, expected {row_shape}.")
+    with open(path, "r+b") as f:
+        f.seek(offset + b0 * int(np.prod(row_shape)) * dtype.itemsize)
+        f.write(data.tobytes())
+
+
+def _run_batch(
+    job: _BatchJob, cfg: PreprocessingConfig, eegs: _LRU, spec_tables: _LRU | None
+) -> tuple[int, dict[str, float]]:
+    """Read, preprocess and write one batch of rows into the partial arrays; returns (b0, step seconds)."""
+    from hms_core.eeg_io import extract_window, kaggle_spectrogram_window
+    from hms_core.preprocess import process_windows
+    from hms_core.spectral import kaggle_spectrogram_image
+
+    partial = Path(job.partial)
+    secs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ids = [f"{Path(job.eeg_dir) / str(e)}.parquet (row {job.b0 + i}, offset {o} s)"
+           for i, (e, o) in enumerate(zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"]))]  # fmt: skip
+    windows = np.stack(
+        [extract_window(eegs(e), o, rid)
+         for e, o, rid in zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"], ids)]
+    )  # fmt: skip
+    kag = None
+    if spec_tables is not None:
+        kag = np.stack(
+            [kaggle_spectrogram_window(spec_tables(s), o)
+             for s, o in zip(job.rows["spectrogram_id"], job.rows["spectrogram_label_offset_seconds"])]
+        )  # fmt: skip
+    secs["read"] = time.perf_counter() - t0
+    out = process_windows(windows, cfg, ids)
+    secs.update(out.seconds)
+    t0 = time.perf_counter()
+    if kag is not None:
+        _write_rows(partial / "spec_kaggle.npy", job.b0, kaggle_spectrogram_image(kag))
+    secs["spec_kaggle"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _write_rows(partial / "bipolar.npy", job.b0, out.bipolar)
+    _write_rows(partial / "referential.npy", job.b0, out.referential)
+    _write_rows(partial / "ekg.npy", job.b0, out.ekg)
+    _write_rows(partial / "quality.npy", job.b0, out.quality)
+    for name, arr in out.spectrograms.items():
+        _write_rows(partial / f"spec_{name}.npy", job.b0, arr)
+    write_parquet(partial / f"index_{job.b0:09d}.parquet", pd.DataFrame(out.window_quality))
+    if out.features is not None:
+        write_parquet(partial / f"features_{job.b0:09d}.parquet", out.features)
+    secs["write"] = time.perf_counter() - t0
+    return job.b0, secs
+
+
+def build_partition(
+    rows: pd.DataFrame,
+    eeg_dir: Path,
+    spec_dir: Path | None,
+    out_dir: Path,
+    cfg: PreprocessingConfig,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> PartitionManifest:
+    """Preprocess every row of ``rows`` into ``out_dir`` (the layout in the module docstring), streaming batch by
+    batch (peak memory ~ batch_size).
+
+    Arrays are filled in ``out_dir/.partial/`` through ``np.lib.format.open_memmap``; a progress marker records
+    the completed rows, so rerunning on an interrupted partition with the same rows and config resumes where it
+    stopped. Final files replace old ones atomically, one by one, after the old manifest was removed.
+    ``cfg.workers`` > 1 processes batches in that many threads (at most two batches per thread in flight, so peak
+    memory is bounded by ``workers * batch_size`` windows, whatever N).
+    """
+    from hms_core.eeg_io import read_hms_eeg, read_kaggle_spectrogram_table
+
+    t_start = time.perf_counter()
+    eeg_dir, out_dir = Path(eeg_dir), Path(out_dir)
+    with_kaggle = spec_dir is not None and cfg.spectrogram.use_kaggle_spectrograms
+    _validate_rows(rows, with_kaggle)
+    if batch_size < 1:
+        from hms_core.checks import invalid_value
+
+        raise invalid_value("batch_size", batch_size, "integers >= 1")
+    rows = rows.reset_index(drop=True)
+    n = len(rows)
+    layout = Layout.from_config(cfg, with_kaggle)
+    specs = layout.array_specs(n)
+    partial = out_dir / PARTIAL_DIR
+    fp = _fingerprint(rows, cfg, batch_size, with_kaggle)
+    marker = partial / PROGRESS_FILE
+    done: set[int] = set()
+    if marker.exists():
+        try:
+            state = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            state = {}
+        if state.get("fingerprint") == fp and all((partial / f"{k}.npy").exists() for k in specs):
+            done = {int(b) for b in state.get("done_batches", [])}
+    if not done and partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    for k, (shape, dt) in specs.items():
+        path = partial / f"{k}.npy"
+        if done:
+            got = np.load(path, mmap_mode="r")
+            if got.shape != shape or str(got.dtype) != dt:
+                raise PartitionError(
+                    f"Partial array '{path}' has shape {got.shape}, expected {shape}; delete {partial}."
+                )
+            del got
+        else:  # header + full-size file; batches are written in place (positioned writes, no growing mapping)
+            del_me = np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=shape)
+            del del_me
+    starts = list(range(0, n, batch_size))
+    todo = [b for b in starts if b not in done]
+    resumed_from = _rows_in(done, batch_size, n)
+    step_seconds: dict[str, float] = {}
+
+    def save_marker() -> None:
+        state = {"fingerprint": fp, "done_batches": sorted(done), "n_rows": n, "batch_size": batch_size}
+        write_json(marker, state)
+
+    def finished(b0: int, secs: dict[str, float]) -> None:
+        done.add(b0)
+        for k, v in secs.items():
+            step_seconds[k] = step_seconds.get(k, 0.0) + v
+        save_marker()
+        if progress is not None:
+            progress(_rows_in(done, batch_size, n), n)
+
+    save_marker()
+    if progress is not None:
+        progress(_rows_in(done, batch_size, n), n)
+    cols = [c for c in ("eeg_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_label_offset_seconds")
+            if c in rows.columns]  # fmt: skip
+    jobs = [
+        _BatchJob(b0, rows.iloc[b0 : b0 + batch_size][cols].reset_index(drop=True), str(eeg_dir),
+                  None if not with_kaggle else str(spec_dir), str(partial))
+        for b0 in todo
+    ]  # fmt: skip
+    mode = cfg.eeg.missing_channels
+    eegs = _LRU(lambda i: read_hms_eeg(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8 * cfg.workers)
+    spec_tables = (
+        _LRU(lambda i: read_kaggle_spectrogram_table(Path(str(spec_dir)) / f"{i}.parquet"), size=4 * cfg.workers)
+        if with_kaggle else None
+    )  # fmt: skip
+    workers = min(cfg.workers, len(jobs))
+    if workers > 1:
+        # threads, not processes: the heavy steps (parquet reads, SOS filters, FFTs, percentiles, torch) release
+        # the GIL, threads start instantly and share the file caches; worker processes paid seconds of imports
+        # each and pyarrow/torch thread pools are not fork-safe. torch runs one intra-op thread per worker.
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="hms-preprocess") as pool:
+                # at most 2 batches in flight per worker keeps peak memory ~ 2 * workers * batch_size windows
+                pending = []
+                for job in jobs:
+                    pending.append(pool.submit(_run_batch, job, cfg, eegs, spec_tables))
+                    if len(pending) >= 2 * workers:
+                        b0, secs = pending.pop(0).result()
+                        finished(b0, secs)
+                for fut in pending:
+                    b0, secs = fut.result()
+                    finished(b0, secs)
+        finally:
+            torch.set_num_threads(n_threads)
+    else:
+        for job in jobs:
+            b0, secs = _run_batch(job, cfg, eegs, spec_tables)
+            finished(b0, secs)
+    # finalise: index + features from the per-batch parts, then the arrays, then the manifest
+    import polars as pl
+
+    t0 = time.perf_counter()
+    quality = pd.concat([pd.read_parquet(partial / f"index_{s:09d}.parquet") for s in starts], ignore_index=True)
+    index = pd.concat([rows, quality], axis=1)
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    write_parquet(out_dir / INDEX_FILE, index)
+    files = [INDEX_FILE]
+    n_features = 0
+    if cfg.features.enabled:
+        feats = pl.concat([pl.read_parquet(partial / f"features_{s:09d}.parquet") for s in starts], how="vertical")
+        n_features = feats.width
+        key = pl.DataFrame({"eeg_id": rows["eeg_id"].to_numpy(), "row": np.arange(n, dtype=np.int64)})
+        if "label_id" in rows.columns:
+            key = key.with_columns(pl.Series("label_id", rows["label_id"].to_numpy()))
+        write_parquet(out_dir / FEATURES_FILE, pl.concat([key, feats], how="horizontal"))
+        files.append(FEATURES_FILE)
+    else:
+        (out_dir / FEATURES_FILE).unlink(missing_ok=True)
+    for k in specs:
+        with atomic_path(out_dir / f"{k}.npy", suffix=".tmp.npy") as tmp:
+            os.replace(partial / f"{k}.npy", tmp)
+        files.append(f"{k}.npy")
+    step_seconds["finalise"] = time.perf_counter() - t0
+    shutil.rmtree(partial, ignore_errors=True)
+    seconds = time.perf_counter() - t_start
+    nbytes = {f"{k}.npy": (out_dir / f"{k}.npy").stat().st_size for k in specs}
+    manifest = PartitionManifest(
+        out_dir=str(out_dir),
+        n_rows=n,
+        layout=layout.to_dict(),
+        shapes={k: list(s) for k, (s, _) in specs.items()},
+        dtypes={k: d for k, (_, d) in specs.items()},
+        bytes=nbytes,
+        total_bytes=int(sum(nbytes.values())),
+        seconds=round(seconds, 3),
+        step_seconds={k: round(v, 4) for k, v in step_seconds.items()},
+        records_per_second=round(_rows_in(todo, batch_size, n) / max(seconds, 1e-9), 2),
+        **_summary(index, layout),
+        n_features=n_features,
+        resumed_from=resumed_from,
+        batch_size=batch_size,
+        config_hash=_config_hash(cfg),
+        config=cfg.model_dump(mode="json"),
+        files=[*files, MANIFEST_FILE],
+    )
+    write_json(out_dir / MANIFEST_FILE, manifest.to_dict())
+    return manifest
+
+
+# --- reader ----------------------------------------------------------------------------------------------------
+@dataclass
+class Partition:
+    """A complete partition folder: the index table, the manifest and its :class:`Layout`, and lazily
+    memory-mapped read-only arrays (row ``i`` <-> index row ``i``). Pickles without its memory maps (DataLoader
+    workers re-open them and share the page cache)."""
+
+    path: Path
+    index: pd.DataFrame
+    manifest: dict[str, Any]
+    layout: Layout
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _features: pd.DataFrame | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+    @property
+    def array_names(self) -> list[str]:
+        return list(self.manifest.get("shapes", {}))
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest.get("shapes", {}) and (self.path / f"{name}.npy").exists()
+
+    def array(self, name: str) -> np.ndarray:
+        """The memory-mapped array ``name`` (e.g. ``bipolar``, ``spec_mel``), checked against the manifest."""
+        if name not in self._arrays:
+            f = self.path / f"{name}.npy"
+            if name not in self.manifest.get("shapes", {}) or not f.exists():
+                raise PartitionError(f"{f} does not exist; this partition has arrays {self.array_names}")
+            arr = np.load(f, mmap_mode="r")
+            want = tuple(self.manifest["shapes"][name])
+            if arr.shape != want:
+                raise PartitionError(f"{f}: shape {arr.shape} but {self.path / MANIFEST_FILE} says {want}")
+            self._arrays[name] = arr
+        return self._arrays[name]
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: self.array(k) for k in self.array_names}
+
+    @property
+    def spectrograms(self) -> dict[str, np.ndarray]:
+        return {k.removeprefix("spec_"): self.array(k) for k in self.array_names if k.startswith("spec_")}
+
+    def segment(self, name: str = "bipolar") -> np.ndarray:
+        """The labelled segment of a raw array (``bipolar``, ``referential``, ``ekg``), still memory-mapped."""
+        return self.array(name)[..., self.layout.segment]
+
+    # --- labels ---
+    @property
+    def has_targets(self) -> bool:
+        """Vote columns present and voted (the test set carries the columns with zero votes)."""
+        return all(c in self.index.columns for c in VOTE_COLUMNS) and bool((self.votes.sum(axis=1) > 0).all())
+
+    @property
+    def votes(self) -> np.ndarray:
+        return self.index[list(VOTE_COLUMNS)].to_numpy(dtype=np.float64)
+
+    @property
+    def total_votes(self) -> np.ndarray:
+        if "total_votes" in self.index.columns:
+            return self.index["total_votes"].to_numpy(dtype=np.float64)
+        return self.votes.sum(axis=1)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Vote fractions (N, 6) float32; a partition without votes raises."""
+        if not all(c in self.index.columns for c in VOTE_COLUMNS):
+            raise PartitionError(f"{self.path / INDEX_FILE} has no vote columns {list(VOTE_COLUMNS)}")
+        v = self.votes
+        s = v.sum(axis=1, keepdims=True)
+        if np.any(s <= 0):
+            row = int(np.flatnonzero(s[:, 0] <= 0)[0])
+            raise PartitionError(f"{self.path / INDEX_FILE}: row {row} has no votes")
+        return (v / s).astype(np.float32)
+
+    def features(self) -> pd.DataFrame:
+        """The features table (pandas), checked row by row against the index."""
+        if self._features is None:
+            f = self.path / FEATURES_FILE
+            if not f.exists():
+                raise PartitionError(f"{f} does not exist (preprocessing.features.enabled is off for this partition)")
+            df = pd.read_parquet(f)
+            if len(df) != len(self.index):
+                raise PartitionError(f"{f} has {len(df)} rows but {self.path / INDEX_FILE} has {len(self.index)}")
+            if "eeg_id" in df.columns and "eeg_id" in self.index.columns:
+                bad = np.flatnonzero(df["eeg_id"].to_numpy() != self.index["eeg_id"].to_numpy())
+                if bad.size:
+                    raise PartitionError(f"{f}: row {int(bad[0])} has eeg_id {df['eeg_id'].iloc[bad[0]]} but the "
+                                         f"index has {self.index['eeg_id'].iloc[bad[0]]}")  # fmt: skip
+            self._features = df
+        return self._features
+
+
+def load_partition(path: str | os.PathLike[str]) -> Partition:
+    """Open a complete partition folder (see the module docstring); arrays are memory-mapped on first use."""
+    path = Path(path)
+    mpath = path / MANIFEST_FILE
+    if not mpath.exists():
+        raise PartitionError(
+            f"Partition '{path}' is incomplete or missing: no {MANIFEST_FILE} (the writer adds it last). "
+            f"Run the preprocessing stage (hms run --stage preprocessing)."
+        )
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PartitionError(f"{mpath} is not readable JSON ({e}); rebuild the partition.") from None
+    version = manifest.get("layout_version")
+    if version != LAYOUT_VERSION or "layout" not in manifest:
+        raise PartitionError(
+            f"{mpath}: layout_version {version!r}, this platform reads version {LAYOUT_VERSION}; rebuild the "
+            f"partition (hms run --stage preprocessing --resume marks it stale)."
+        )
+    f = path / INDEX_FILE
+    if not f.exists():
+        raise PartitionError(f"{f} does not exist although {mpath} does; rebuild the partition.")
+    index = pd.read_parquet(f)
+    if len(index) != manifest.get("n_rows"):
+        raise PartitionError(f"{f} has {len(index)} rows but {mpath} says n_rows={manifest.get('n_rows')}")
+    return Partition(path, index, manifest, Layout.from_dict(manifest["layout"]))
+
+
+# --- checks ----------------------------------------------------------------------------------------------------
+def partition_checks(
+    out_dir: str | os.PathLike[str],
+    cfg: PreprocessingConfig,
+    fold: int | None = None,
+    patient_folds: dict[Any, int] | None = None,
+    chunk: int = 256,
+) -> dict[str, tuple[bool, dict[str, Any]]]:
+    """Figures for the asset checks :data:`CHECK_NAMES`.
+
+    - ``finite``: no NaN/inf in any stored array (the transform zeroes and flags a bad window, so this guards the
+      writer, not the data);
+    - ``shapes``: every array as the config's layout says;
+    - ``bad_windows``: windows that could not be judged (``bad_window`` in the index: all-NaN input, or an output
+      that was not finite) are at most ``cfg.max_bad_window_fraction`` of the fold; a rare bad window is kept,
+      flagged, and does not stop a fold of 20,000;
+    - ``flagged_fraction``: flagged channels at most ``cfg.max_flagged_fraction``;
+    - ``patients_in_fold``: ``fold`` (every row must carry it); ``patient_folds``, the global patient -> fold map.
+
+    Arrays are scanned ``chunk`` windows at a time.
+    """
+    part = load_partition(out_dir)
+    n = len(part)
+    res: dict[str, tuple[bool, dict[str, Any]]] = {}
+    bad: dict[str, int] = {}
+    for k, a in part.arrays.items():
+        if a.dtype == bool:
+            continue
+        bad[k] = sum(int((~np.isfinite(a[s : s + chunk])).sum()) for s in range(0, n, chunk))
+    res["finite"] = (all(v == 0 for v in bad.values()), {"non_finite": bad})
+    expected = Layout.from_config(cfg, part.layout.with_kaggle).array_specs(n)
+    arrays = part.arrays
+    mism = {
+        k: {"expected": [list(s), d],
+            "got": [list(arrays[k].shape), str(arrays[k].dtype)] if k in arrays else None}
+        for k, (s, d) in expected.items()
+        if k not in arrays or arrays[k].shape != s or str(arrays[k].dtype) != d
+    }  # fmt: skip
+    res["shapes"] = (not mism, {"n_rows": n, "mismatches": mism, "shapes": {k: list(v.shape) for k, v in
+                                                                           arrays.items()}})  # fmt: skip
+    idx = part.index
+    bad_mask = idx["bad_window"].astype(bool).to_numpy() if "bad_window" in idx.columns else np.zeros(n, bool)
+    bad_frac = float(bad_mask.mean()) if n else 0.0
+    bad_rows = idx.loc[bad_mask, [c for c in ("eeg_id", "eeg_label_offset_seconds") if c in idx.columns]]
+    res["bad_windows"] = (
+        bad_frac <= cfg.max_bad_window_fraction,
+        {"n_bad_windows": int(bad_mask.sum()), "bad_window_fraction": round(bad_frac, 6),
+         "max_bad_window_fraction": cfg.max_bad_window_fraction,
+         "examples": bad_rows.head(20).to_dict(orient="records")},
+    )  # fmt: skip
+    frac = float(idx["n_flagged_channels"].sum()) / max(n * N_EEG, 1)
+    res["flagged_fraction"] = (
+        frac <= cfg.max_flagged_fraction,
+        {"flagged_fraction": round(frac, 6), "max_flagged_fraction": cfg.max_flagged_fraction,
+         "n_windows_with_flags": int((idx["n_flagged_channels"] > 0).sum())},
+    )  # fmt: skip
+    folds_per_patient = idx.groupby("patient_id")["fold"].nunique()
+    detail: dict[str, Any] = {
+        "folds": sorted(int(f) for f in idx["fold"].unique()),
+        "n_patients": len(folds_per_patient),
+    }
+    ok = bool((folds_per_patient <= 1).all())
+    if fold is not None:
+        wrong = idx.loc[idx["fold"] != fold, "patient_id"].unique().tolist()
+        detail["rows_outside_fold"] = int((idx["fold"] != fold).sum())
+        detail["patients_outside_fold"] = [int(p) if isinstance(p, (int, np.integer)) else p for p in wrong[:20]]
+        ok &= not wrong
+    if patient_folds is not None:
+        exp = idx["patient_id"].map(patient_folds)
+        wrong_rows = idx[exp.isna() | (exp != idx["fold"])]
+        detail["patients_not_in_their_fold"] = wrong_rows["patient_id"].unique().tolist()[:20]
+        ok &= wrong_rows.empty
+    res["patients_in_fold"] = (ok, detail)
+    return res
