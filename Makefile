@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-fast ui status bench clean
+.PHONY: install demo test lint ui status bench clean
 
 install: $(STAMP)
 
@@ -24,9 +24,13 @@ demo: install
 	$(BIN)/hms run --stage all --config demo --resume
 	$(BIN)/hms status --config demo
 
-## Install and run the whole test suite (pytest exit code 5, "no tests", fails).
-test: install
+## Install, lint (ruff check + ruff format --check) and run the whole test suite (pytest exit code 5 fails).
+test: install lint
 	$(BIN)/python -m pytest -q --timeout=600 --durations=15
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ui: install
 	$(BIN)/hms ui --config demo
