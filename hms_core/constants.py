@@ -6,6 +6,7 @@ here. Values follow the Kaggle competition data (see ``shared/reference/hms_data
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Final
 
 import numpy as np
@@ -102,9 +103,32 @@ LABEL_START_SAMPLE: Final[int] = (EEG_WINDOW_S - LABEL_WINDOW_S) // 2 * SFREQ  #
 SPEC_ROW_S: Final[int] = 2
 SPEC_WINDOW_S: Final[int] = 600
 SPEC_WINDOW_ROWS: Final[int] = SPEC_WINDOW_S // SPEC_ROW_S  # 300
-#: 100 frequency bins, 0.59 ... 19.92 Hz (bin k+3 of a 1024-point FFT at 200 Hz).
-SPEC_FREQS: Final[tuple[float, ...]] = tuple(round((i + 3) * SFREQ / 1024, 2) for i in range(100))
-SPEC_COLUMNS: Final[tuple[str, ...]] = tuple(f"{c}_{f:.2f}" for c in CHAIN_NAMES for f in SPEC_FREQS)
+SPEC_NFFT: Final[int] = 1024
+SPEC_FIRST_BIN: Final[int] = 3
+SPEC_N_FREQS: Final[int] = 100
+#: Exact centre frequencies (Hz) of the 100 bins: bin k is FFT bin k + 3 of a 1024-point FFT at 200 Hz.
+SPEC_FREQS_EXACT: Final[tuple[float, ...]] = tuple(
+    (k + SPEC_FIRST_BIN) * SFREQ / SPEC_NFFT for k in range(SPEC_N_FREQS)
+)
+
+
+def _spec_freq_label(k: int) -> str:
+    """Label of bin ``k`` as the real files write it: rounded half-up to 2 decimals, no trailing zeros."""
+    exact = Decimal((k + SPEC_FIRST_BIN) * SFREQ) / Decimal(SPEC_NFFT)  # a binary fraction: exact in decimal
+    text = format(exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP), "f")
+    return text.rstrip("0").rstrip(".")
+
+
+#: Frequency labels of the real ``train_spectrograms`` columns: ``0.59 0.78 ... 3.13 ... 4.1 ... 19.92``.
+SPEC_FREQ_LABELS: Final[tuple[str, ...]] = tuple(_spec_freq_label(k) for k in range(SPEC_N_FREQS))
+#: The labels as numbers (Hz, 2 decimals), the frequency axis of the Kaggle spectrograms.
+SPEC_FREQS: Final[tuple[float, ...]] = tuple(float(f) for f in SPEC_FREQ_LABELS)
+#: The 400 power columns of a Kaggle spectrogram file, exactly as the real files name them (LL, RL, LP, RP).
+SPEC_COLUMNS: Final[tuple[str, ...]] = tuple(f"{c}_{f}" for c in CHAIN_NAMES for f in SPEC_FREQ_LABELS)
+SPEC_TIME_COLUMN: Final[str] = "time"
+#: A file's column ``<chain>_<freq>`` maps to the grid bin nearest ``freq`` when it lies within this many Hz
+#: (labels are rounded to 2 decimals, so the exact bin is at most 0.005 Hz away; bins are 0.195 Hz apart).
+SPEC_FREQ_TOLERANCE_HZ: Final[float] = 0.01
 
 #: Rows with at least this many votes are the "high-quality" rows used for local validation.
 HIGH_VOTE_THRESHOLD: Final[int] = 10

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hms_core.checks import check_option
 from hms_core.constants import (
     CHAIN_NAMES,
     EEG_CHANNELS,
@@ -24,22 +25,29 @@ from hms_core.constants import (
     EKG_CHANNEL,
     SFREQ,
     SPEC_COLUMNS,
+    SPEC_FREQ_LABELS,
+    SPEC_FREQ_TOLERANCE_HZ,
     SPEC_FREQS,
+    SPEC_FREQS_EXACT,
+    SPEC_N_FREQS,
     SPEC_ROW_S,
+    SPEC_TIME_COLUMN,
     SPEC_WINDOW_ROWS,
 )
 
 __all__ = [
-    "RecordError",
     "EEGRecord",
-    "normalize_channel_name",
-    "read_hms_eeg",
+    "RecordError",
+    "SpectrogramColumns",
     "extract_window",
+    "kaggle_spectrogram_window",
+    "match_spectrogram_columns",
+    "normalize_channel_name",
     "read_edf",
-    "resample",
+    "read_hms_eeg",
     "read_kaggle_spectrogram",
     "read_kaggle_spectrogram_table",
-    "kaggle_spectrogram_window",
+    "resample",
 ]
 
 #: Modern 10-10 names of the four temporal/parietal electrodes that HMS calls T3/T4/T5/T6.
@@ -93,12 +101,7 @@ def _missing_error(source: str, missing: list[str], found: list[str]) -> RecordE
     )
 
 
-def _validate_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"Invalid value for the '{name}' parameter. Allowed values are "
-            f"{', '.join(repr(a) for a in allowed)}, but got {value!r} instead."
-        )
+MISSING_CHANNEL_MODES: tuple[str, ...] = ("error", "flag")
 
 
 # --- HMS parquet ----------------------------------------------------------------------------------------------
@@ -106,7 +109,7 @@ def read_hms_eeg(path: str | os.PathLike[str], missing_channels: str = "error") 
     """Read ``train_eegs/{eeg_id}.parquet`` as float32 (n_times, 20) in EEG_FILE_COLUMNS order."""
     import pyarrow.parquet as pq
 
-    _validate_option("missing_channels", missing_channels, ("error", "flag"))
+    check_option("missing_channels", missing_channels, MISSING_CHANNEL_MODES)
     path = Path(path)
     if not path.exists():
         raise RecordError(f"EEG record '{path}' does not exist.")
@@ -127,7 +130,7 @@ def extract_window(
     eeg: np.ndarray, offset_s: float, record: str, n_samples: int = EEG_WINDOW_SAMPLES, sfreq: float = SFREQ
 ) -> np.ndarray:
     """Samples ``[sfreq*offset, sfreq*offset + n_samples)`` of a (n_times, n_channels) record."""
-    start = int(round(float(offset_s) * sfreq))
+    start = round(float(offset_s) * sfreq)
     stop = start + n_samples
     if start < 0 or stop > eeg.shape[0]:
         raise RecordError(
@@ -151,9 +154,7 @@ def resample(x: np.ndarray, sfreq_in: float, sfreq_out: float = SFREQ, axis: int
     return ss.resample_poly(x, ratio.numerator, ratio.denominator, axis=axis).astype(np.float32)
 
 
-def read_edf(
-    path: str | os.PathLike[str], missing_channels: str = "error", sfreq: float = SFREQ
-) -> EEGRecord:
+def read_edf(path: str | os.PathLike[str], missing_channels: str = "error", sfreq: float = SFREQ) -> EEGRecord:
     """Read an EDF/EDF+/BDF file into platform layout, resampled to ``sfreq`` and converted to microvolts.
 
     Labels are matched through :func:`normalize_channel_name`; the first label that maps to a channel wins.
@@ -161,7 +162,7 @@ def read_edf(
     """
     import pyedflib
 
-    _validate_option("missing_channels", missing_channels, ("error", "flag"))
+    check_option("missing_channels", missing_channels, MISSING_CHANNEL_MODES)
     path = Path(path)
     if not path.exists():
         raise RecordError(f"EEG record '{path}' does not exist.")
@@ -207,29 +208,147 @@ def read_edf(
 
 
 # --- Kaggle spectrograms --------------------------------------------------------------------------------------
+#: ``<chain>_<frequency>``: what a spectrogram power column looks like in any export (``LL_4.1``, ``rl_3.125``).
+_SPEC_COLUMN = re.compile(r"^\s*([A-Za-z]+)_([0-9]+(?:\.[0-9]*)?)\s*$")
+_GRID = np.asarray(SPEC_FREQS_EXACT)
+
+
+def spectrogram_grid_description() -> str:
+    """The expected layout in words, for error messages."""
+    return (
+        f"'{SPEC_TIME_COLUMN}' plus '<chain>_<freq>' columns for chains {', '.join(CHAIN_NAMES)} and the "
+        f"{SPEC_N_FREQS} frequencies (k + 3) * 200 / 1024 Hz, k = 0..{SPEC_N_FREQS - 1} "
+        f"({SPEC_FREQ_LABELS[0]}, {SPEC_FREQ_LABELS[1]}, {SPEC_FREQ_LABELS[2]} ... {SPEC_FREQ_LABELS[-1]} Hz), "
+        f"each within {SPEC_FREQ_TOLERANCE_HZ:g} Hz"
+    )
+
+
+@dataclass(frozen=True)
+class SpectrogramColumns:
+    """How the columns of one spectrogram file map onto the Kaggle grid.
+
+    ``columns[i]`` is the file's column for canonical column ``SPEC_COLUMNS[i]`` (None when missing); ``time``
+    the time column (None when missing); ``ignored`` columns that are not spectrogram columns at all (a pandas
+    index, notes); ``problems`` (field, message) pairs, empty when the file matches the grid.
+    """
+
+    columns: tuple[str | None, ...]
+    time: str | None
+    ignored: tuple[str, ...]
+    problems: tuple[tuple[str, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _shown(names: list[str], limit: int = 8) -> str:
+    more = f" ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def match_spectrogram_columns(names: list[str] | tuple[str, ...]) -> SpectrogramColumns:
+    """Map a spectrogram file's column names onto the Kaggle grid by parsed chain and frequency.
+
+    A column ``<chain>_<freq>`` (chain case-insensitive, any number of decimals: ``LL_4.1``, ``LL_4.10``,
+    ``LL_4.100``, the old spelling ``LL_3.12``) is the grid bin nearest ``freq`` if it lies within
+    :data:`~hms_core.constants.SPEC_FREQ_TOLERANCE_HZ`. Unknown chains, off-grid frequencies, missing and
+    duplicated (chain, bin) pairs and a missing ``time`` column are problems; whatever the file's column order,
+    ``columns`` is in the canonical :data:`~hms_core.constants.SPEC_COLUMNS` order.
+    """
+    n_f = len(SPEC_FREQS_EXACT)
+    slots: list[list[str]] = [[] for _ in SPEC_COLUMNS]
+    problems: list[tuple[str, str]] = []
+    unknown_chain: list[str] = []
+    off_grid: list[str] = []
+    ignored: list[str] = []
+    time_col: str | None = None
+    for name in names:
+        if name == SPEC_TIME_COLUMN:
+            time_col = name
+            continue
+        m = _SPEC_COLUMN.match(str(name))
+        if m is None:
+            ignored.append(name)
+            continue
+        chain, freq = m.group(1).upper(), float(m.group(2))
+        if chain not in CHAIN_NAMES:
+            unknown_chain.append(name)
+            continue
+        k = int(np.argmin(np.abs(_GRID - freq)))
+        if abs(_GRID[k] - freq) > SPEC_FREQ_TOLERANCE_HZ:
+            off_grid.append(name)
+            continue
+        slots[CHAIN_NAMES.index(chain) * n_f + k].append(name)
+    if time_col is None:
+        problems.append((SPEC_TIME_COLUMN, f"required column '{SPEC_TIME_COLUMN}' is missing"))
+    if unknown_chain:
+        problems.append(
+            (_shown(unknown_chain), f"unknown chain in column name(s); expected one of {', '.join(CHAIN_NAMES)}")
+        )
+    if off_grid:
+        problems.append((_shown(off_grid), "frequency does not match any bin of the grid"))
+    dup = [f"{' = '.join(s)} (both {SPEC_COLUMNS[i]})" for i, s in enumerate(slots) if len(s) > 1]
+    if dup:
+        problems.append((_shown(dup, 4), "several columns map to the same chain and frequency"))
+    missing = [SPEC_COLUMNS[i] for i, s in enumerate(slots) if not s]
+    if missing:
+        problems.append((_shown(missing), f"required column(s) missing ({len(missing)} of {len(SPEC_COLUMNS)})"))
+    return SpectrogramColumns(
+        columns=tuple(s[0] if s else None for s in slots),
+        time=time_col,
+        ignored=tuple(ignored),
+        problems=tuple(problems),
+    )
+
+
+def _is_numeric(arrow_type: object) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type))
+
+
 def read_kaggle_spectrogram_table(path: str | os.PathLike[str]) -> np.ndarray:
-    """All rows of a Kaggle spectrogram file as float32 (n_rows, 4 chains, 100 freqs)."""
+    """All rows of a Kaggle spectrogram file as float32 (n_rows, 4 chains, 100 freqs), NaN where the file is.
+
+    Columns are matched by parsed chain and frequency (:func:`match_spectrogram_columns`), so the real names
+    (``LL_4.1``), other spellings (``LL_4.10``, ``LL_3.12``) and any column order read the same; a file whose
+    columns do not cover the grid raises :class:`RecordError` naming the file, the columns and the grid.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.exists():
         raise RecordError(f"Spectrogram record '{path}' does not exist.")
-    names = pq.read_schema(path).names
-    missing = [c for c in SPEC_COLUMNS if c not in names]
-    if missing:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as e:
+        raise RecordError(f"Spectrogram record '{path}' could not be read as parquet: {e}") from e
+    match = match_spectrogram_columns(schema.names)
+    if not match.ok:
+        found = "; ".join(f"{cols}: {msg}" for cols, msg in match.problems)
         raise RecordError(
-            f"Spectrogram record '{path}' lacks {len(missing)} of the {len(SPEC_COLUMNS)} expected columns "
-            f"(first: {missing[:4]}); expected '<chain>_<freq>' for chains {list(CHAIN_NAMES)}."
+            f"Spectrogram record '{path}' does not match the Kaggle spectrogram grid: {found}. "
+            f"Expected {spectrogram_grid_description()}."
         )
-    table = pq.read_table(path, columns=list(SPEC_COLUMNS))
-    arr = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in SPEC_COLUMNS])
-    arr = arr.astype(np.float32, copy=False)
+    columns = [c for c in match.columns if c is not None]
+    bad = [c for c in columns if not _is_numeric(schema.field(c).type)]
+    if bad:
+        raise RecordError(
+            f"Spectrogram record '{path}': column(s) {_shown(bad)} are {schema.field(bad[0]).type}; "
+            f"expected numeric (float) power values."
+        )
+    table = pq.read_table(path, columns=columns)
+    arr = np.empty((table.num_rows, len(columns)), np.float32)
+    for i, c in enumerate(columns):
+        arr[:, i] = table.column(c).to_numpy(zero_copy_only=False)
     return arr.reshape(-1, len(CHAIN_NAMES), len(SPEC_FREQS))
 
 
 def kaggle_spectrogram_window(table: np.ndarray, offset_s: float) -> np.ndarray:
     """The 10-min window starting at ``offset_s`` of a (n_rows, 4, 100) table: (4, 100, 300); NaN past the end."""
-    start = int(round(float(offset_s) / SPEC_ROW_S))
+    start = round(float(offset_s) / SPEC_ROW_S)
     out = np.full((SPEC_WINDOW_ROWS, len(CHAIN_NAMES), len(SPEC_FREQS)), np.nan, np.float32)
     chunk = table[max(start, 0) : start + SPEC_WINDOW_ROWS]
     out[: len(chunk)] = chunk

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from hms_core.checks import check_option
 from hms_core.constants import (
     CLASSES,
     EEG_FILE_COLUMNS,
@@ -35,6 +36,7 @@ from hms_core.constants import (
     SFREQ,
     SPEC_COLUMNS,
     SPEC_ROW_S,
+    SPEC_TIME_COLUMN,
     SPEC_WINDOW_ROWS,
     SPEC_WINDOW_S,
     TEST_COLUMNS,
@@ -59,10 +61,15 @@ INT_COLUMNS: tuple[str, ...] = (
     *VOTE_COLUMNS,
 )
 FLOAT_COLUMNS: tuple[str, ...] = ("eeg_label_offset_seconds", "spectrogram_label_offset_seconds")
-SPEC_FILE_COLUMNS: tuple[str, ...] = ("time", *SPEC_COLUMNS)
+#: The canonical spectrogram file columns. Files are matched by parsed chain and frequency
+#: (:func:`hms_core.eeg_io.match_spectrogram_columns`), not by these exact names.
+SPEC_FILE_COLUMNS: tuple[str, ...] = (SPEC_TIME_COLUMN, *SPEC_COLUMNS)
 SUBMISSION_COLUMNS: tuple[str, ...] = ("eeg_id", *VOTE_COLUMNS)
+#: ``|sum - 1|`` allowed for a submission row: six probabilities written with 6 decimals (``0.166667``) are off by
+#: up to 3e-6, so 1e-6 would reject a valid file.
+SUBMISSION_SUM_TOLERANCE = 1e-5
 FILE_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    # kind: (directory, expected columns)
+    # kind: (directory, expected columns; spectrogram columns are matched on the grid, see inspect_parquet)
     "train_eegs": ("train_eegs", EEG_FILE_COLUMNS),
     "train_spectrograms": ("train_spectrograms", SPEC_FILE_COLUMNS),
     "test_eegs": ("test_eegs", EEG_FILE_COLUMNS),
@@ -151,14 +158,6 @@ class DataValidationError(ValueError):
         if report.warnings:
             lines.append(f"({len(report.warnings)} warning(s) not listed)")
         super().__init__("\n".join(lines))
-
-
-def _check_option(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"Invalid value for the '{name}' parameter. Allowed values are "
-            f"{', '.join(repr(a) for a in allowed)}, but got {value!r} instead."
-        )
 
 
 # Tables ---------------------------------------------------------------------------------------------------------
@@ -315,7 +314,7 @@ def check_submission_table(
     if out:
         report.error(name, "probabilities", f"values must lie in [0, 1] at {_row_note(out)}", row=out[0])
     sums = probs.sum_horizontal()
-    bad = _rows((sums - 1).abs() > 1e-6)
+    bad = _rows((sums - 1).abs() > SUBMISSION_SUM_TOLERANCE)
     if bad:
         msg = f"rows must sum to 1, got {sums[bad[0]]:.6f} at {_row_note(bad)}"
         report.error(name, "probabilities", msg, row=bad[0])
@@ -346,10 +345,25 @@ class FileInfo:
     warnings: list[Problem] = field(default_factory=list)
 
 
+def _spectrogram_columns(names: list[str], info: FileInfo) -> tuple[list[str], list[str]]:
+    """Match a spectrogram file's columns on the Kaggle grid: (present columns, canonical order; ignored ones)."""
+    from hms_core.eeg_io import match_spectrogram_columns, spectrogram_grid_description
+
+    match = match_spectrogram_columns(names)
+    for field_, message in match.problems:
+        info.errors.append(Problem(info.rel, field_, f"{message}; expected {spectrogram_grid_description()}"))
+    present = ([match.time] if match.time else []) + [c for c in match.columns if c is not None]
+    return present, list(match.ignored)
+
+
 def inspect_parquet(
     path: str | os.PathLike[str], expected: Sequence[str], rel: str | None = None, read_data: bool = True
 ) -> FileInfo:
     """Inspect one parquet file: readable, expected columns, numeric types, row count and NaN statistics.
+
+    ``expected`` = :data:`SPEC_FILE_COLUMNS` matches the columns on the Kaggle spectrogram grid by parsed chain
+    and frequency (any spelling, any order; see :func:`hms_core.eeg_io.match_spectrogram_columns`); any other
+    ``expected`` is a list of exact names.
 
     Never raises for a bad file: problems are collected in the returned :class:`FileInfo`.
     """
@@ -366,15 +380,19 @@ def inspect_parquet(
         info.errors.append(Problem(info.rel, "", f"unreadable parquet file ({type(e).__name__}: {e})"))
         return info
     names = list(schema.names)
-    missing = [c for c in expected if c not in names]
-    extra = [c for c in names if c not in expected and not c.startswith("__index_level")]
-    if missing:
-        shown = missing if len(missing) <= 10 else [*missing[:10], f"... ({len(missing)} in all)"]
-        msg = f"required column(s) missing; got {len(names)} columns"
-        info.errors.append(Problem(info.rel, ", ".join(map(str, shown)), msg))
+    if tuple(expected) == SPEC_FILE_COLUMNS:
+        present, extra = _spectrogram_columns(names, info)
+    else:
+        missing = [c for c in expected if c not in names]
+        extra = [c for c in names if c not in expected]
+        if missing:
+            shown = missing if len(missing) <= 10 else [*missing[:10], f"... ({len(missing)} in all)"]
+            msg = f"required column(s) missing; got {len(names)} columns"
+            info.errors.append(Problem(info.rel, ", ".join(map(str, shown)), msg))
+        present = [c for c in expected if c in names]
+    extra = [c for c in extra if not c.startswith("__index_level")]
     if extra:
         info.warnings.append(Problem(info.rel, ", ".join(extra[:10]), "unexpected column(s)"))
-    present = [c for c in expected if c in names]
     numeric = []
     for c in present:
         t = schema.field(c).type
@@ -392,7 +410,7 @@ def inspect_parquet(
         return info
     info.readable = True
     n = table.num_rows
-    data_cols = [c for c in numeric if c != "time"]
+    data_cols = [c for c in numeric if c != SPEC_TIME_COLUMN]
     total_nan = 0
     for c in data_cols:
         arr = table.column(c).to_numpy()
@@ -452,7 +470,7 @@ def check_parquet_files(
     """
     folder, expected = FILE_KINDS[kind]
     d = raw_dir / folder
-    ids = sorted(set(int(i) for i in ids))
+    ids = sorted({int(i) for i in ids})
     stats: dict[str, Any] = {"referenced": len(ids)}
     if not d.is_dir():
         if ids:
@@ -490,7 +508,7 @@ def check_parquet_files(
             label = "channel(s)" if "eeg" in kind else "column(s)"
             more = [f"... ({len(info.nan_only)} in all)"] if len(info.nan_only) > 10 else []
             shown = info.nan_only[:10] + more
-            n_data = len([c for c in expected if c != "time"])
+            n_data = len([c for c in expected if c != SPEC_TIME_COLUMN])
             report.warn(rel, ", ".join(shown), f"NaN-only {label} ({len(info.nan_only)} of {n_data})")
         need, row = (min_rows or {}).get(i, (min_rows_default, None))
         need = max(need, min_rows_default)
@@ -567,9 +585,9 @@ def validate_raw_dir(
     workers : int | None
         Threads for parquet inspection (default ``min(16, 4 * cpu_count)``).
     """
-    _check_option("check_files", check_files, CHECK_FILES_MODES)
+    check_option("check_files", check_files, CHECK_FILES_MODES)
     for s in splits:
-        _check_option("splits", s, ("train", "test"))
+        check_option("splits", s, ("train", "test"))
     t0 = time.perf_counter()
     raw_dir = Path(raw_dir)
     report = ValidationReport(root=str(raw_dir))
