@@ -5,6 +5,10 @@ deep-merged over that profile. Relative paths are resolved against ``workspace.r
 against the directory the command runs in.
 
 Every section forbids unknown keys, so a typo fails with the key named, the value and what is allowed.
+
+Keys that change only how fast or where a step runs (worker counts, I/O batch sizes, threads, logging) are marked
+``json_schema_extra=NOT_A_RESULT`` here, in one place; :meth:`PlatformConfig.result_hash` drops them, so the code
+versions built from it change only when a result would.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from hms_core.constants import SFREQ
 
@@ -30,8 +35,33 @@ class ConfigError(ValueError):
     """A configuration file is missing, unreadable or invalid. The message names key, value and what is allowed."""
 
 
+#: ``Field(..., json_schema_extra=NOT_A_RESULT)``: the key changes how fast or where a step runs, never what it
+#: produces; :func:`result_dump` (and so every code version) leaves it out.
+NOT_A_RESULT: dict[str, Any] = {"affects_results": False}
+
+
+def affects_results(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("affects_results") is False)
+
+
+def result_dump(model: BaseModel) -> dict[str, Any]:
+    """``model.model_dump(mode="json")`` without the keys marked :data:`NOT_A_RESULT` (at any depth)."""
+    return _drop_non_results(model, model.model_dump(mode="json"))
+
+
+def _drop_non_results(model: BaseModel, dump: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, field in type(model).model_fields.items():
+        if name not in dump or not affects_results(field):
+            continue
+        value = getattr(model, name)
+        out[name] = _drop_non_results(value, dump[name]) if isinstance(value, BaseModel) else dump[name]
+    return out
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --- workspace ------------------------------------------------------------------------------------------------
@@ -46,7 +76,12 @@ class SyntheticConfig(Section):
     eegs_per_patient: tuple[int, int] = Field((4, 16), description="Min and max EEGs per patient.")
     n_test: int = Field(10, ge=1, description="Test EEGs (exactly 50 s) and spectrograms (exactly 10 min).")
     seed: int = 0
-    workers: int = Field(2, ge=1, description="Worker processes for generation.")
+    workers: int = Field(
+        2,
+        ge=1,
+        json_schema_extra=NOT_A_RESULT,
+        description="Worker processes for generation (same files for any).",
+    )
 
     @field_validator("eegs_per_patient")
     @classmethod
@@ -65,22 +100,18 @@ class DatasetConfig(Section):
     allow_synthetic: bool = Field(True, description="May 'auto' fall back to generated data?")
     raw_data_path: str = "data/raw"
     processed_data_path: str = "data/processed"
-    eeg_sampling_rate: int = Field(SFREQ, gt=0)
-    processing_batch_size: int = Field(100, ge=1)
+    processing_batch_size: int = Field(
+        100, ge=1, json_schema_extra=NOT_A_RESULT, description="Windows read and written per preprocessing batch."
+    )
     kaggle_competition: str = "hms-harmful-brain-activity-classification"
     n_folds: int = Field(5, ge=2, le=20)
     fold_seed: int = 42
     check_files: Literal["all", "sample", "none"] = Field(
-        "all", description="How many referenced parquet files the labels asset opens to validate."
+        "all",
+        json_schema_extra=NOT_A_RESULT,
+        description="How many referenced parquet files raw_dataset opens to validate (the data stay the same).",
     )
     synthetic: SyntheticConfig = SyntheticConfig()
-
-    @field_validator("eeg_sampling_rate")
-    @classmethod
-    def _sfreq(cls, v: int) -> int:
-        if v != SFREQ:
-            raise ValueError(f"HMS EEG parquet files are sampled at {SFREQ} Hz; got {v}")
-        return v
 
 
 # --- preprocessing -------------------------------------------------------------------------------------------
@@ -104,7 +135,10 @@ class EEGPreprocessingConfig(Section):
     scaling: Literal["robust", "none"] = "robust"
     dtype: Literal["float16", "float32"] = "float16"
     max_nan_fraction: float = Field(
-        0.1, ge=0, le=1, description="Flag a channel when more than this fraction lies in gaps longer than max_gap_s."
+        0.1,
+        ge=0,
+        le=1,
+        description="Flag a channel when more than this fraction lies in gaps longer than max_gap_s.",
     )
     flat_uv: float = Field(0.5, ge=0, description="Flat channel: no sample-to-sample change above this (uV).")
     noisy_uv: float = Field(400.0, gt=0, description="Disconnected/noisy channel: robust std above this (uV).")
@@ -114,9 +148,7 @@ class EEGPreprocessingConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> EEGPreprocessingConfig:
         if self.filter_low >= self.filter_high:
-            raise ValueError(
-                f"filter_low ({self.filter_low}) must be below filter_high ({self.filter_high})"
-            )
+            raise ValueError(f"filter_low ({self.filter_low}) must be below filter_high ({self.filter_high})")
         if self.filter_high >= SFREQ / 2:
             raise ValueError(f"filter_high ({self.filter_high}) must be below Nyquist ({SFREQ / 2} Hz)")
         if self.segment_length > self.context_length:
@@ -152,7 +184,9 @@ class SpectrogramConfig(Section):
     span: Literal["segment", "context"] = Field(
         "segment", description="Signal the spectrograms cover: the labelled segment or the whole context."
     )
-    mel_nfft: int = Field(1024, ge=16, description="FFT size of the mel spectrogram (finer bins for narrow filters).")
+    mel_nfft: int = Field(
+        1024, ge=16, description="FFT size of the mel spectrogram (finer bins for narrow filters)."
+    )
     wavelet: str = Field("cmor1.5-1.0", description="PyWavelets complex Morlet wavelet for the CWT.")
 
     @model_validator(mode="after")
@@ -180,26 +214,26 @@ class PreprocessingConfig(Section):
     spectrogram: SpectrogramConfig = SpectrogramConfig()
     features: FeaturesConfig = FeaturesConfig()
     max_flagged_fraction: float = Field(
-        0.25, ge=0, le=1, description="Asset check: largest allowed fraction of flagged (bad) channels."
+        0.25,
+        ge=0,
+        le=1,
+        json_schema_extra=NOT_A_RESULT,
+        description="Asset check: largest allowed fraction of flagged (bad) channels (a check threshold: the "
+        "arrays do not change with it).",
     )
     max_bad_window_fraction: float = Field(
-        0.01, ge=0, le=1, description="Blocking asset check: largest allowed fraction of windows that could not be "
+        0.01,
+        ge=0,
+        le=1,
+        json_schema_extra=NOT_A_RESULT,
+        description="Blocking asset check: largest allowed fraction of windows that could not be "
         "judged (all-NaN input, or a transform output that was not finite and was zeroed); such windows are kept, "
         "flagged in index.parquet's 'bad_window' column, and the fold carries on below this fraction.",
     )
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, json_schema_extra=NOT_A_RESULT, description="Threads building a partition.")
 
 
-# --- foundation / models / training --------------------------------------------------------------------------
-class FoundationConfig(Section):
-    enabled: bool = True
-    model_size: Literal["tiny", "small", "base", "large"] = "base"
-    pretrained: bool = False
-    epochs: int = Field(10, ge=1)
-    mask_ratio: float = Field(0.5, gt=0, lt=1)
-    contrastive_temperature: float = Field(0.2, gt=0)
-
-
+# --- models / training --------------------------------------------------------------------------
 class AugmentConfig(Section):
     flip: float = Field(0.5, ge=0, le=1, description="Probability of a left/right hemisphere flip.")
     time_shift_s: float = Field(2.0, ge=0)
@@ -220,40 +254,63 @@ class TrainingConfig(Section):
     ema_decay: float | None = Field(0.99, description="EMA of weights; null disables.")
     flip_tta: bool = True
     augment: AugmentConfig = AugmentConfig()
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, json_schema_extra=NOT_A_RESULT, description="DataLoader worker processes.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = True
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False,
+        json_schema_extra=NOT_A_RESULT,
+        description="Recompute activations in the backward pass (less memory, same gradients).",
+    )
     seed: int = 0
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows per fold (smoke runs).")
     quality_gate: bool = Field(
-        True, description="Blocking check: a model's out-of-fold KL must beat the class-prior baseline."
+        True,
+        json_schema_extra=NOT_A_RESULT,
+        description="Blocking check: a model's out-of-fold KL must beat the class-prior baseline (sets the check's "
+        "severity; the model is the same).",
     )
     torch_threads: int = Field(
-        0, ge=0, description="torch intra-op threads while training (0 = torch default); 1 avoids OpenMP "
+        0,
+        ge=0,
+        json_schema_extra=NOT_A_RESULT,
+        description="torch intra-op threads while training (0 = torch default); 1 avoids OpenMP "
         "oversubscription when other processes share the cores.",
     )
 
 
-class EnsembleConfig(Section):
-    enabled: bool = True
-    method: Literal["linear", "lbfgs"] = "lbfgs"
+# --- stages not built yet ------------------------------------------------------------------------------------
+class ReservedSection(Section):
+    """The section of a stage that is not built yet. It takes no keys today: the stage defines them when it lands,
+    so no key can look as if it did something."""
 
 
-class ExportConfig(Section):
-    enabled: bool = True
-    onnx_opset: int = Field(18, ge=13)
-    tensorrt: bool = False
+class FoundationConfig(ReservedSection):
+    """Reserved for the self-supervised foundation stage (not built yet)."""
 
 
+class EnsembleConfig(ReservedSection):
+    """Reserved for the ensemble stage (not built yet)."""
+
+
+class ExportConfig(ReservedSection):
+    """Reserved for the export / serving stage (not built yet)."""
+
+
+RESERVED_SECTIONS = ("foundation", "ensemble", "export")
+
+
+# --- logging: where runs are recorded, never what they produce ------------------------------------------------
 class LoggingConfig(Section):
-    wandb_project: str = "hms-eeg"
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = Field("hms-eeg", json_schema_extra=NOT_A_RESULT)
+    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", json_schema_extra=NOT_A_RESULT)
     mlflow_tracking_uri: str | None = Field(
-        "sqlite:///{root}/mlflow.db", description="null disables MLflow; {root} is the workspace root."
+        "sqlite:///{root}/mlflow.db",
+        json_schema_extra=NOT_A_RESULT,
+        description="null disables MLflow; {root} is the workspace root.",
     )
-    mlflow_experiment: str = "hms-eeg"
-    log_dir: str = "logs"
+    mlflow_experiment: str = Field("hms-eeg", json_schema_extra=NOT_A_RESULT)
+    log_dir: str = Field("logs", json_schema_extra=NOT_A_RESULT)
 
 
 class PlatformConfig(Section):
@@ -267,7 +324,8 @@ class PlatformConfig(Section):
     ensemble: EnsembleConfig = EnsembleConfig()
     export: ExportConfig = ExportConfig()
     logging: LoggingConfig = LoggingConfig()
-    #: Folder of the YAML file; relative roots are resolved against the working directory, not this.
+    #: The YAML file this config was read from (provenance only; relative roots resolve against the working
+    #: directory, not against this file).
     source_path: str | None = Field(None, exclude=True)
 
     @field_validator("models")
@@ -319,19 +377,60 @@ class PlatformConfig(Section):
         return [name for name, cfg in self.models.items() if cfg.get("enabled", True)]
 
     # --- hashing / saving -------------------------------------------------------------------------------------
-    def section_hash(self, *sections: str) -> str:
-        """Short stable hash of the named sections (dotted paths), for code versions and cache keys."""
-        dump = self.model_dump(mode="json")
+    def result_dump(self) -> dict[str, Any]:
+        """The config without its :data:`NOT_A_RESULT` keys; each model section through its spec's schema."""
+        from hms_core.models.specs import MODEL_SPECS
+
+        dump = result_dump(self)
+        dump["models"] = {
+            name: result_dump(MODEL_SPECS[name].config_cls.model_validate(params))
+            for name, params in self.models.items()
+        }
+        return dump
+
+    def result_hash(self, *keys: str) -> str:
+        """Short stable hash of the named keys (dotted paths such as ``preprocessing.eeg`` or ``training.seed``)
+        with every key marked :data:`NOT_A_RESULT` left out: the config part of a code version."""
+        dump, full = self.result_dump(), self.model_dump(mode="json")
         picked = {}
-        for s in sections:
+        for key in keys:
             node: Any = dump
-            for part in s.split("."):
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    if _lookup(full, key) is not _MISSING:
+                        raise ValueError(
+                            f"Config key '{key}' is marked NOT_A_RESULT (it never changes what a step "
+                            "produces); leave it out of result_hash"
+                        )
+                    raise ValueError(
+                        f"Config key '{key}' does not exist (result_hash takes dotted paths such as "
+                        "'preprocessing.eeg')"
+                    )
                 node = node[part]
-            picked[s] = node
+            picked[key] = node
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of the whole resolved config (every key, the root resolved): the exact config a run was built with."""
+        dump = self.model_dump(mode="json")
+        dump["workspace"]["root"] = str(self.root)
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_MISSING = object()
+
+
+def _lookup(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -376,10 +475,10 @@ def _format_validation_error(path: Path | str, err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and e["loc"] and e["loc"][0] in RESERVED_SECTIONS:
+            msg = f"the '{e['loc'][0]}' stage is not built yet, so its section takes no keys today"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config/demo.yaml for every key)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}"
         got = e.get("input")
         if key == "models":  # the models validator already names model, key and value
             lines.append(f"  - {msg}")

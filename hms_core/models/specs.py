@@ -12,12 +12,30 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hms_core.config import NOT_A_RESULT
+
 InputKind = Literal["raw", "spectrogram", "features"]
+
+#: The ``training.*`` keys each framework's trainer reads (``hms_core.training``: the torch trainer, the
+#: gradient-boosting trainer and the row plan / stages they share). A model's code version hashes only these, so
+#: e.g. LightGBM is not made stale by torch optimiser keys it never reads. A new ``training`` key must be added
+#: here for the trainers that read it (tests/hms_core/test_config.py checks that every key that changes results
+#: is read by some framework, and that no key marked NOT_A_RESULT is listed).
+TRAINING_KEYS: dict[str, tuple[str, ...]] = {
+    "pytorch": (
+        "batch_size", "learning_rate", "weight_decay", "epochs", "warmup_epochs", "stage2_epochs", "min_votes",
+        "low_vote_weight", "early_stopping_patience", "ema_decay", "flip_tta", "augment", "device",
+        "mixed_precision", "seed", "max_train_rows",
+    ),
+    # row plan (seed, max_train_rows), the stage-2 row selection and weights (stage2_epochs > 0, min_votes,
+    # low_vote_weight) and the booster seed; rounds come from the model section, not training.epochs
+    "lightgbm": ("seed", "max_train_rows", "stage2_epochs", "min_votes", "low_vote_weight"),
+}  # fmt: skip
 
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
+    enabled: bool = Field(True, json_schema_extra=NOT_A_RESULT, description="Build this model's asset at all.")
 
 
 class ResNet1DGRUConfig(ModelConfig):
@@ -71,7 +89,12 @@ class LightGBMConfig(ModelConfig):
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
     early_stopping_rounds: int = Field(50, ge=1)
-    num_threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores.")
+    num_threads: int = Field(
+        0,
+        ge=0,
+        json_schema_extra=NOT_A_RESULT,
+        description="LightGBM threads; 0 = all cores (deterministic training: same trees for any count).",
+    )
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,11 @@ class ModelSpec:
     module: str  # imported lazily by the registry; the module calls ``register_model``
     description: str = ""
     framework: str = "pytorch"  # what trains it: "pytorch" steps share the accelerator pool
+
+    @property
+    def training_keys(self) -> tuple[str, ...]:
+        """The ``training.*`` keys this model's trainer reads (see :data:`TRAINING_KEYS`)."""
+        return TRAINING_KEYS[self.framework]
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
