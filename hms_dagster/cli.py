@@ -1,6 +1,7 @@
 """``hms``: the command line of the platform.
 
     hms run --stage all|data|preprocessing|foundation|models|ensemble|export [--config PATH] [--resume] [--fold K]
+            [--with-upstream]
     hms status [--json]
     hms demo-data --out DIR --patients N --seed S
     hms validate --data DIR
@@ -8,7 +9,10 @@
     hms ui
     hms config
 
-Imports are lazy so ``hms --help`` answers at once.
+Imports are lazy so ``hms --help`` answers at once (``hms_dagster.stages`` imports Dagster only to build jobs).
+
+Exit codes: 0 ok, 1 a run failed (or ``validate`` / ``inspect`` found a bad file), 2 bad config or arguments
+(including a stage asked for before its inputs exist), 3 stage not built.
 """
 
 from __future__ import annotations
@@ -20,35 +24,32 @@ import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from hms_dagster.stages import ALL, STAGE_ORDER
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
 app = typer.Typer(
     name="hms",
-    help="HMS harmful brain activity platform: data, preprocessing, foundation, models, ensemble, export.",
+    help=f"HMS harmful brain activity platform: {', '.join(STAGE_ORDER)}.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
-class Stage(str, Enum):
-    all = "all"
-    data = "data"
-    preprocessing = "preprocessing"
-    foundation = "foundation"
-    models = "models"
-    ensemble = "ensemble"
-    export = "export"
+#: ``--stage`` choices: the stages of ``hms_dagster.stages`` and ``all``.
+Stage = Enum("Stage", [(s, s) for s in (ALL, *STAGE_ORDER)], type=str)
 
 
 ConfigOpt = Annotated[
-    Optional[str],
-    typer.Option("--config", "-c", help="YAML config path or profile name (tiny, demo, full). Default: $HMS_CONFIG "
-                 "or demo."),
+    str | None,
+    typer.Option(
+        "--config", "-c", help="YAML config path or profile name (tiny, demo, full). Default: $HMS_CONFIG or demo."
+    ),
 ]
 
 
@@ -71,23 +72,44 @@ def _load(config: str | None):
 
 @app.command()
 def run(
-    stage: Annotated[Stage, typer.Option("--stage", "-s", help="Stage to run; 'all' runs every built stage.")] = Stage.all,
+    stage: Annotated[
+        Stage, typer.Option("--stage", "-s", help="Stage to run; 'all' runs every built stage.")
+    ] = ALL,
     config: ConfigOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Run only what is missing, failed or stale.")] = False,
-    fold: Annotated[Optional[int], typer.Option("--fold", help="Only this fold's partition (fold-level stages).")] = None,
+    fold: Annotated[
+        int | None, typer.Option("--fold", help="Only this fold's partition (fold-level stages).")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Dagster console log level.")] = "WARNING",
+    with_upstream: Annotated[
+        bool,
+        typer.Option(
+            "--with-upstream", help="First run the earlier stages (only what is missing, failed or stale)."
+        ),
+    ] = False,
 ) -> None:
     """Materialize a stage (or all) through the Dagster instance; every run shows in the UI."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hms_dagster.runner import StageNotBuiltError, run_pipeline
+    from hms_dagster.runner import MissingUpstreamError, StageNotBuiltError, run_pipeline
 
+    stage = Stage(stage)
     cfg = _load(config)
     con = _console()
-    con.print(f"[bold]hms run[/] stage={stage.value} profile={cfg.profile} root={cfg.root}"
-              + (" resume" if resume else "") + (f" fold={fold}" if fold is not None else ""))
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeElapsedColumn(), console=con, transient=False)
+    con.print(
+        f"[bold]hms run[/] stage={stage.value} profile={cfg.profile} root={cfg.root}"
+        + (" resume" if resume else "")
+        + (f" fold={fold}" if fold is not None else "")
+        + (" with-upstream" if with_upstream else "")
+    )
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=con,
+        transient=False,
+    )
     task = None
 
     def on_event(kind, pr, info):
@@ -102,25 +124,41 @@ def run(
             progress.console.print(f"[dim]skip {pr.label} (fresh)[/]")
             progress.advance(task)
         elif kind == "done":
-            progress.console.print(f"[green]done[/] {pr.label} in {info['seconds']:.1f} s (run {info['run_id'][:8]})")
+            progress.console.print(
+                f"[green]done[/] {pr.label} in {info['seconds']:.1f} s (run {info['run_id'][:8]})"
+            )
             progress.advance(task)
         elif kind == "fail":
             progress.console.print(f"[red]FAILED[/] {pr.label} (run {info['run_id']}):\n{info['error']}")
 
     try:
         with progress:
-            report = run_pipeline(cfg, stage.value, resume=resume, fold=fold, log_level=log_level.upper(),
-                                  on_event=on_event)
+            report = run_pipeline(
+                cfg,
+                stage.value,
+                resume=resume,
+                fold=fold,
+                log_level=log_level.upper(),
+                on_event=on_event,
+                with_upstream=with_upstream,
+            )
     except StageNotBuiltError as e:
         con.print(f"[yellow]{e}[/]")
         raise typer.Exit(3) from None
+    except MissingUpstreamError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
     except ValueError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
     if report.reaped:
-        con.print(f"marked {len(report.reaped)} interrupted run(s) as failed: {', '.join(r[:8] for r in report.reaped)}")
-    con.print(f"{len(report.done)} run(s) done, {len(report.skipped)} skipped as fresh"
-              + (f", stages not built: {', '.join(report.not_built)}" if report.not_built else ""))
+        con.print(
+            f"marked {len(report.reaped)} interrupted run(s) as failed: {', '.join(r[:8] for r in report.reaped)}"
+        )
+    con.print(
+        f"{len(report.done)} run(s) done, {len(report.skipped)} skipped as fresh"
+        + (f", stages not built: {', '.join(report.not_built)}" if report.not_built else "")
+    )
     if not report.ok:
         con.print("Fix the problem and continue with [bold]hms run --resume[/] (completed partitions are kept).")
         raise typer.Exit(1)
@@ -133,32 +171,57 @@ def status(
 ) -> None:
     """Show every asset and partition: fresh, stale (code/config/data changed), missing, failed; key figures."""
     from hms_dagster.definitions import build_definitions
-    from hms_dagster.instance import prepare_instance, reap_interrupted_runs
+    from hms_dagster.instance import prepare_instance, reap_interrupted_runs, resolve_dagster_home
     from hms_dagster.status import collect_status, status_summary
 
     cfg = _load(config)
+    home = resolve_dagster_home(cfg)
     instance = prepare_instance(cfg)
     reap_interrupted_runs(instance)
     rows = collect_status(cfg, build_definitions(cfg), instance)
     summary = status_summary(rows)
     if as_json:
-        typer.echo(json.dumps({"profile": cfg.profile, "root": str(cfg.root), "dagster_home": str(cfg.dagster_home),
-                               **summary, "assets": [r.to_dict() for r in rows]}, indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                {
+                    "profile": cfg.profile,
+                    "root": str(cfg.root),
+                    **home.to_dict(),
+                    **summary,
+                    "assets": [r.to_dict() for r in rows],
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     from rich.table import Table
 
-    colour = {"fresh": "green", "stale": "yellow", "missing": "dim", "failed": "red", "running": "cyan",
-              "not built": "magenta"}
+    colour = {
+        "fresh": "green",
+        "stale": "yellow",
+        "missing": "dim",
+        "failed": "red",
+        "running": "cyan",
+        "not built": "magenta",
+    }
     t = Table(title=f"HMS pipeline status ({cfg.profile}, {cfg.root})")
     for c in ("stage", "asset", "partition", "state", "materialized", "figures / reason"):
         t.add_column(c)
     for r in rows:
         figs = ", ".join(f"{k}={v}" for k, v in list(r.figures.items())[:4])
-        t.add_row(r.stage, r.asset, r.partition or "-", f"[{colour.get(r.state, 'white')}]{r.state}[/]",
-                  r.materialized_at or "-", r.reason if r.state in ("stale", "failed", "not built") else figs)
+        t.add_row(
+            r.stage,
+            r.asset,
+            r.partition or "-",
+            f"[{colour.get(r.state, 'white')}]{r.state}[/]",
+            r.materialized_at or "-",
+            r.reason if r.state in ("stale", "failed", "not built") else figs,
+        )
     con = _console()
     con.print(t)
     con.print("stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items()))
+    con.print(f"DAGSTER_HOME: {home.path} ({home.source}: {home.reason})")
 
 
 @app.command("demo-data")
@@ -176,7 +239,9 @@ def demo_data(
     from hms_core.synthetic import generate_dataset
 
     t0 = time.perf_counter()
-    summary = generate_dataset(out, SyntheticConfig(n_patients=patients, seed=seed, workers=workers, n_test=n_test))
+    summary = generate_dataset(
+        out, SyntheticConfig(n_patients=patients, seed=seed, workers=workers, n_test=n_test)
+    )
     typer.echo(json.dumps(summary, indent=2, default=str))
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
 
@@ -188,12 +253,14 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check a raw HMS directory; exits non-zero naming every bad file."""
-    from hms_core.validation import validate_raw_dir
+    from hms_core.checks import check_option
+    from hms_core.validation import CHECK_FILES_MODES, validate_raw_dir
 
-    if check_files not in ("all", "sample", "none"):
-        typer.echo(f"Invalid value for '--check-files'. Allowed values are all, sample, none, but got "
-                   f"{check_files!r} instead.", err=True)
-        raise typer.Exit(2)
+    try:
+        check_option("check_files", check_files, CHECK_FILES_MODES)
+    except ValueError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
     report = validate_raw_dir(data, check_files=check_files)
     typer.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format())
     raise typer.Exit(0 if report.ok else 1)
@@ -203,11 +270,14 @@ def validate(
 def inspect(
     record: Annotated[Path, typer.Argument(help="An EDF/BDF file or an HMS EEG parquet file.")],
     config: ConfigOpt = None,
-    offset: Annotated[Optional[float], typer.Option("--offset", help="Start of the 50-s window (s); default centre.")] = None,
+    offset: Annotated[
+        float | None, typer.Option("--offset", help="Start of the 50-s window (s); default centre.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Read one EEG record (EDF/BDF with channel-name variants and resampling, or HMS parquet) and run the same
     preprocessing as training on it: channels found, quality flags, output shapes."""
+    from hms_core.constants import SFREQ
     from hms_core.eeg_io import RecordError, read_edf, read_hms_eeg
     from hms_core.preprocess import preprocess_record
 
@@ -216,8 +286,14 @@ def inspect(
     try:
         if record.suffix.lower() in (".edf", ".bdf"):
             rec = read_edf(record, missing_channels=mode)
-            data, info = rec.data, {"original_sfreq": rec.original_sfreq, "missing_channels": list(rec.missing),
-                                    "channel_map": rec.channel_map}
+            data, info = (
+                rec.data,
+                {
+                    "original_sfreq": rec.original_sfreq,
+                    "missing_channels": list(rec.missing),
+                    "channel_map": rec.channel_map,
+                },
+            )
         else:
             data, info = read_hms_eeg(record, missing_channels=mode), {}
         out = preprocess_record(data, cfg.preprocessing, record_id=str(record), offset_s=offset)
@@ -226,7 +302,7 @@ def inspect(
         raise typer.Exit(1) from None
     summary = {
         "record": str(record),
-        "seconds": round(data.shape[0] / cfg.dataset.eeg_sampling_rate, 2),
+        "seconds": round(data.shape[0] / SFREQ, 2),
         **info,
         "window_quality": {k: (v.item() if hasattr(v, "item") else v) for k, v in out["window_quality"].items()},
         "usable_bipolar": int(out["quality"].sum()),
@@ -243,15 +319,21 @@ def ui(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
 ) -> None:
     """Start the Dagster UI (and daemon, for sensors and schedules) on the same instance as the CLI."""
-    from hms_dagster.instance import prepare_instance
+    from hms_dagster.instance import DAGSTER_HOME_ENV_VAR, child_env
 
     cfg = _load(config)
-    prepare_instance(cfg)  # sets DAGSTER_HOME and HMS_CONFIG for the child
+    env = child_env(cfg)  # the same DAGSTER_HOME and HMS_CONFIG as this CLI
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "hms_dagster.definitions", "-h", host, "-p", str(port)]
-    typer.echo(f"Dagster UI on http://{host}:{port}  (DAGSTER_HOME={cfg.dagster_home}, config={cfg.source_path})")
+    typer.echo(
+        f"Dagster UI on http://{host}:{port}  (DAGSTER_HOME={env[DAGSTER_HOME_ENV_VAR]}, config={cfg.source_path})"
+    )
     # A shell that started us in the background may have set SIGINT to ignored, which `dagster dev` children
     # inherit and then never stop; restore the default handler in the child.
-    proc = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 (no threads yet)
+    )
     try:
         raise typer.Exit(proc.wait())
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """The code location: ``dagster dev -m hms_dagster.definitions`` (or ``hms ui``).
 
-The asset graph is built from the platform config (``$HMS_CONFIG``, default the ``demo`` profile): fold
-partitions come from ``dataset.n_folds`` and there is one asset per enabled model, so the UI shows exactly what
-the CLI runs.
+The platform config (``$HMS_CONFIG``, default the ``demo`` profile) is read and validated once, here, when the
+definitions load; the asset graph (fold partitions from ``dataset.n_folds``, one asset per enabled model), the
+code versions and the resources are all built from that one object, so the UI shows exactly what the CLI runs.
+An edit to the YAML reaches the UI when the code location is reloaded ("Reload definitions").
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from hms_core.config import PlatformConfig, load_config
 from hms_dagster.assets.data import build_data_assets
 from hms_dagster.assets.models import build_model_assets
 from hms_dagster.assets.preprocessing import build_preprocessing_assets
-from hms_dagster.resources import build_resources
+from hms_dagster.resources import CONFIG_HASH_TAG, build_resources
 from hms_dagster.sensors import build_automation
 from hms_dagster.stages import all_stage_jobs
 
 
 def build_definitions(cfg: PlatformConfig) -> dg.Definitions:
     assets = [*build_data_assets(cfg), *build_preprocessing_assets(cfg), *build_model_assets(cfg)]
-    jobs = {j.name: j.job() for j in all_stage_jobs(cfg)}
+    jobs = {j.name: j.job({CONFIG_HASH_TAG: cfg.config_hash}) for j in all_stage_jobs(cfg)}
     sensors, schedules = build_automation(cfg, jobs)
     return dg.Definitions(
         assets=assets,

@@ -1,9 +1,15 @@
-"""The Dagster instance behind the CLI and the UI: ``DAGSTER_HOME`` inside the workspace root by default."""
+"""The Dagster instance behind the CLI and the UI.
+
+``$DAGSTER_HOME`` wins when it is set (as every Dagster tool honours it); otherwise ``workspace.dagster_home`` of
+the config, else ``<workspace.root>/dagster_home``. ``hms status`` says which one is used and why.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 
@@ -25,17 +31,59 @@ PID_TAG = "hms/pid"
 HOST_TAG = "hms/host"
 
 
+DAGSTER_HOME_ENV_VAR = "DAGSTER_HOME"
+
+
+@dataclass(frozen=True)
+class DagsterHome:
+    path: Path
+    source: str  # "environment" | "config" | "default"
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"dagster_home": str(self.path), "dagster_home_source": self.source,
+                "dagster_home_reason": self.reason}  # fmt: skip
+
+
+def resolve_dagster_home(cfg: PlatformConfig) -> DagsterHome:
+    """Which Dagster instance folder this config uses, and why."""
+    env = os.environ.get(DAGSTER_HOME_ENV_VAR)
+    if env:
+        return DagsterHome(
+            Path(env).expanduser().resolve(),
+            "environment",
+            f"${DAGSTER_HOME_ENV_VAR} is set (it overrides workspace.dagster_home)",
+        )
+    if cfg.workspace.dagster_home:
+        where = f" in {cfg.source_path}" if cfg.source_path else ""
+        return DagsterHome(
+            cfg.dagster_home, "config", f"workspace.dagster_home{where} (${DAGSTER_HOME_ENV_VAR} is not set)"
+        )
+    return DagsterHome(
+        cfg.dagster_home,
+        "default",
+        f"the workspace default <root>/dagster_home (${DAGSTER_HOME_ENV_VAR} and workspace.dagster_home unset)",
+    )
+
+
 def prepare_instance(cfg: PlatformConfig) -> dg.DagsterInstance:
-    """Point ``DAGSTER_HOME`` (and ``HMS_CONFIG``) at this workspace and return the persistent instance."""
-    home = cfg.dagster_home
+    """The persistent instance in :func:`resolve_dagster_home`'s folder (a default ``dagster.yaml`` is written
+    when the folder has none). The process environment is left as it is: :func:`child_env` gives ``hms ui`` its."""
+    home = resolve_dagster_home(cfg).path
     home.mkdir(parents=True, exist_ok=True)
     yaml_path = home / "dagster.yaml"
     if not yaml_path.exists():
         yaml_path.write_text(DAGSTER_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def child_env(cfg: PlatformConfig) -> dict[str, str]:
+    """The environment of a ``dagster dev`` child: the same instance folder and the same config file as this CLI."""
+    prepare_instance(cfg)  # the folder and its dagster.yaml exist before the child starts
+    env = {**os.environ, DAGSTER_HOME_ENV_VAR: str(resolve_dagster_home(cfg).path)}
     if cfg.source_path:
-        os.environ[CONFIG_ENV_VAR] = cfg.source_path
-    return dg.DagsterInstance.get()
+        env[CONFIG_ENV_VAR] = cfg.source_path
+    return env
 
 
 def run_tags(stage: str) -> dict[str, str]:

@@ -1,35 +1,61 @@
-"""Resources shared by every asset: the resolved platform config and the experiment trackers."""
+"""Resources shared by every asset: the platform config the definitions were built from, and the trackers.
+
+The config is validated once, when the definitions load (``definitions.py``); the graph, the code versions and
+:class:`WorkspaceResource` all come from that one object. A Dagster resource must be serialisable, so the
+resource carries the config's JSON dump and rebuilds the object with a pydantic ``model_validate`` of it: the YAML
+file is never read again during a run. A long-lived UI picks up edits when the code location is reloaded
+("Reload definitions"); a run whose config differs from the one its job was built with stops with a clear error.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from hms_core.config import PlatformConfig, load_config
+from hms_core.config import ConfigError, PlatformConfig
+
+#: Run tag: ``PlatformConfig.config_hash`` of the definitions a job (or a sensor request) was built from.
+CONFIG_HASH_TAG = "hms/config_hash"
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(config_path: str, mtime_ns: int) -> PlatformConfig:
-    return load_config(config_path)
-
-
-def _load(config_path: str) -> PlatformConfig:
-    """The validated config, re-read when the file changes (a long-lived UI process sees edits)."""
-    return _load_cached(config_path, Path(config_path).stat().st_mtime_ns)
+def _config_from_json(config_json: str, source_path: str | None) -> PlatformConfig:
+    cfg = PlatformConfig.model_validate(json.loads(config_json))
+    cfg.source_path = source_path
+    return cfg
 
 
 class WorkspaceResource(dg.ConfigurableResource):
-    """Where the platform reads and writes: the validated YAML config and the paths derived from it."""
+    """Where the platform reads and writes: the validated config (as its JSON dump) and the paths derived from it."""
 
-    config_path: str
+    config_json: str
+    source_path: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: PlatformConfig) -> WorkspaceResource:
+        data = cfg.model_dump(mode="json")
+        # the root as resolved now: a run worker started in another directory still writes to the same place
+        data["workspace"]["root"] = str(cfg.root)
+        return cls(config_json=json.dumps(data, sort_keys=True), source_path=cfg.source_path)
 
     @property
     def config(self) -> PlatformConfig:
-        return _load(self.config_path)
+        return _config_from_json(self.config_json, self.source_path)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.run
+        launched = run.tags.get(CONFIG_HASH_TAG) if run is not None else None
+        if launched is not None and launched != self.config.config_hash:
+            raise ConfigError(
+                f"The config '{self.source_path}' changed after this run's job was loaded (run tag "
+                f"{CONFIG_HASH_TAG}={launched}, config now {self.config.config_hash}). Reload the code location "
+                "(Reload definitions in the UI) and launch the run again."
+            )
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -71,8 +97,14 @@ class WandbResource(dg.ConfigurableResource):
             return None
         from hms_core.tracking import WandbLogger
 
-        return WandbLogger(project=self.project, mode=self.mode, run_name=run_name,
-                           tags=[f"{k}:{v}" for k, v in tags.items()], group=group, dir=self.dir)
+        return WandbLogger(
+            project=self.project,
+            mode=self.mode,
+            run_name=run_name,
+            tags=[f"{k}:{v}" for k, v in tags.items()],
+            group=group,
+            dir=self.dir,
+        )
 
 
 def progress_logger(context, label: str, unit: str = "", every_s: float = 5.0):
@@ -85,6 +117,18 @@ def progress_logger(context, label: str, unit: str = "", every_s: float = 5.0):
             context.log.info(f"{label}: {unit}{done}/{total}")
 
     return progress
+
+
+def require_input(path: str | Path, asset: str, stage: str) -> Path:
+    """``path``, written by ``asset`` of ``stage``; if it is not there, an error that names the asset and the stage
+    to run (instead of a bare FileNotFoundError from deep inside a reader)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: it is written by the '{asset}' asset. Run `hms run --stage {stage}` first "
+            "(or add --with-upstream); `hms status` shows what is missing."
+        )
+    return path
 
 
 def training_loggers(
@@ -100,9 +144,8 @@ def training_loggers(
 
 
 def build_resources(cfg: PlatformConfig) -> dict[str, Any]:
-    assert cfg.source_path is not None
     return {
-        "workspace": WorkspaceResource(config_path=cfg.source_path),
+        "workspace": WorkspaceResource.from_config(cfg),
         "mlflow": MLflowResource(
             tracking_uri=cfg.mlflow_uri,
             experiment=cfg.logging.mlflow_experiment,

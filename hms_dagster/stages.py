@@ -1,27 +1,66 @@
-"""The pipeline's stages and the asset jobs that materialize them.
+"""The pipeline's stages, their asset keys and the asset jobs that materialize them: the one list of each.
 
 A Dagster run targets one partition key, so a stage is a list of jobs, each run once (unpartitioned) or once per
-fold. The CLI runner and the sensors/schedules both enumerate this plan; nothing else hard-codes asset names.
+fold. The CLI, the runner, the status view, the assets (as group names) and the sensors all use the names
+defined here; nothing else spells a stage or an asset key. This module imports Dagster only when a job is built,
+so the CLI can list the stages without importing it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import dagster as dg
+from typing import TYPE_CHECKING
 
 from hms_core.config import PlatformConfig
-from hms_dagster.assets.models import model_asset_key
-from hms_dagster.assets.preprocessing import preprocessing_asset_keys
 
-STAGE_ORDER = ("data", "preprocessing", "foundation", "models", "ensemble", "export")
+if TYPE_CHECKING:
+    import dagster as dg
+
+# --- stages ---------------------------------------------------------------------------------------------------
+DATA = "data"
+PREPROCESSING = "preprocessing"
+FOUNDATION = "foundation"
+MODELS = "models"
+ENSEMBLE = "ensemble"
+EXPORT = "export"
+STAGE_ORDER = (DATA, PREPROCESSING, FOUNDATION, MODELS, ENSEMBLE, EXPORT)
+#: ``hms run --stage all``: every built stage in order.
+ALL = "all"
 
 #: Stages whose assets do not exist yet. The runner says so instead of pretending to run them.
 NOT_BUILT: dict[str, str] = {
-    "foundation": "self-supervised EEG foundation pretraining (masked reconstruction + contrastive)",
-    "ensemble": "the learned ensemble over out-of-fold predictions",
-    "export": "ONNX/TensorRT export, the prediction service and inference benchmarks",
+    FOUNDATION: "self-supervised EEG foundation pretraining (masked reconstruction + contrastive)",
+    ENSEMBLE: "the learned ensemble over out-of-fold predictions",
+    EXPORT: "ONNX/TensorRT export, the prediction service and inference benchmarks",
 }
+
+# --- asset keys -----------------------------------------------------------------------------------------------
+RAW_DATASET = "raw_dataset"
+LABELS = "labels"
+FOLDS = "folds"
+EEG_WINDOWS = "eeg_windows"
+SPECTROGRAMS = "spectrograms"
+KAGGLE_SPECTROGRAMS = "kaggle_spectrograms"
+EEG_FEATURES = "eeg_features"
+TEST_WINDOWS = "test_windows"
+
+# --- jobs -----------------------------------------------------------------------------------------------------
+DATA_JOB = "data_job"
+TEST_PREPROCESSING_JOB = "test_preprocessing_job"
+PREPROCESSING_JOB = "preprocessing_job"
+MODELS_JOB = "models_job"
+
+
+def model_asset_key(name: str) -> str:
+    return f"model_{name}"
+
+
+def preprocessing_asset_keys(cfg: PlatformConfig) -> list[str]:
+    """The fold-level outputs of one preprocessing pass, in lineage order."""
+    keys = [EEG_WINDOWS, SPECTROGRAMS, EEG_FEATURES]
+    if cfg.preprocessing.spectrogram.use_kaggle_spectrograms:
+        keys.insert(2, KAGGLE_SPECTROGRAMS)
+    return keys
 
 
 @dataclass(frozen=True)
@@ -32,33 +71,39 @@ class StageJob:
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
-    def job(self) -> dg.UnresolvedAssetJobDefinition:
+    def job(self, extra_tags: dict[str, str] | None = None) -> dg.UnresolvedAssetJobDefinition:
+        import dagster as dg
+
         return dg.define_asset_job(
             self.name,
             selection=dg.AssetSelection.assets(*self.asset_keys),
             description=self.description,
-            tags={"hms/job": self.name, **self.tags},
+            tags={"hms/job": self.name, **self.tags, **(extra_tags or {})},
         )
 
 
 def stage_plan(cfg: PlatformConfig) -> dict[str, list[StageJob]]:
     models = tuple(model_asset_key(m) for m in cfg.enabled_models())
     plan: dict[str, list[StageJob]] = {
-        "data": [StageJob("data_job", False, ("raw_dataset", "labels", "folds"),
-                          "Resolve, validate and fold the raw dataset.")],
-        "preprocessing": [
-            StageJob("test_preprocessing_job", False, ("test_windows",), "Preprocess the test set."),
-            StageJob("preprocessing_job", True, tuple(preprocessing_asset_keys(cfg)),
+        DATA: [StageJob(DATA_JOB, False, (RAW_DATASET, LABELS, FOLDS), "Resolve, validate and fold the raw dataset.")],
+        PREPROCESSING: [
+            StageJob(TEST_PREPROCESSING_JOB, False, (TEST_WINDOWS,), "Preprocess the test set."),
+            StageJob(PREPROCESSING_JOB, True, tuple(preprocessing_asset_keys(cfg)),
                      "Windows, spectrograms and features of one fold."),
         ],
-        "foundation": [],
-        "models": [StageJob("models_job", True, models, "Train every enabled classifier on one fold.",
-                            {"dagster/max_retries": "1"})] if models else [],
-        "ensemble": [],
-        "export": [],
-    }
+        FOUNDATION: [],
+        MODELS: [StageJob(MODELS_JOB, True, models, "Train every enabled classifier on one fold.",
+                          {"dagster/max_retries": "1"})] if models else [],
+        ENSEMBLE: [],
+        EXPORT: [],
+    }  # fmt: skip
     return plan
 
 
 def all_stage_jobs(cfg: PlatformConfig) -> list[StageJob]:
     return [j for jobs in stage_plan(cfg).values() for j in jobs]
+
+
+def stage_of_asset(cfg: PlatformConfig) -> dict[str, str]:
+    """Asset key -> the stage that materializes it."""
+    return {a: s for s, jobs in stage_plan(cfg).items() for j in jobs for a in j.asset_keys}

@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 
 from hms_core.config import PlatformConfig
-from hms_dagster.stages import STAGE_ORDER, NOT_BUILT, stage_plan
+from hms_dagster.stages import NOT_BUILT, STAGE_ORDER, stage_plan
 
 FIGURE_KEYS = (
     "rows", "train_rows", "train_patients", "eegs", "patients", "n_folds", "test_rows", "val_kl", "val_kl_high_votes", "prior_kl", "accuracy",
@@ -103,7 +103,9 @@ class StatusResolver:
         return any(self.state(stage, job, a, partition).state != "fresh" for a in assets)
 
 
-def collect_status(cfg: PlatformConfig, defs: dg.Definitions, instance: dg.DagsterInstance) -> list[PartitionStatus]:
+def collect_status(
+    cfg: PlatformConfig, defs: dg.Definitions, instance: dg.DagsterInstance
+) -> list[PartitionStatus]:
     resolver = StatusResolver(cfg, defs, instance)
     plan = stage_plan(cfg)
     rows: list[PartitionStatus] = []

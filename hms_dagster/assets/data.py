@@ -1,6 +1,5 @@
 """Data stage: the raw HMS dataset, validated labels (one row per vote group) and patient-grouped folds."""
 
-
 import time
 
 import dagster as dg
@@ -10,10 +9,22 @@ from hms_core import labels as labels_lib
 from hms_core.io import write_parquet, write_text
 from hms_core.raw import ensure_raw_dataset
 from hms_core.validation import DataValidationError, validate_raw_dir
-from hms_dagster.resources import WorkspaceResource, progress_logger
+from hms_dagster.resources import WorkspaceResource, progress_logger, require_input
+from hms_dagster.stages import DATA, FOLDS, LABELS, RAW_DATASET
 
-GROUP = "data"
+GROUP = DATA
 VERSION = "1"
+
+#: The config keys each data asset's output depends on, its upstream's included (so a change shows as stale on
+#: everything it reaches at once); keys marked NOT_A_RESULT (check_files, synthetic.workers) never count.
+RAW_KEYS = ("dataset.source", "dataset.raw_data_path", "dataset.synthetic", "dataset.kaggle_competition")
+LABELS_KEYS = (*RAW_KEYS, "dataset.processed_data_path")
+FOLDS_KEYS = (*LABELS_KEYS, "dataset.n_folds", "dataset.fold_seed")
+
+
+def code_version(cfg, keys) -> str:
+    """``<code VERSION>-<hash of the result-changing config keys>``: what Dagster compares to call an asset stale."""
+    return f"{VERSION}-{cfg.result_hash(*keys)}"
 
 
 def _md_table(rows: list[dict]) -> dg.MetadataValue:
@@ -40,18 +51,16 @@ def save_resolved_config(cfg, path) -> None:
 
 
 def build_data_assets(cfg) -> list:
-    code = lambda *sections: f"{VERSION}-{cfg.section_hash(*sections)}"  # noqa: E731
-
     @dg.asset(
+        name=RAW_DATASET,
         group_name=GROUP,
         kinds={"parquet"},
-        code_version=code("dataset.source", "dataset.raw_data_path", "dataset.synthetic",
-                          "dataset.kaggle_competition", "dataset.check_files"),
+        code_version=code_version(cfg, RAW_KEYS),
         description="The raw HMS competition folder (local, Kaggle download, or generated synthetic data), "
         "validated file by file.",
         check_specs=[
-            dg.AssetCheckSpec("files_valid", asset="raw_dataset", description="schema, readability, lengths"),
-            dg.AssetCheckSpec("nan_ratio", asset="raw_dataset", description="per-file NaN ratio summary"),
+            dg.AssetCheckSpec("files_valid", asset=RAW_DATASET, description="schema, readability, lengths"),
+            dg.AssetCheckSpec("nan_ratio", asset=RAW_DATASET, description="per-file NaN ratio summary"),
         ],
     )
     def raw_dataset(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
@@ -80,19 +89,24 @@ def build_data_assets(cfg) -> list:
             check_name="nan_ratio",
             passed=True,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={**nan_stats, "warnings": dg.MetadataValue.md(report.format() if report.warnings else "none")},
+            metadata={
+                **nan_stats,
+                "warnings": dg.MetadataValue.md(report.format() if report.warnings else "none"),
+            },
         )
 
     @dg.asset(
+        name=LABELS,
         group_name=GROUP,
         deps=[raw_dataset],
         kinds={"parquet", "duckdb"},
-        code_version=code("dataset.processed_data_path"),
+        code_version=code_version(cfg, LABELS_KEYS),
         description="train.csv validated and deduplicated to one row per (eeg_id, votes) group, plus the test rows.",
-        check_specs=[dg.AssetCheckSpec("vote_sums", asset="labels", blocking=True)],
+        check_specs=[dg.AssetCheckSpec("vote_sums", asset=LABELS, blocking=True)],
     )
     def labels(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         cfg = workspace.config
+        require_input(cfg.raw_dir / "train.csv", RAW_DATASET, DATA)
         # raw_dataset opened and checked every file; here the table-level checks and deduplication run.
         train, _ = labels_lib.load_train_labels(cfg.raw_dir, check_files="none")
         test = labels_lib.load_test_windows(cfg.raw_dir)
@@ -125,21 +139,22 @@ def build_data_assets(cfg) -> list:
         )
 
     @dg.asset(
+        name=FOLDS,
         group_name=GROUP,
         deps=[labels],
         kinds={"parquet"},
-        code_version=code("dataset.n_folds", "dataset.fold_seed"),
+        code_version=code_version(cfg, FOLDS_KEYS),
         description="Patient-grouped stratified k-fold assignment; defines the fold_<k> partitions.",
         check_specs=[
-            dg.AssetCheckSpec("no_patient_in_two_folds", asset="folds", blocking=True),
-            dg.AssetCheckSpec("class_balance", asset="folds"),
+            dg.AssetCheckSpec("no_patient_in_two_folds", asset=FOLDS, blocking=True),
+            dg.AssetCheckSpec("class_balance", asset=FOLDS),
         ],
     )
     def folds(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         import polars as pl
 
         cfg = workspace.config
-        train = pl.read_parquet(cfg.processed_dir / "labels.parquet")
+        train = pl.read_parquet(require_input(cfg.processed_dir / "labels.parquet", LABELS, DATA))
         assigned = folds_lib.make_folds(train, n_folds=cfg.dataset.n_folds, seed=cfg.dataset.fold_seed)
         # The labels with their fold: what every fold-partitioned asset reads.
         rows = train.join(assigned.select("eeg_id", "fold"), on="eeg_id", how="left")
@@ -154,8 +169,10 @@ def build_data_assets(cfg) -> list:
                     {str(k): v for k, v in rows.group_by("fold").len().sort("fold").iter_rows()}
                 ),
                 "class_balance": _md_table(
-                    [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-                     for r in balance.to_dicts()]
+                    [
+                        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                        for r in balance.to_dicts()
+                    ]
                 ),
             }
         )

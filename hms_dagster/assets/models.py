@@ -9,24 +9,33 @@ figures. A blocking check fails a model whose out-of-fold KL does not beat the c
 import dagster as dg
 
 from hms_core.models.specs import MODEL_SPECS
+from hms_dagster.assets.preprocessing import PREPROCESSING_KEYS
 from hms_dagster.partitions import fold_index, fold_partitions
 from hms_dagster.resources import (
-    MLflowResource, WandbResource, WorkspaceResource, progress_logger, training_loggers,
+    MLflowResource,
+    WandbResource,
+    WorkspaceResource,
+    progress_logger,
+    training_loggers,
 )
+from hms_dagster.stages import EEG_FEATURES, EEG_WINDOWS, MODELS, SPECTROGRAMS, TEST_WINDOWS, model_asset_key
 
-GROUP = "models"
+GROUP = MODELS
 VERSION = "1"
 #: The preprocessing asset each input kind reads.
-INPUT_ASSET = {"raw": "eeg_windows", "spectrogram": "spectrograms", "features": "eeg_features"}
+INPUT_ASSET = {"raw": EEG_WINDOWS, "spectrogram": SPECTROGRAMS, "features": EEG_FEATURES}
 
 
-def model_asset_key(name: str) -> str:
-    return f"model_{name}"
+def model_result_keys(name: str) -> tuple[str, ...]:
+    """What a model's fold result depends on: the preprocessing (and data) keys upstream, its own section, and only
+    the ``training.*`` keys its framework's trainer reads (``ModelSpec.training_keys``)."""
+    spec = MODEL_SPECS[name]
+    return (*PREPROCESSING_KEYS, f"models.{name}", *(f"training.{k}" for k in spec.training_keys))
 
 
 def _build_model_asset(cfg, name: str):
     spec = MODEL_SPECS[name]
-    code = f"{VERSION}-{cfg.section_hash(f'models.{name}', 'training')}"
+    code = f"{VERSION}-{cfg.result_hash(*model_result_keys(name))}"
     upstream = INPUT_ASSET[spec.input_kind]
     key = model_asset_key(name)
 
@@ -36,7 +45,7 @@ def _build_model_asset(cfg, name: str):
         partitions_def=fold_partitions(cfg),
         deps=[
             dg.AssetDep(upstream, partition_mapping=dg.AllPartitionMapping()),
-            dg.AssetDep("test_windows"),
+            dg.AssetDep(TEST_WINDOWS),
         ],
         code_version=code,
         kinds={spec.framework},

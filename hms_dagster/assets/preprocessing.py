@@ -4,24 +4,38 @@ One streaming pass (``hms_core.partition.build_partition``) writes all of a fold
 reports them as separate assets so lineage shows what each classifier reads.
 """
 
-
 from pathlib import Path
 
 import dagster as dg
 
 from hms_core.partition import CHECK_NAMES
+from hms_dagster.assets.data import FOLDS_KEYS, LABELS_KEYS
 from hms_dagster.partitions import fold_index, fold_partitions
-from hms_dagster.resources import WorkspaceResource, progress_logger
+from hms_dagster.resources import WorkspaceResource, progress_logger, require_input
+from hms_dagster.stages import (
+    DATA,
+    EEG_WINDOWS,
+    FOLDS,
+    KAGGLE_SPECTROGRAMS,
+    LABELS,
+    PREPROCESSING,
+    RAW_DATASET,
+    SPECTROGRAMS,
+    TEST_WINDOWS,
+    preprocessing_asset_keys,
+)
 
-GROUP = "preprocessing"
+GROUP = PREPROCESSING
 VERSION = "2"  # 2: partition layout v2 (manifest carries the layout), bad_window column
 
+#: The config keys a fold's (and the test set's) arrays depend on, upstream ones included; NOT_A_RESULT keys
+#: (workers, the I/O batch size, check thresholds) are dropped by result_hash.
+PREPROCESSING_KEYS = (*FOLDS_KEYS, "preprocessing")
+TEST_WINDOWS_KEYS = (*LABELS_KEYS, "preprocessing")
 
-def preprocessing_asset_keys(cfg) -> list[str]:
-    keys = ["eeg_windows", "spectrograms", "eeg_features"]
-    if cfg.preprocessing.spectrogram.use_kaggle_spectrograms:
-        keys.insert(2, "kaggle_spectrograms")
-    return keys
+
+def code_version(cfg, keys) -> str:
+    return f"{VERSION}-{cfg.result_hash(*keys)}"
 
 
 def _build(context, cfg, rows, split: str, out_dir: Path) -> dict:
@@ -43,7 +57,7 @@ def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
     """Split one partition manifest into the metadata of each asset it produced."""
     shapes = manifest.get("shapes", {})
     common = {"rows": manifest.get("n_rows"), "seconds": manifest.get("seconds")}
-    if key == "eeg_windows":
+    if key == EEG_WINDOWS:
         files = ["index.parquet", "bipolar.npy", "referential.npy", "ekg.npy", "quality.npy"]
         extra = {
             "flagged_fraction": manifest.get("flagged_fraction"),
@@ -51,14 +65,14 @@ def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
             "records_per_second": manifest.get("records_per_second"),
             "step_seconds": dg.MetadataValue.json(manifest.get("step_seconds", {})),
         }
-    elif key == "spectrograms":
+    elif key == SPECTROGRAMS:
         files = sorted(p.name for p in out_dir.glob("spec_*.npy") if p.name != "spec_kaggle.npy")
         extra = {
             "frequency_axes_hz": dg.MetadataValue.json(
                 {k: [min(v), max(v), len(v)] for k, v in manifest.get("frequency_axes", {}).items() if v}
             )
         }
-    elif key == "kaggle_spectrograms":
+    elif key == KAGGLE_SPECTROGRAMS:
         files = ["spec_kaggle.npy"]
         extra = {}
     else:
@@ -70,8 +84,10 @@ def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
         **{k: v for k, v in extra.items() if v is not None},
         "path": dg.MetadataValue.path(str(out_dir)),
         "files": dg.MetadataValue.json(
-            {f: "x".join(map(str, shapes[f.split(".")[0]])) if f.split(".")[0] in shapes else "table"
-             for f in present}
+            {
+                f: "x".join(map(str, shapes[f.split(".")[0]])) if f.split(".")[0] in shapes else "table"
+                for f in present
+            }
         ),
         "bytes": sum((out_dir / f).stat().st_size for f in present),
     }
@@ -79,12 +95,12 @@ def _metadata_for(key: str, manifest: dict, out_dir: Path) -> dict:
 
 def build_preprocessing_assets(cfg) -> list:
     keys = preprocessing_asset_keys(cfg)
-    code = f"{VERSION}-{cfg.section_hash('preprocessing', 'dataset.processing_batch_size')}"
+    code = code_version(cfg, PREPROCESSING_KEYS)
     specs = [
-        dg.AssetSpec(k, group_name=GROUP, deps=["folds", "raw_dataset"], code_version=code, kinds={"numpy"})
+        dg.AssetSpec(k, group_name=GROUP, deps=[FOLDS, RAW_DATASET], code_version=code, kinds={"numpy"})
         for k in keys
     ]
-    check_specs = [dg.AssetCheckSpec(c, asset="eeg_windows", blocking=True) for c in CHECK_NAMES]
+    check_specs = [dg.AssetCheckSpec(c, asset=EEG_WINDOWS, blocking=True) for c in CHECK_NAMES]
 
     @dg.multi_asset(
         name="preprocess_fold",
@@ -101,7 +117,7 @@ def build_preprocessing_assets(cfg) -> list:
 
         cfg = workspace.config
         k = fold_index(context.partition_key)
-        all_rows = pd.read_parquet(cfg.processed_dir / "folds.parquet")
+        all_rows = pd.read_parquet(require_input(cfg.processed_dir / "folds.parquet", FOLDS, DATA))
         rows = all_rows[all_rows["fold"] == k].reset_index(drop=True)
         patient_folds = dict(zip(all_rows["patient_id"], all_rows["fold"]))
         out_dir = cfg.processed_dir / "windows" / context.partition_key
@@ -109,21 +125,21 @@ def build_preprocessing_assets(cfg) -> list:
         plots = example_figure_markdown(out_dir)
         for key in keys:
             meta = _metadata_for(key, manifest, out_dir)
-            if key in ("eeg_windows", "spectrograms") and plots:
+            if key in (EEG_WINDOWS, SPECTROGRAMS) and plots:
                 meta["examples"] = dg.MetadataValue.md(plots[key])
             yield dg.MaterializeResult(asset_key=key, metadata=meta)
         for name, (passed, detail) in partition_checks(
             out_dir, cfg.preprocessing, fold=k, patient_folds=patient_folds
         ).items():
             yield dg.AssetCheckResult(
-                asset_key="eeg_windows", check_name=name, passed=bool(passed), metadata=_jsonable(detail)
+                asset_key=EEG_WINDOWS, check_name=name, passed=bool(passed), metadata=_jsonable(detail)
             )
 
     @dg.asset(
-        name="test_windows",
+        name=TEST_WINDOWS,
         group_name=GROUP,
-        deps=["labels", "raw_dataset"],
-        code_version=code,
+        deps=[LABELS, RAW_DATASET],
+        code_version=code_version(cfg, TEST_WINDOWS_KEYS),
         kinds={"numpy"},
         description="The test set preprocessed exactly like the training windows (for test predictions).",
     )
@@ -131,12 +147,17 @@ def build_preprocessing_assets(cfg) -> list:
         import pandas as pd
 
         cfg = workspace.config
-        rows = pd.read_parquet(cfg.processed_dir / "test_rows.parquet").assign(fold=-1)
+        rows = pd.read_parquet(require_input(cfg.processed_dir / "test_rows.parquet", LABELS, DATA)).assign(
+            fold=-1
+        )
         out_dir = cfg.processed_dir / "windows" / "test"
         manifest = _build(context, cfg, rows, "test", out_dir)
         return dg.MaterializeResult(
-            metadata={"path": dg.MetadataValue.path(str(out_dir)), "rows": manifest.get("n_rows"),
-                      "seconds": manifest.get("seconds")}
+            metadata={
+                "path": dg.MetadataValue.path(str(out_dir)),
+                "rows": manifest.get("n_rows"),
+                "seconds": manifest.get("seconds"),
+            }
         )
 
     return [preprocess_fold, test_windows]

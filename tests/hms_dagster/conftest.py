@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_dagster_home_from_the_shell():
+    """Tests choose their instance through the config; a DAGSTER_HOME exported in the shell would override it
+    (the CLI honours the variable). Tests of that behaviour set it with monkeypatch."""
+    saved = os.environ.pop("DAGSTER_HOME", None)
+    yield
+    if saved is not None:
+        os.environ["DAGSTER_HOME"] = saved
 
 
 def write_config(root: Path, **sections) -> Path:

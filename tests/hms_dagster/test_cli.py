@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from hms_dagster.cli import app
@@ -67,8 +66,9 @@ def test_status_on_a_fresh_workspace_is_all_missing(tiny_config):
 
 def test_demo_data_then_validate_good_and_bad(tmp_path):
     out = tmp_path / "raw"
-    res = runner.invoke(app, ["demo-data", "--out", str(out), "--patients", "4", "--seed", "3", "--workers", "1",
-                              "--test", "2"])
+    res = runner.invoke(
+        app, ["demo-data", "--out", str(out), "--patients", "4", "--seed", "3", "--workers", "1", "--test", "2"]
+    )
     assert res.exit_code == 0, res.output
     assert (out / "train.csv").exists() and (out / "test.csv").exists()
     res = runner.invoke(app, ["validate", "--data", str(out)])

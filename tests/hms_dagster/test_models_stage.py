@@ -44,7 +44,8 @@ def test_models_stage_one_fold_end_to_end(tmp_path, monkeypatch):
         test = pd.read_parquet(cfg.models_dir / name / "fold_1" / "test_pred.parquet")
         assert len(test) == cfg.dataset.synthetic.n_test
         ev = inst.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(key, "beats_prior")])[dg.AssetCheckKey(key, "beats_prior")]
+            [dg.AssetCheckKey(key, "beats_prior")]
+        )[dg.AssetCheckKey(key, "beats_prior")]
         assert ev is not None and ev.evaluation is not None
         assert ev.evaluation.passed == (meta["val_kl"].value < meta["prior_kl"].value)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import dagster as dg
 import polars as pl
 import pytest
@@ -32,7 +30,7 @@ def data_workspace(tmp_path_factory):
 
 
 def test_data_stage_materializes_with_checks(data_workspace):
-    root, cfg = data_workspace
+    _, cfg = data_workspace
     inst = prepare_instance(cfg)
     states = _states(cfg)
     assert states[("raw_dataset", None)] == "fresh"
@@ -44,7 +42,11 @@ def test_data_stage_materializes_with_checks(data_workspace):
     assert folds.group_by("patient_id").agg(pl.col("fold").n_unique())["fold"].max() == 1
     assert sorted(folds["fold"].unique().to_list()) == list(range(cfg.dataset.n_folds))
     # every check evaluation recorded on the instance passed
-    for key, check in [("raw_dataset", "files_valid"), ("labels", "vote_sums"), ("folds", "no_patient_in_two_folds")]:
+    for key, check in [
+        ("raw_dataset", "files_valid"),
+        ("labels", "vote_sums"),
+        ("folds", "no_patient_in_two_folds"),
+    ]:
         rec = inst.event_log_storage.get_latest_asset_check_execution_by_key(
             [dg.AssetCheckKey(dg.AssetKey(key), check)]
         )[dg.AssetCheckKey(dg.AssetKey(key), check)]
@@ -67,8 +69,10 @@ def test_config_change_makes_only_dependent_assets_stale(data_workspace):
     assert states[("raw_dataset", None)] == "fresh"
     assert states[("labels", None)] == "fresh"
     assert states[("folds", None)] == "stale"
-    assert status_summary(collect_status(cfg2, build_definitions(cfg2), prepare_instance(cfg2)))["stages"]["data"] \
+    assert (
+        status_summary(collect_status(cfg2, build_definitions(cfg2), prepare_instance(cfg2)))["stages"]["data"]
         == "incomplete"
+    )
     report = run_pipeline(cfg2, "data", resume=True)
     assert report.ok and len(report.done) == 1
     assert _states(cfg2)[("folds", None)] == "fresh"
@@ -78,11 +82,11 @@ def test_bad_input_fails_naming_the_file_and_keeps_good_outputs(tmp_path):
     cfg = load_config(write_config(tmp_path))
     assert run_pipeline(cfg, "data").ok
     labels_before = (cfg.processed_dir / "labels.parquet").read_bytes()
-    eeg = sorted((cfg.raw_dir / "train_eegs").glob("*.parquet"))[0]
+    eeg = min((cfg.raw_dir / "train_eegs").glob("*.parquet"))
     eeg.write_bytes(eeg.read_bytes()[: eeg.stat().st_size // 3])  # truncated file
     report = run_pipeline(cfg, "data")
     assert not report.ok
-    pr, run_id, error = report.failed
+    pr, _, error = report.failed
     assert pr.job.name == "data_job"
     assert eeg.name in error
     assert (cfg.processed_dir / "labels.parquet").read_bytes() == labels_before
@@ -106,7 +110,9 @@ def test_changed_synthetic_config_regenerates_the_data(tmp_path):
     cfg = load_config(write_config(tmp_path))
     assert run_pipeline(cfg, "data").ok
     n_before = pl.read_parquet(cfg.processed_dir / "labels.parquet")["patient_id"].n_unique()
-    cfg2 = load_config(write_config(tmp_path, dataset={"synthetic": {"n_patients": 6, "eegs_per_patient": [2, 3]}}))
+    cfg2 = load_config(
+        write_config(tmp_path, dataset={"synthetic": {"n_patients": 6, "eegs_per_patient": [2, 3]}})
+    )
     assert _states(cfg2)[("raw_dataset", None)] == "stale"
     assert run_pipeline(cfg2, "data", resume=True).ok
     labels = pl.read_parquet(cfg2.processed_dir / "labels.parquet")

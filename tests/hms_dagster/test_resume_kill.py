@@ -16,8 +16,14 @@ from tests.hms_dagster.conftest import write_config
 
 
 def _hms(*args: str, cfg: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hms_dagster.cli", *args, "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "hms_dagster.cli", *args, "--config", str(cfg)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def _materialized(home: Path, key: str) -> set[str]:
@@ -38,9 +44,12 @@ def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
     out = _hms("run", "--stage", "data", cfg=cfg)
     assert out.returncode == 0, out.stdout + out.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "hms_dagster.cli", "run", "--stage", "preprocessing",
-                             "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hms_dagster.cli", "run", "--stage", "preprocessing", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     done: set[str] = set()
     while time.time() < deadline and not done:

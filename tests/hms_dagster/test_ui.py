@@ -41,8 +41,11 @@ def test_ui_shows_assets_lineage_partitions_and_runs(tmp_path, monkeypatch):
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hms_dagster.cli", "ui", "--config", str(path), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 (no threads here)
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -72,9 +75,23 @@ def test_ui_shows_assets_lineage_partitions_and_runs(tmp_path, monkeypatch):
 
         # materialize from the UI: launch the data job as the "Materialize" button does (queued run, daemon,
         # multiprocess executor) and wait for it
-        launched = httpx.post(f"{base}/graphql", json={"query": LAUNCH, "variables": {"p": {
-            "selector": {"repositoryLocationName": "hms_dagster.definitions", "repositoryName": "__repository__",
-                         "jobName": "data_job"}, "runConfigData": {}}}}, timeout=60).json()
+        launched = httpx.post(
+            f"{base}/graphql",
+            json={
+                "query": LAUNCH,
+                "variables": {
+                    "p": {
+                        "selector": {
+                            "repositoryLocationName": "hms_dagster.definitions",
+                            "repositoryName": "__repository__",
+                            "jobName": "data_job",
+                        },
+                        "runConfigData": {},
+                    }
+                },
+            },
+            timeout=60,
+        ).json()
         run_id = launched["data"]["launchRun"]["run"]["runId"]
         status = None
         while time.time() < deadline + 120 and status not in ("SUCCESS", "FAILURE", "CANCELED"):
