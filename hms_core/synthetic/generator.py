@@ -45,10 +45,17 @@ from hms_core.constants import (
 )
 from hms_core.io import atomic_path, write_json, write_text
 from hms_core.synthetic import raters
-from hms_core.synthetic.artifacts import add_artifacts, add_disconnections, draw_artifact_style, ecg, line_noise
+from hms_core.synthetic.artifacts import (
+    add_amplifier_artifacts,
+    add_artifacts,
+    add_disconnections,
+    draw_artifact_style,
+    ecg,
+    line_noise,
+)
 from hms_core.synthetic.background import background, draw_background_params, voltage_envelope
 from hms_core.synthetic.patterns import draw_pattern, render_pattern
-from hms_core.synthetic.spatial import CH_INDEX, electrode_positions
+from hms_core.synthetic.spatial import CH_INDEX
 from hms_core.synthetic.spectrogram import kaggle_spectrogram
 
 #: Class mix of the EEGs over all patients (Other is the largest class, as in the real data).
@@ -57,7 +64,7 @@ SUB_WINDOW_P = np.array([0.25, 0.15, 0.12, 0.1, 0.1, 0.1, 0.09, 0.09])  # 1..8 r
 HALF_CONTEXT_S = (SPEC_WINDOW_S - EEG_WINDOW_S) // 2  # 275 s
 LABEL_START_S = (EEG_WINDOW_S - LABEL_WINDOW_S) // 2  # 20 s
 VOLTAGE_STATES = ("normal", "low", "suppressed")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: amplifier artifacts (spikes, DC offsets, saturation), real spectrogram names
 
 
 @dataclass
@@ -240,7 +247,9 @@ def _crossfade(n: int, ramp: int) -> np.ndarray:
 _LEAK_W = {"T3": 1.0, "T5": 0.8, "F7": 0.4, "O1": 0.3, "T4": 0.4, "T6": 0.3}
 
 
-def render_session(plan: SessionPlan, artifacts: bool = True) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def render_session(
+    plan: SessionPlan, artifacts: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Render the session: (eeg (19, n_times) float32 uV, ekg (n_times,) float32 uV, artifact events)."""
     rng = np.random.default_rng(np.random.SeedSequence(plan.signal_seed))
     n = plan.n_times
@@ -251,7 +260,7 @@ def render_session(plan: SessionPlan, artifacts: bool = True) -> tuple[np.ndarra
     for e in plan.eegs:
         a, b = int(e.span_s[0] * SFREQ), int(e.span_s[1] * SFREQ)
         if e.voltage_state != "normal":
-            env, info = voltage_envelope(rng, b - a, e.voltage_state)
+            env, _ = voltage_envelope(rng, b - a, e.voltage_state)
             fade = _crossfade(b - a, 5 * SFREQ)
             gain[a:b] = gain[a:b] * (1 - fade) + env * fade
         if e.pattern.get("artifact_boost"):
@@ -263,6 +272,7 @@ def render_session(plan: SessionPlan, artifacts: bool = True) -> tuple[np.ndarra
     events: list[dict[str, Any]] = []
     ekg = np.zeros(n, np.float32)
     if artifacts:
+        amp_rng = rng.spawn(1)[0]  # a child stream: the artifacts drawn before it came are unchanged by it
         events += add_artifacts(x, rng, style, boosts)
         heart, _ = ecg(rng, n, style["heart_bpm"])
         if style["ekg_present"]:
@@ -277,6 +287,7 @@ def render_session(plan: SessionPlan, artifacts: bool = True) -> tuple[np.ndarra
             lines = line_noise(n, amps, style["line_120_ratio"])
             x += lines[:-1]
             ekg += lines[-1]
+        events += add_amplifier_artifacts(x, amp_rng, style, boosts)
         events += add_disconnections(x, rng, style)
         for e in plan.eegs:
             if e.nan_channel is not None:
@@ -373,7 +384,10 @@ def _write_tables(out: Path, sessions: list[SessionPlan]) -> tuple[int, Counter[
     import polars as pl
 
     rows = train_rows(sessions)
-    schema = {c: (pl.Float64 if "offset" in c else pl.Utf8 if c == "expert_consensus" else pl.Int64) for c in TRAIN_COLUMNS}
+    schema = {
+        c: (pl.Float64 if "offset" in c else pl.Utf8 if c == "expert_consensus" else pl.Int64)
+        for c in TRAIN_COLUMNS
+    }
     train = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
     test = [s for s in sessions if s.split == "test"]
     test_df = pl.DataFrame(
