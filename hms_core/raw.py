@@ -49,26 +49,72 @@ def fingerprint(path: Path) -> str:
 SYNTHETIC_MANIFEST = "synthetic_manifest.json"
 
 
+class RefusedToDeleteError(RuntimeError):
+    """A folder was about to be deleted as a generated data set but does not look like one; nothing was deleted."""
+
+
 def _synthetic_key(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "workers"}  # workers never change the files
 
 
-def _stale_synthetic(raw: Path, cfg: PlatformConfig) -> bool:
-    """True when ``raw`` holds data this platform generated with another synthetic config."""
+def _read_manifest(raw: Path) -> dict | None:
+    """The synthetic manifest of ``raw`` as a dict, or None when there is none or it is not one of ours."""
     import json
 
-    f = raw / SYNTHETIC_MANIFEST
-    if not f.is_file():
+    try:
+        made = json.loads((raw / SYNTHETIC_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return made if isinstance(made, dict) and isinstance(made.get("config"), dict) else None
+
+
+def _stale_synthetic(raw: Path, cfg: PlatformConfig) -> bool:
+    """True when ``raw`` holds data this platform generated with another synthetic config or generator version."""
+    from hms_core.synthetic.generator import GENERATOR_VERSION
+
+    made = _read_manifest(raw)
+    if made is None:
         return False
-    made = json.loads(f.read_text()).get("config", {})
-    return _synthetic_key(made) != _synthetic_key(cfg.dataset.synthetic.model_dump(mode="json"))
+    return made.get("generator_version") != GENERATOR_VERSION or _synthetic_key(made["config"]) != _synthetic_key(
+        cfg.dataset.synthetic.model_dump(mode="json")
+    )
+
+
+def _temp_leftover(name: str) -> bool:
+    """A temporary file of :func:`hms_core.io.atomic_path` (``.train.csv.k3j2.tmp.csv``) left by a killed run."""
+    return name.startswith(".") and ".tmp" in name
+
+
+def _check_generated(raw: Path) -> None:
+    """Raise :class:`RefusedToDeleteError` unless ``raw`` holds only what the generator writes."""
+    why = None
+    if _read_manifest(raw) is None:
+        why = f"it has no readable '{SYNTHETIC_MANIFEST}' written by the synthetic generator"
+    elif (raw / ".download").exists() or (raw / ".hms_complete.json").exists():
+        why = "it also holds a Kaggle download (.download/ or .hms_complete.json)"
+    else:
+        known = {*RAW_FILES, *RAW_SUBDIRS, SYNTHETIC_MANIFEST}
+        foreign = sorted(e.name for e in os.scandir(raw) if e.name not in known and not _temp_leftover(e.name))
+        if not foreign:
+            for sub in RAW_SUBDIRS:
+                d = raw / sub
+                if d.is_dir():
+                    foreign += [f"{sub}/{e.name}" for e in os.scandir(d) if not e.name.endswith(".parquet")][:5]
+        if foreign:
+            why = f"it holds files the generator does not write: {foreign[:5]}"
+    if why is not None:
+        raise RefusedToDeleteError(
+            f"Refusing to delete '{raw}' as a stale synthetic data set: {why}. Nothing was deleted. Move the "
+            f"folder away or point dataset.raw_data_path elsewhere, then run again."
+        )
 
 
 def _remove_synthetic(raw: Path) -> None:
-    """Delete a generated data set (identified by its manifest) so it can be generated anew. Never user data."""
+    """Delete a generated data set (identified by its manifest) so it can be generated anew. Never user data:
+    a folder with anything the generator does not write raises :class:`RefusedToDeleteError` first."""
     import shutil
 
-    assert (raw / SYNTHETIC_MANIFEST).is_file(), raw
+    _check_generated(raw)
     # train.csv first (the folder stops counting as a data set), the manifest last (an interrupted removal is
     # finished by the next call, which still sees a generated folder with a stale config).
     for name in RAW_FILES:
@@ -87,8 +133,10 @@ def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None]
     source = ds.source
     if source in ("auto", "synthetic") and _stale_synthetic(raw, cfg):
         _remove_synthetic(raw)
-    if source in ("auto", "local") and has_raw_data(raw) and (
-        source == "local" or not (raw / ".download").exists() or kaggle.raw_dir_complete(raw)
+    if (
+        source in ("auto", "local")
+        and has_raw_data(raw)
+        and (source == "local" or not (raw / ".download").exists() or kaggle.raw_dir_complete(raw))
     ):
         kind = "synthetic" if (raw / SYNTHETIC_MANIFEST).exists() else "local"
         return RawDataset(raw, kind, fingerprint(raw))

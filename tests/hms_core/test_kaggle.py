@@ -65,7 +65,9 @@ class FakeDownloader:
         return out
 
 
-def test_credentials_from_env_and_files(monkeypatch: pytest.MonkeyPatch, no_credentials: Path, tmp_path: Path) -> None:
+def test_credentials_from_env_and_files(
+    monkeypatch: pytest.MonkeyPatch, no_credentials: Path, tmp_path: Path
+) -> None:
     assert not kaggle_credentials_available()
     assert kaggle_credentials_available({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"})
     assert not kaggle_credentials_available({"KAGGLE_USERNAME": "u"})
@@ -83,7 +85,9 @@ def test_credentials_from_env_and_files(monkeypatch: pytest.MonkeyPatch, no_cred
     assert kaggle_credentials_available()
 
 
-def test_missing_credentials_message(no_credentials: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_credentials_message(
+    no_credentials: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def must_not_run(*a, **k):
         raise AssertionError("downloader called without credentials")
 
@@ -111,7 +115,9 @@ def test_verify_zip_detects_damage(tmp_path: Path) -> None:
     crc.write_bytes(bytes(data))
     with pytest.raises(CorruptDownloadError, match="train_eegs/1.parquet' fails its CRC"):
         verify_zip(crc)
-    partial = build_zip(tmp_path / "partial.zip", {k: v for k, v in MEMBERS.items() if not k.startswith("test_eegs")})
+    partial = build_zip(
+        tmp_path / "partial.zip", {k: v for k, v in MEMBERS.items() if not k.startswith("test_eegs")}
+    )
     with pytest.raises(CorruptDownloadError, match=r"\['test_eegs/'\]"):
         verify_zip(partial)
 
@@ -199,3 +205,58 @@ def test_corrupt_download_retried_then_raised(monkeypatch: pytest.MonkeyPatch, t
     assert fake.calls == 1
     assert not (tmp_path / "b" / ".download" / f"{COMP}.zip").exists()  # the bad zip is not reused
     assert not raw_dir_complete(tmp_path / "b")
+
+
+# Resolving the raw folder: a stale generated set is regenerated, nothing else is ever deleted --------------------
+def _synthetic_cfg(root: Path, n_patients: int = 2):
+    from hms_core.config import PlatformConfig
+
+    return PlatformConfig(
+        workspace={"root": str(root)},
+        dataset={"source": "synthetic", "synthetic": {"n_patients": n_patients, "eegs_per_patient": [1, 2],
+                                                      "n_test": 1, "workers": 1}},
+    )  # fmt: skip
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_stale_generated_set_is_regenerated(tmp_path: Path) -> None:
+    from hms_core.raw import SYNTHETIC_MANIFEST, ensure_raw_dataset
+
+    cfg = _synthetic_cfg(tmp_path)
+    first = ensure_raw_dataset(cfg)
+    assert first.source == "synthetic" and first.generated["sessions_written"] > 0
+    assert ensure_raw_dataset(cfg).generated["sessions_written"] == 0  # same config and generator: kept
+    manifest = cfg.raw_dir / SYNTHETIC_MANIFEST
+    made = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(made | {"generator_version": made["generator_version"] - 1}))
+    again = ensure_raw_dataset(cfg)  # an older generator wrote it: removed and made anew
+    assert again.generated["sessions_written"] == first.generated["sessions_written"]
+    assert json.loads(manifest.read_text())["generator_version"] == made["generator_version"]
+    bigger = ensure_raw_dataset(_synthetic_cfg(tmp_path, n_patients=3))  # another config: made anew
+    assert bigger.generated["n_patients"] == 3 and bigger.generated["sessions_skipped"] == 0
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", ".download", ".hms_complete.json", "train_eegs/readme.md", "none"])
+def test_refuses_to_delete_anything_but_a_generated_set(tmp_path: Path, extra: str) -> None:
+    from hms_core.raw import SYNTHETIC_MANIFEST, RefusedToDeleteError, _remove_synthetic, ensure_raw_dataset
+
+    cfg = _synthetic_cfg(tmp_path)
+    ensure_raw_dataset(cfg)
+    raw = cfg.raw_dir
+    manifest = raw / SYNTHETIC_MANIFEST
+    if extra == "none":
+        manifest.unlink()  # no manifest: a user's folder, whatever else it holds
+    elif extra == ".download":
+        (raw / extra).mkdir()
+    else:
+        (raw / extra).write_text("mine")
+    before = _tree(raw)
+    with pytest.raises(RefusedToDeleteError, match=rf"Refusing to delete '{raw}'.*Nothing was deleted"):
+        _remove_synthetic(raw)
+    if extra != "none":  # a stale generated folder with foreign files: ensure_raw_dataset refuses too
+        with pytest.raises(RefusedToDeleteError, match=extra.split("/")[-1].replace(".", r"\.")):
+            ensure_raw_dataset(_synthetic_cfg(tmp_path, n_patients=3))
+    assert _tree(raw) == before
