@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from hms_core.checks import invalid_value
 from hms_core.constants import TEST_COLUMNS, TRAIN_COLUMNS, VOTE_COLUMNS
 from hms_core.io import write_parquet
 from hms_core.validation import (
@@ -138,9 +139,7 @@ def labels_connection(
     if not path.is_file():
         raise FileNotFoundError(f"Labels parquet '{path}' does not exist; materialize the labels first.")
     if not view.isidentifier():
-        raise ValueError(
-            f"Invalid value for the 'view' parameter. Expected an identifier, but got {view!r} instead."
-        )
+        raise invalid_value("view", view, "SQL identifiers (letters, digits and '_', not starting with a digit)")
     con = con or duckdb.connect()
     escaped = str(path).replace("'", "''")
     con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet('{escaped}')")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 
+from hms_core.checks import invalid_value
 from hms_core.constants import EEG_CHANNELS, SFREQ
 from hms_core.synthetic.spatial import CH_INDEX, anterior_gradient, gaussian_field, mixing_matrix
 
@@ -33,12 +34,17 @@ def spectral_noise(
     n_fft = fft_length(n_times)
     n_freq = n_fft // 2 + 1
     if shapes.shape[-1] != n_freq and f_max is None:
-        raise ValueError(f"shapes must have fft_length(n_times) // 2 + 1 = {n_freq} columns, got {shapes.shape[-1]}")
+        raise ValueError(
+            f"spectral_noise: 'shapes' must have fft_length(n_times) // 2 + 1 = {n_freq} columns (or give f_max), "
+            f"got {shapes.shape[-1]}"
+        )
     n_used = n_freq if f_max is None else min(n_freq, int(f_max * n_fft / sfreq) + 1)
     shapes = shapes[:, :n_used].astype(np.float32, copy=normalise or shapes.shape[-1] == n_freq)
     shapes[:, 0] = 0.0
     if normalise:  # Var(irfft) = 4 / n_fft**2 * sum(|S_k|**2) for unit complex Gaussians (DC removed)
-        shapes *= (n_fft / 2.0) / np.sqrt(np.maximum((shapes.astype(np.float64) ** 2).sum(-1, keepdims=True), 1e-30))
+        shapes *= (n_fft / 2.0) / np.sqrt(
+            np.maximum((shapes.astype(np.float64) ** 2).sum(-1, keepdims=True), 1e-30)
+        )
     spec = rng.standard_normal((shapes.shape[0], 2 * n_used), dtype=np.float32).view(np.complex64)
     spec *= shapes
     return sfft.irfft(spec, n=n_fft, axis=-1, overwrite_x=True)[:, :n_times]
@@ -86,9 +92,7 @@ def _unit_power(shape: np.ndarray) -> np.ndarray:
     return p
 
 
-def background(
-    rng: np.random.Generator, n_times: int, params: dict[str, Any], sfreq: float = SFREQ
-) -> np.ndarray:
+def background(rng: np.random.Generator, n_times: int, params: dict[str, Any], sfreq: float = SFREQ) -> np.ndarray:
     """(19, n_times) float32 background: RMS ``rms`` aperiodic noise + alpha (posterior) + beta (fronto-central).
 
     Each channel's source spectrum sums (in power) the aperiodic part and its share of the rhythms; one batched
@@ -145,10 +149,7 @@ def voltage_envelope(
             bursts.append((a / sfreq, b / sfreq))
             t = b + rng.uniform(1.0, 10.0) * sfreq
         return env, {"gain": g, "bursts": bursts}
-    raise ValueError(
-        "Invalid value for the 'state' parameter. Allowed values are 'normal', 'low', 'suppressed', "
-        f"'burst_suppression', but got {state!r} instead."
-    )
+    raise invalid_value("state", state, "'normal', 'low', 'suppressed', 'burst_suppression'")
 
 
-__all__ = ["background", "draw_background_params", "spectral_noise", "voltage_envelope", "CH_INDEX"]
+__all__ = ["CH_INDEX", "background", "draw_background_params", "spectral_noise", "voltage_envelope"]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import oaconvolve
 
+from hms_core.checks import check_option, invalid_value
 from hms_core.constants import CHAINS, EEG_CHANNELS, SFREQ
 from hms_core.synthetic.background import band_shape, noise_freqs, spectral_noise
 from hms_core.synthetic.spatial import (
@@ -209,10 +210,7 @@ def waveform(theta: np.ndarray, shape: str, sharpness: float) -> np.ndarray:
         wave = np.exp(2.0 * (np.cos(theta - 2.2) - 1.0))
         x = -spike - 0.7 * wave
         return (x - x.mean()) / max(np.abs(x - x.mean()).max(), 1e-6)
-    raise ValueError(
-        "Invalid value for the 'shape' parameter. Allowed values are 'sine', 'sawtooth', 'sharp', 'spike_wave', "
-        f"but got {shape!r} instead."
-    )
+    raise invalid_value("shape", shape, "'sine', 'sawtooth', 'sharp', 'spike_wave'")
 
 
 def _phase(freq: np.ndarray, rng: np.random.Generator, sfreq: float) -> np.ndarray:
@@ -231,7 +229,9 @@ def render_rhythmic(p: Params, n_times: int, rng: np.random.Generator, sfreq: fl
     env = np.ones(n_times, np.float32)
     t = np.arange(n_times) / sfreq
     if p.get("wax_depth"):
-        env *= (1.0 + p["wax_depth"] * np.sin(2 * np.pi * p["wax_hz"] * t + rng.uniform(0, 6.3))).astype(np.float32)
+        env *= (1.0 + p["wax_depth"] * np.sin(2 * np.pi * p["wax_hz"] * t + rng.uniform(0, 6.3))).astype(
+            np.float32
+        )
     if p.get("runs"):
         gate = np.zeros(n_times, np.float32)
         s = rng.uniform(0, 2) * sfreq
@@ -466,13 +466,12 @@ PATTERNS: dict[str, tuple[Callable[..., Params], Callable[..., np.ndarray]]] = {
 
 
 def draw_pattern(cls: str, rng: np.random.Generator, ctx: Params | None = None) -> Params:
-    if cls not in PATTERNS:
-        raise ValueError(
-            f"Invalid value for the 'cls' parameter. Allowed values are {list(PATTERNS)}, but got {cls!r} instead."
-        )
+    check_option("cls", cls, PATTERNS)
     return PATTERNS[cls][0](rng, ctx or {})
 
 
-def render_pattern(cls: str, params: Params, n_times: int, rng: np.random.Generator, sfreq: float = SFREQ) -> np.ndarray:
+def render_pattern(
+    cls: str, params: Params, n_times: int, rng: np.random.Generator, sfreq: float = SFREQ
+) -> np.ndarray:
     """(19, n_times) float32 pattern signal in microvolts."""
     return PATTERNS[cls][1](params, n_times, rng, sfreq).astype(np.float32, copy=False)

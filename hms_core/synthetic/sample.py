@@ -7,9 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from hms_core.constants import CLASSES, EEG_WINDOW_S, SFREQ, SPEC_ROW_S
+from hms_core.checks import check_option, check_range
+from hms_core.constants import CLASSES, EEG_CHANNELS, EEG_WINDOW_S, SFREQ, SPEC_ROW_S
 from hms_core.synthetic.background import draw_background_params
 from hms_core.synthetic.generator import EegPlan, SessionPlan, draw_patient_style, plan_eeg, render_session
+
+#: Most sub-window rows one generated sample may carry (50 s + 2 s per extra row).
+MAX_SUB_WINDOWS = 100
 
 
 @dataclass
@@ -50,12 +54,8 @@ def generate_sample(
     Overrides replace drawn values (e.g. ``pattern_overrides={"rate_hz": 1.2}``,
     ``style_overrides={"line_uv": 20.0}``, ``background_overrides={"beta": 2.0, "alpha_amp": 0.0}``).
     """
-    if cls not in CLASSES:
-        raise ValueError(
-            f"Invalid value for the 'cls' parameter. Allowed values are {list(CLASSES)}, but got {cls!r} instead."
-        )
-    if not 1 <= n_sub <= 100:
-        raise ValueError(f"Invalid value for the 'n_sub' parameter. Allowed values are 1..100, but got {n_sub!r} instead.")
+    check_option("cls", cls, CLASSES)
+    check_range("n_sub", n_sub, 1, MAX_SUB_WINDOWS)
     ss = np.random.SeedSequence([seed, 9, CLASSES.index(cls)])
     plan_ss, sig_ss = ss.spawn(2)
     rng = np.random.default_rng(plan_ss)
@@ -70,5 +70,9 @@ def generate_sample(
         signal_seed=[int(v) for v in sig_ss.generate_state(4)],
     )  # fmt: skip
     x, ekg, events = render_session(plan, artifacts=artifacts)
-    assert x.shape == (19, duration * SFREQ)
+    if x.shape != (len(EEG_CHANNELS), duration * SFREQ) or ekg.shape != (duration * SFREQ,):
+        raise RuntimeError(
+            f"generate_sample({cls!r}, seed={seed}): render_session returned EEG {x.shape} and EKG {ekg.shape}; "
+            f"expected ({len(EEG_CHANNELS)}, {duration * SFREQ}) and ({duration * SFREQ},)"
+        )
     return SyntheticSample(eeg=x, ekg=ekg, plan=plan, events=events)

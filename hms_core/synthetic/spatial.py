@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hms_core.checks import check_range
 from hms_core.constants import EEG_CHANNELS
 
 #: HMS (old 10-20) names that the modern nomenclature renamed.
@@ -67,12 +68,8 @@ def mixing_matrix(neighbour_corr: float) -> np.ndarray:
     ``mixing_matrix(r) @ z`` turns independent unit-variance sources ``z`` (19, n_times) into channels with
     correlation ``exp(-d**2 / (2 l**2))``; neighbours at the median chain distance correlate at ``neighbour_corr``.
     """
-    if not 0.0 < neighbour_corr < 1.0:
-        raise ValueError(
-            f"Invalid value for the 'neighbour_corr' parameter. Allowed values are in (0, 1), "
-            f"but got {neighbour_corr!r} instead."
-        )
-    return _mixing_matrix_cached(int(round(neighbour_corr * 1000)))
+    check_range("neighbour_corr", neighbour_corr, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    return _mixing_matrix_cached(round(neighbour_corr * 1000))
 
 
 def gaussian_field(centre: np.ndarray | str, width_m: float) -> np.ndarray:

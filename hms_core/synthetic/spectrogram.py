@@ -12,11 +12,21 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft as sfft
 
-from hms_core.constants import BIPOLAR_PAIRS, CHAIN_NAMES, SFREQ, SPEC_COLUMNS, SPEC_FREQS, SPEC_ROW_S
+from hms_core.checks import check_option
+from hms_core.constants import (
+    BIPOLAR_PAIRS,
+    CHAIN_NAMES,
+    SFREQ,
+    SPEC_COLUMNS,
+    SPEC_FIRST_BIN,
+    SPEC_FREQS,
+    SPEC_NFFT,
+    SPEC_ROW_S,
+)
 from hms_core.synthetic.spatial import CH_INDEX
 
-NFFT = 1024
-FIRST_BIN = 3
+NFFT = SPEC_NFFT
+FIRST_BIN = SPEC_FIRST_BIN
 DECIM = 4  # the 100 bins stop at 19.92 Hz: compute them at 50 Hz with 256-point frames (same bins, 4x cheaper)
 _A = np.array([CH_INDEX[a] for a, _ in BIPOLAR_PAIRS])
 _B = np.array([CH_INDEX[b] for _, b in BIPOLAR_PAIRS])
@@ -36,8 +46,7 @@ def kaggle_spectrogram(x: np.ndarray, sfreq: int = SFREQ) -> tuple[np.ndarray, n
     Columns follow :data:`hms_core.constants.SPEC_COLUMNS` (LL, RL, LP, RP x 100 frequencies). Equivalent to
     1024-point Hann frames at 200 Hz centred on each row; computed after an FFT decimation to 50 Hz.
     """
-    if sfreq != SFREQ:
-        raise ValueError(f"Invalid value for the 'sfreq' parameter. Allowed values are {SFREQ}, but got {sfreq} instead.")
+    check_option("sfreq", sfreq, (SFREQ,))
     hop = SPEC_ROW_S * sfreq
     n_rows = x.shape[-1] // hop
     bip = x[_A] - x[_B]

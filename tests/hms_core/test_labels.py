@@ -49,7 +49,9 @@ def test_deduplicate_picks_median_subwindow() -> None:
     out = deduplicate_labels(_train_frame())
     assert list(out.columns) == list(LABEL_COLUMNS)
     assert out.height == 3
-    rows = out.select("eeg_id", "eeg_sub_id", "eeg_label_offset_seconds", "label_id", "n_subwindows", "total_votes")
+    rows = out.select(
+        "eeg_id", "eeg_sub_id", "eeg_label_offset_seconds", "label_id", "n_subwindows", "total_votes"
+    )
     assert rows.rows() == [
         (1, 2, 20.0, 12, 5, 4),  # median of offsets 0..40
         (1, 5, 50.0, 15, 2, 15),  # even group: the lower-middle one
@@ -121,6 +123,10 @@ def test_parquet_roundtrip_and_duckdb(tmp_path: Path) -> None:
     con = labels_connection(path)
     assert con.execute("SELECT count(*) FROM labels").fetchone()[0] == 3
     con.close()
+    with pytest.raises(
+        ValueError, match="Invalid value for the 'view' parameter.*SQL identifiers.*'labels; drop'"
+    ):
+        labels_connection(path, view="labels; drop")
     with pytest.raises(FileNotFoundError, match="materialize the labels"):
         query_labels(tmp_path / "missing.parquet", "SELECT 1")
     with pytest.raises(ValueError, match="expected columns"):
@@ -128,7 +134,9 @@ def test_parquet_roundtrip_and_duckdb(tmp_path: Path) -> None:
 
 
 def test_load_test_windows(tmp_path: Path) -> None:
-    pl.DataFrame({"eeg_id": [5, 6], "spectrogram_id": [50, 60], "patient_id": [1, 2]}).write_csv(tmp_path / "test.csv")
+    pl.DataFrame({"eeg_id": [5, 6], "spectrogram_id": [50, 60], "patient_id": [1, 2]}).write_csv(
+        tmp_path / "test.csv"
+    )
     out = load_test_windows(tmp_path)
     assert list(out.columns) == list(LABEL_COLUMNS)
     assert out["eeg_label_offset_seconds"].to_list() == [0.0, 0.0]
