@@ -55,9 +55,7 @@ def perceived_distribution(true_class: str, difficulty: float, alt: str | None, 
     return p / p.sum()
 
 
-def draw_votes(
-    rng: np.random.Generator, n_raters: int, p: np.ndarray, concentration: float = 12.0
-) -> np.ndarray:
+def draw_votes(rng: np.random.Generator, n_raters: int, p: np.ndarray, concentration: float = 12.0) -> np.ndarray:
     """(6,) int64 vote counts: Dirichlet-multinomial around ``p`` (raters of one sample share a reading)."""
     q = rng.dirichlet(np.maximum(p * concentration, 1e-3))
     return rng.multinomial(n_raters, q).astype(np.int64)
