@@ -108,6 +108,7 @@ def verify_zip(zip_path: str | os.PathLike[str], required: tuple[str, ...] = REQ
         raise CorruptDownloadError(f"'{zip_path}' is not a complete zip archive ({type(e).__name__}: {e})") from e
     if bad is not None:
         raise CorruptDownloadError(f"'{zip_path}': member '{bad}' fails its CRC check")
+
     def present(member: str) -> bool:
         return any(n.startswith(member) for n in names) if member.endswith("/") else member in names
 
@@ -148,7 +149,9 @@ def raw_dir_complete(dest: str | os.PathLike[str]) -> bool:
 
 
 def extract_zip(
-    zip_path: str | os.PathLike[str], dest: str | os.PathLike[str], progress: ProgressFn | None = None,
+    zip_path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    progress: ProgressFn | None = None,
     competition: str = DEFAULT_COMPETITION,
 ) -> Path:
     """Extract a verified zip into a temporary folder beside ``dest``, move the entries into ``dest`` and write
