@@ -27,16 +27,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--processed", default=None, help="processed data folder holding windows/fold_k")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--rows", type=int, default=160, help="rows per synthetic fold (when --processed is not given)")
+    ap.add_argument(
+        "--rows", type=int, default=160, help="rows per synthetic fold (when --processed is not given)"
+    )
     ap.add_argument("--models", nargs="*", default=None)
-    ap.add_argument("--stage-config", default=None,
-                    help="also time the whole models stage (all folds, trained from scratch in a temporary workspace) "
-                         "on this config's processed data, which must exist (e.g. after make demo)")
+    ap.add_argument(
+        "--stage-config",
+        default=None,
+        help="also time the whole models stage (all folds, trained from scratch in a temporary workspace) "
+        "on this config's processed data, which must exist (e.g. after make demo)",
+    )
     a = ap.parse_args(argv)
 
     import torch
 
     from hms_core.config import load_config
+    from hms_core.partition import load_partition
     from hms_core.training import train_fold
     from hms_core.training.testing import make_folds
 
@@ -46,14 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         folds = sorted((Path(a.processed) / "windows").glob("fold_*"))
         if len(folds) < 2:
             raise SystemExit(f"{a.processed}/windows must hold at least two fold_k folders, found {len(folds)}")
+        rows = [len(load_partition(f)) for f in folds[:2]]  # complete partitions (manifest), or a clear error
     else:
         folds = make_folds(tmp / "data", n_folds=2, rows_per_fold=a.rows, n_test=4, seed=0)
+        rows = [a.rows, a.rows]
     train_cfg = cfg.training.model_copy(update={"epochs": a.epochs, "stage2_epochs": 0,
                                                 "early_stopping_patience": a.epochs + 1})  # fmt: skip
     names = a.models or cfg.enabled_models()
     print(f"# {platform.node()} {os.cpu_count()} cpus, torch {torch.__version__}, threads "
-          f"{train_cfg.torch_threads or torch.get_num_threads()}, profile {cfg.profile}, rows/fold "
-          f"{a.rows if not a.processed else 'as processed'}, epochs {a.epochs}")  # fmt: skip
+          f"{train_cfg.torch_threads or torch.get_num_threads()}, profile {cfg.profile}, rows train/val "
+          f"{rows[0]}/{rows[1]}, epochs {a.epochs}")  # fmt: skip
     result: dict[str, float] = {}
     for name in names:
         t = time.perf_counter()
@@ -103,7 +111,11 @@ def _time_models_stage(config: str) -> dict[str, float]:
     shutil.rmtree(tmp, ignore_errors=True)
     if not report.ok:
         raise SystemExit(f"models stage failed: {report.failed[2]}")
-    print(json.dumps({"stage": "models", "profile": cfg.profile, "runs": len(report.done), "seconds": round(secs, 1)}))
+    print(
+        json.dumps(
+            {"stage": "models", "profile": cfg.profile, "runs": len(report.done), "seconds": round(secs, 1)}
+        )
+    )
     return {f"{base.profile}_models_stage_s": round(secs, 1)}
 
 

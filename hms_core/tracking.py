@@ -16,8 +16,8 @@ user sets ``mode='online'`` explicitly.
 from __future__ import annotations
 
 import contextlib
-
 import json
+import logging
 import math
 import os
 import time
@@ -25,7 +25,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from hms_core.checks import check_option
 from hms_core.io import write_json, write_text
+
+#: Where a training's MLflow run id is kept while it runs (in the training's output folder), so a resumed
+#: training logs into the same run.
+MLFLOW_STATE_FILE = "mlflow_run.json"
+#: W&B modes: ``offline`` writes local runs (``wandb sync`` uploads them), ``disabled`` writes nothing.
+WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -102,7 +111,9 @@ class MLflowLogger:
             return exp.experiment_id
         self.artifact_location.mkdir(parents=True, exist_ok=True)
         try:
-            return self.client.create_experiment(self.experiment, artifact_location=self.artifact_location.as_uri())
+            return self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_location.as_uri()
+            )
         except Exception:  # created concurrently by another process
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
@@ -120,8 +131,10 @@ class MLflowLogger:
                     self.run_id = prev
                     self.client.update_run(prev, status="RUNNING")
                     return
-            except Exception:  # noqa: BLE001 - stale id: start a new run
-                pass
+            except Exception as e:  # noqa: BLE001 - stale id (store reset, run deleted): start a new run
+                log.info(
+                    "MLflow run %s from %s cannot be resumed (%s); starting a new run", prev, self.state_file, e
+                )
         run = self.client.create_run(self._experiment_id(), run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         if self.state_file:
@@ -164,11 +177,7 @@ class WandbLogger:
 
     def __init__(self, project: str, run_name: str, dir: str | os.PathLike[str], mode: str = "offline",
                  group: str | None = None, tags: Sequence[str] = ()) -> None:  # fmt: skip
-        if mode not in ("offline", "online", "disabled"):
-            raise ValueError(
-                f"Invalid value for the 'mode' parameter. Allowed values are 'offline', 'online', 'disabled', "
-                f"but got '{mode}' instead."
-            )
+        check_option("mode", mode, WANDB_MODES)
         self.project, self.run_name, self.dir, self.mode = project, run_name, Path(dir), mode
         self.group, self.tags = group, list(tags)
         self.run: Any = None
@@ -225,15 +234,27 @@ class JSONLinesLogger:
         self._flush()
 
 
-def make_loggers(cfg: Any, model_name: str, fold: str, out_dir: str | os.PathLike[str]) -> list[TrainingLogger]:
-    """Loggers for one (model, fold) from a :class:`~hms_core.config.PlatformConfig` ``logging`` section."""
-    run_name = f"{model_name}-{fold}"
+def build_loggers(
+    cfg: Any,
+    run_name: str,
+    tags: Mapping[str, str],
+    group: str | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> list[TrainingLogger]:
+    """The loggers of one training from a :class:`~hms_core.config.PlatformConfig` (its ``logging`` section).
+
+    JSON lines under ``<logs>/metrics/<run_name>.jsonl`` always; an MLflow run (``logging.mlflow_tracking_uri``,
+    artifacts under ``<root>/mlflow_artifacts``, run id kept in ``state_dir`` while running) unless the URI is
+    null; a W&B run under ``<root>/wandb`` unless ``logging.wandb_mode`` is ``disabled``. The Dagster model asset
+    and the ``torchrun`` entry point both build their loggers here.
+    """
+    tags = {k: str(v) for k, v in tags.items()}
     loggers: list[TrainingLogger] = [JSONLinesLogger(cfg.logs_dir / "metrics" / f"{run_name}.jsonl")]
     if cfg.mlflow_uri is not None:
-        loggers.append(MLflowLogger(cfg.mlflow_uri, cfg.logging.mlflow_experiment, cfg.root / "mlruns", run_name,
-                                    tags={"model": model_name, "fold": fold, "profile": cfg.profile},
-                                    state_file=Path(out_dir) / "tracking_state.json"))  # fmt: skip
+        state = Path(state_dir) / MLFLOW_STATE_FILE if state_dir is not None else None
+        loggers.append(MLflowLogger(cfg.mlflow_uri, cfg.logging.mlflow_experiment, cfg.root / "mlflow_artifacts",
+                                    run_name, tags=tags, state_file=state))  # fmt: skip
     if cfg.logging.wandb_mode != "disabled":
         loggers.append(WandbLogger(cfg.logging.wandb_project, run_name, cfg.root, cfg.logging.wandb_mode,
-                                   group=model_name, tags=[model_name, fold, cfg.profile]))  # fmt: skip
+                                   group=group, tags=[f"{k}:{v}" for k, v in tags.items()]))  # fmt: skip
     return loggers

@@ -1,8 +1,9 @@
 """timm EfficientNet on spectrogram images.
 
-The image is built from the chosen spectrogram types: for each type the four chains (LL, RL, LP, RP; each
-``(F, T)``) are resized to a common tile and stacked vertically, and the types become the image channels:
-``(batch, n_types, 4 * H_tile, W)``. A left/right flip swaps the LL<->RL and LP<->RP tiles.
+The image is built from the chosen spectrogram types by :func:`hms_core.training.inputs.build_spectrogram_image`:
+for each type the four chains (LL, RL, LP, RP; each ``(F, T)``) are resized to a common tile and stacked
+vertically, and the types become the image channels: ``(batch, n_types, 4 * H_tile, W)``. A left/right flip swaps
+the LL<->RL and LP<->RP tiles.
 
 ``pretrained=True`` loads ImageNet weights only from a local source (``pretrained_path`` or timm's / Hugging Face's
 local cache, with the hub forced offline); when none is available it raises instead of silently training from
@@ -12,13 +13,11 @@ scratch.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hms_core.constants import CHAIN_FLIP, CHAIN_NAMES
 from hms_core.models.base import EEGClassifier
@@ -30,34 +29,6 @@ _CHAIN_FLIP_ORDER = [CHAIN_NAMES.index(CHAIN_FLIP[c]) for c in CHAIN_NAMES]
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """pretrained=True but no local copy of the weights exists (and downloads are not allowed)."""
-
-
-def image_tile_size(shapes: Mapping[str, tuple[int, int]], types: Sequence[str],
-                    image_size: Sequence[int] | None) -> tuple[int, int]:  # fmt: skip
-    """(H_tile, W) of one chain tile: from ``image_size`` (H, W) or the first type's native (F, T)."""
-    if image_size is not None:
-        return int(image_size[0]) // N_CHAINS, int(image_size[1])
-    f, t = shapes[types[0]]
-    return int(f), int(t)
-
-
-def build_spectrogram_image(arrays: Mapping[str, np.ndarray | torch.Tensor], types: Sequence[str],
-                            tile: tuple[int, int]) -> torch.Tensor:  # fmt: skip
-    """Per-sample ``{type: (4, F, T)}`` (or batched ``(B, 4, F, T)``) -> image ``([B,] n_types, 4*H, W)`` float32."""
-    chans = []
-    for t in types:
-        a = arrays[t] if torch.is_tensor(arrays[t]) else torch.from_numpy(np.array(arrays[t], dtype=np.float32))
-        batched = a.ndim == 4
-        a = a if batched else a.unsqueeze(0)
-        if a.shape[1] != N_CHAINS:
-            raise ValueError(f"spectrogram '{t}': expected {N_CHAINS} chains on axis 1, got shape {tuple(a.shape)}")
-        a = a.float()
-        if tuple(a.shape[-2:]) != tuple(tile):
-            a = F.interpolate(a, size=tile, mode="bilinear", align_corners=False)
-        a = torch.nan_to_num(a).reshape(a.shape[0], N_CHAINS * tile[0], tile[1])
-        chans.append(a)
-    img = torch.stack(chans, dim=1)
-    return img if batched else img[0]
 
 
 def _load_pretrained(model_name: str, path: str | None, **kw: Any) -> torch.nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
-    with atomic_path(path, suffix=".tmp.pt") as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            import os
-
-            os.fsync(f.fileno())
+    with atomic_path(path, suffix=".tmp.pt") as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -1,97 +1,86 @@
-"""Distributed data-parallel helpers (one process per GPU under ``torchrun``; gloo on CPU).
+"""``torchrun`` entry point: data-parallel training of one (model, fold), one process per GPU (gloo on CPU).
 
-``python -m torch.distributed.run --nproc_per_node N -m hms_core.training.ddp --model NAME --train DIR ...`` trains
-one fold with N processes: each rank draws its shard of the same seeded permutation, gradients are all-reduced by
-``DistributedDataParallel``, every rank evaluates identically (so early stopping agrees without messages) and only
-rank 0 writes checkpoints, predictions and tracking.
+    torchrun --nproc_per_node 4 -m hms_core.training.ddp --config full --model resnet1d_gru --fold fold_0
+
+builds the call exactly as the Dagster model asset does (:func:`hms_core.training.job.fold_job` and
+:func:`hms_core.tracking.build_loggers`): the same partitions, model and training parameters, preprocessing
+parameters in ``final/config.json``, output folder ``<root>/models/<model>/<fold>`` and tracking runs. ``--train
+DIR ... --val DIR [--test DIR] --out DIR`` override the folders (without ``--fold`` all of ``--train --val --out``
+are needed; the run is named after the validation folder). The process-group helpers live in
+:mod:`hms_core.training.distributed`; this module is only the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
+from hms_core.config import PlatformConfig
+from hms_core.training.job import FoldJob
+
+__all__ = ["build_parser", "job_from_args", "main"]
 
 
-@dataclass(frozen=True)
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def context() -> DistContext:
-    """The current process's rank information (single process when no process group is initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    return DistContext()
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hms_core.training.ddp", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None, help="platform config: profile name or YAML path (default: "
+                                                   "$HMS_CONFIG, else the demo profile)")  # fmt: skip
+    ap.add_argument("--model", required=True, help="registered model name")
+    ap.add_argument("--fold", default=None, help="fold partition to validate on, e.g. fold_0")
+    ap.add_argument("--train", nargs="+", default=None, help="training partition folders (default: other folds)")
+    ap.add_argument("--val", default=None, help="validation partition folder (default: the fold's)")
+    ap.add_argument("--test", default=None, help="test partition folder (default: <processed>/windows/test)")
+    ap.add_argument("--out", default=None, help="output folder (default: <root>/models/<model>/<fold>)")
+    ap.add_argument("--backend", default=None, help="process-group backend (default: nccl on GPU, else gloo)")
+    ap.add_argument("--no-resume", action="store_true", help="start afresh instead of from checkpoints/last.pt")
+    return ap
 
 
-def init_distributed(backend: str | None = None) -> DistContext:
-    """Initialise the process group from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR...); no-op alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or (dist.is_available() and dist.is_initialized()):
-        return context()
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend=backend)
-    return context()
+def job_from_args(
+    a: argparse.Namespace, ap: argparse.ArgumentParser | None = None
+) -> tuple[PlatformConfig, FoldJob]:
+    """The config and the job the command line asks for (argument errors exit with code 2, naming the flag)."""
+    from hms_core.config import load_config
+    from hms_core.training.job import fold_job, make_job
 
-
-def barrier() -> None:
-    if context().enabled:
-        dist.barrier()
-
-
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    ap = ap or build_parser()
+    cfg = load_config(a.config)
+    if a.fold is not None:
+        job = fold_job(cfg, a.model, a.fold)
+        over = {k: v for k, v in (("train_dirs", a.train and tuple(Path(p).resolve() for p in a.train)),
+                                  ("val_dir", a.val and Path(a.val).resolve()),
+                                  ("test_dir", a.test and Path(a.test).resolve()),
+                                  ("out_dir", a.out and Path(a.out).resolve())) if v}  # fmt: skip
+        return cfg, dataclasses.replace(job, **over)
+    missing = [f"--{n}" for n in ("train", "val", "out") if getattr(a, n) is None]
+    if missing:
+        ap.error(f"give --fold, or all of --train --val --out (missing {' '.join(missing)})")
+    return cfg, make_job(cfg, a.model, Path(a.val).name, a.train, a.val, a.test, a.out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hms_core.config import TrainingConfig, load_config
-    from hms_core.training.engine import train_fold
+    from hms_core.tracking import build_loggers
+    from hms_core.training import distributed
+    from hms_core.training.job import train_job
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--train", nargs="+", required=True, help="processed training partition folders")
-    ap.add_argument("--val", required=True)
-    ap.add_argument("--test", default=None)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--config", default=None, help="platform config (profile or YAML); models/training are used")
-    ap.add_argument("--model-cfg", default=None, help="JSON model config overriding the config file's")
-    ap.add_argument("--train-cfg", default=None, help="JSON training config overriding the config file's")
-    ap.add_argument("--backend", default=None)
-    ap.add_argument("--no-resume", action="store_true")
+    ap = build_parser()
     a = ap.parse_args(argv)
-    ctx = init_distributed(a.backend)
+    cfg, job = job_from_args(a, ap)
+    ctx = distributed.init_distributed(a.backend)
     try:
-        cfg = load_config(a.config) if a.config else None
-        model_cfg = dict(cfg.models.get(a.model, {})) if cfg else {}
-        model_cfg.update(json.loads(a.model_cfg) if a.model_cfg else {})
-        train = cfg.training.model_dump() if cfg else {}
-        train.update(json.loads(a.train_cfg) if a.train_cfg else {})
-        res = train_fold(a.model, model_cfg, TrainingConfig.model_validate(train), [Path(p) for p in a.train],
-                         Path(a.val), Path(a.test) if a.test else None, Path(a.out),
-                         resume=not a.no_resume)  # fmt: skip
+        loggers = []
         if ctx.is_main:
-            print("RESULT " + json.dumps({k: res.metrics[k] for k in ("val_kl", "epochs", "best_epoch")}), flush=True)
+            tags = {**job.tags, "launcher": "torchrun", "world_size": str(ctx.world_size)}
+            loggers = build_loggers(cfg, job.run_name, tags, group=job.model, state_dir=job.out_dir)
+        res = train_job(job, loggers=loggers, resume=not a.no_resume)
+        if ctx.is_main:
+            print(
+                "RESULT " + json.dumps({k: res.metrics[k] for k in ("val_kl", "epochs", "best_epoch")}), flush=True
+            )
     finally:
-        cleanup()
+        distributed.cleanup()
     return 0
 
 

@@ -12,7 +12,9 @@ import pandas as pd
 import torch
 
 from hms_core.constants import VOTE_COLUMNS
-from hms_core.training.data import InputSpec, Partition, RowDataset, feature_columns, load_partition, make_loader
+from hms_core.partition import Partition, load_partition
+from hms_core.training.data import RowDataset, all_rows, make_loader
+from hms_core.training.inputs import InputSpec, feature_matrix
 
 #: Probability columns of every prediction table (the submission layout); targets are ``target_<column>``.
 PRED_COLUMNS: tuple[str, ...] = VOTE_COLUMNS
@@ -70,18 +72,13 @@ class TrainedModel:
 
     def predict(self, partition: str | Path | Partition, batch_size: int = 64, tta: bool | None = None,
                 num_workers: int = 0) -> np.ndarray:  # fmt: skip
+        """Probabilities for every row of ``partition`` (a folder or an opened :class:`Partition`), built with the
+        input spec the model was trained with (a partition whose layout does not fit raises)."""
         part = partition if isinstance(partition, Partition) else load_partition(partition)
         if self.input_kind == "features":
-            cols = self.config["feature_names"]
-            feats = part.features()
-            missing = [c for c in cols if c not in feats.columns]
-            if missing:
-                raise ValueError(f"{part.path / 'features.parquet'} lacks feature columns {missing[:5]} "
-                                 f"the model was trained on")  # fmt: skip
-            return self.model.predict_proba(feats[cols].to_numpy(np.float32))
+            return self.model.predict_proba(feature_matrix(part, self.config["feature_names"]))
         tta = self.config["training"].get("flip_tta", True) if tta is None else tta
-        rows = np.stack([np.zeros(len(part), np.int64), np.arange(len(part))], axis=1)
-        ds = RowDataset([part], rows, self.input_spec, with_targets=False)
+        ds = RowDataset([part], all_rows(part), self.input_spec, with_targets=False)
         return predict_torch(self.model, ds, batch_size, self.device, tta, num_workers)
 
 

@@ -76,7 +76,7 @@ def test_no_leakage_across_samples(built: tuple[str, torch.nn.Module]) -> None:
     torch.testing.assert_close(full[1:], changed[1:], atol=1e-4, rtol=1e-4)
 
 
-def test_config_and_weights_round_trip(built: tuple[str, torch.nn.Module], tmp_path) -> None:  # noqa: ANN001
+def test_config_and_weights_round_trip(built: tuple[str, torch.nn.Module], tmp_path) -> None:
     name, model = built
     torch.save(model.state_dict(), tmp_path / "w.pt")
     clone = model_from_config(model.get_config())
@@ -147,7 +147,7 @@ def test_registry_errors_name_the_problem() -> None:
         create_model("efficientnet", pretrained=False, spectrograms=["fft"])
 
 
-def test_efficientnet_pretrained_offline_fails_clearly(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_efficientnet_pretrained_offline_fails_clearly(tmp_path, monkeypatch) -> None:
     from hms_core.models.efficientnet import PretrainedWeightsUnavailable
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -163,7 +163,7 @@ def test_efficientnet_pretrained_offline_fails_clearly(tmp_path, monkeypatch) ->
                      pretrained_path=str(tmp_path / "missing.safetensors"))  # fmt: skip
 
 
-def test_efficientnet_loads_local_pretrained_file(tmp_path) -> None:  # noqa: ANN001
+def test_efficientnet_loads_local_pretrained_file(tmp_path) -> None:
     import timm
 
     torch.manual_seed(3)
@@ -176,12 +176,20 @@ def test_efficientnet_loads_local_pretrained_file(tmp_path) -> None:  # noqa: AN
 
 
 def test_spectrogram_image_tiles_chains_and_flip_swaps_them() -> None:
-    from hms_core.models.efficientnet import build_spectrogram_image
+    from hms_core.training.inputs import CHAIN_FLIP_ORDER, build_spectrogram_image, image_tile_size
 
     a = {"stft": np.arange(4)[:, None, None] * np.ones((4, 8, 10)), "mel": np.ones((4, 5, 7))}
+    assert image_tile_size({"stft": (8, 10), "mel": (5, 7)}, ["stft", "mel"], None) == (8, 10)
+    assert image_tile_size({"stft": (8, 10)}, ["stft"], (64, 40)) == (16, 40)
     img = build_spectrogram_image(a, ["stft", "mel"], (8, 10))
-    assert img.shape == (2, 32, 10)
+    assert img.shape == (2, 32, 10) and img.dtype == torch.float32
     assert [float(img[0, 8 * c].mean()) for c in range(4)] == [0, 1, 2, 3]
+    assert torch.allclose(img[1], torch.ones(32, 10))  # the 5 x 7 mel tiles resized to the 8 x 10 tile
+    batched = build_spectrogram_image({k: torch.as_tensor(v)[None].repeat(3, 1, 1, 1) for k, v in a.items()},
+                                      ["stft", "mel"], (8, 10))  # fmt: skip
+    assert batched.shape == (3, 2, 32, 10) and torch.equal(batched[2], img)
+    flipped = build_spectrogram_image({k: v[list(CHAIN_FLIP_ORDER)] for k, v in a.items()}, ["stft"], (8, 10))
+    assert [float(flipped[0, 8 * c].mean()) for c in range(4)] == [1, 0, 3, 2]
     m = create_model("efficientnet", **TINY["efficientnet"])
     f = m.flip_input(img[None])[0]
     assert [float(f[0, 8 * c].mean()) for c in range(4)] == [1, 0, 3, 2]  # LL<->RL, LP<->RP
@@ -206,7 +214,7 @@ def test_soft_label_expansion() -> None:
 
 
 @pytest.mark.parametrize("name", GBM_MODELS)
-def test_gbm_contract(name: str, tmp_path) -> None:  # noqa: ANN001
+def test_gbm_contract(name: str, tmp_path) -> None:
     from hms_core.metrics import kl_divergence, prior_baseline
 
     x, y = _features()

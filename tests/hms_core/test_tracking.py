@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hms_core.tracking import JSONLinesLogger, MLflowLogger, TrainingLogger, WandbLogger, make_loggers
+from hms_core.tracking import JSONLinesLogger, MLflowLogger, TrainingLogger, WandbLogger, build_loggers
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +84,24 @@ def test_jsonl_logger_keeps_epochs_across_a_resume(tmp_path: Path) -> None:
     assert events[-1]["event"] == "end" and events[-1]["val_kl"] == 0.33
 
 
-def test_make_loggers_from_the_platform_config(tmp_path: Path) -> None:
+def test_build_loggers_from_the_platform_config(tmp_path: Path) -> None:
     from hms_core.config import load_config
 
     cfg = load_config("tiny", overrides={"workspace": {"root": str(tmp_path)}})
-    kinds = [type(lg).__name__ for lg in make_loggers(cfg, "lightgbm", "fold_0", tmp_path / "models" / "lightgbm")]
-    assert kinds == ["JSONLinesLogger", "MLflowLogger", "WandbLogger"]
+    out = tmp_path / "models" / "lightgbm" / "fold_0"
+    loggers = build_loggers(cfg, "lightgbm-fold_0", {"model": "lightgbm", "fold": "fold_0"}, group="lightgbm",
+                            state_dir=out)  # fmt: skip
+    assert [type(lg).__name__ for lg in loggers] == ["JSONLinesLogger", "MLflowLogger", "WandbLogger"]
+    jl, mlf, wb = loggers
+    assert jl.path == cfg.logs_dir / "metrics" / "lightgbm-fold_0.jsonl"
+    assert mlf.tracking_uri == cfg.mlflow_uri and mlf.experiment == cfg.logging.mlflow_experiment
+    assert mlf.artifact_location == (tmp_path / "mlflow_artifacts").resolve()
+    assert mlf.state_file == out / "mlflow_run.json" and mlf.tags == {"model": "lightgbm", "fold": "fold_0"}
+    assert wb.dir == cfg.root and wb.mode == cfg.logging.wandb_mode and wb.group == "lightgbm"
+    assert wb.tags == ["model:lightgbm", "fold:fold_0"]
     off = load_config("tiny", overrides={"workspace": {"root": str(tmp_path)},
                                          "logging": {"mlflow_tracking_uri": None, "wandb_mode": "disabled"}})  # fmt: skip
-    assert [type(lg).__name__ for lg in make_loggers(off, "lightgbm", "fold_0", tmp_path)] == ["JSONLinesLogger"]
+    assert [type(lg).__name__ for lg in build_loggers(off, "r", {})] == ["JSONLinesLogger"]
 
 
 def test_train_fold_drives_the_loggers(tmp_path: Path, uri: str) -> None:
@@ -102,7 +111,9 @@ def test_train_fold_drives_the_loggers(tmp_path: Path, uri: str) -> None:
 
     folds = make_folds(tmp_path / "data", n_folds=2, rows_per_fold=24, n_test=2)
     out = tmp_path / "models" / "resnet1d_gru" / "fold_1"
-    mlf = MLflowLogger(uri, "hms-train", tmp_path / "mlruns", "resnet1d_gru-fold_1", state_file=out / "tracking_state.json")
+    mlf = MLflowLogger(
+        uri, "hms-train", tmp_path / "mlruns", "resnet1d_gru-fold_1", state_file=out / "tracking_state.json"
+    )
     jl = JSONLinesLogger(tmp_path / "logs" / "run.jsonl")
     res = train_fold("resnet1d_gru", {"initial_filters": 4, "num_blocks": [1], "gru_hidden": 8},
                      TrainingConfig(epochs=2, batch_size=8, torch_threads=1), folds[:1], folds[1], None, out,

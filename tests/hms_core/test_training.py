@@ -1,13 +1,14 @@
-"""Training engine: outputs, learning, two stages, determinism, kill -9 resume, DDP on gloo, loss and schedule."""
+"""Training engine: outputs, learning, two stages, determinism, kill -9 resume, inputs from the partition layout,
+loss and schedule. (DDP and the asset/torchrun parity: test_ddp.py.)"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,22 +20,37 @@ import torch
 from hms_core.config import TrainingConfig
 from hms_core.constants import VOTE_COLUMNS, bipolar_flip_index
 from hms_core.metrics import kl_divergence
-from hms_core.models.registry import list_models
+from hms_core.models.registry import create_model, list_models
+from hms_core.partition import PartitionError, load_partition
 from hms_core.training import PRED_COLUMNS, TARGET_COLUMNS, load_trained, train_fold
-from hms_core.training.testing import make_folds
+from hms_core.training.inputs import infer_input_spec
+from hms_core.training.testing import make_folds, make_partition
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "resnet1d_gru": {"initial_filters": 8, "num_blocks": [1, 1], "gru_hidden": 8},
     "efficientnet": {"model_name": "test_efficientnet", "pretrained": False, "spectrograms": ["stft", "mel"]},
     "sparcnet": {"block_layers": 2, "growth_rate": 8, "bn_size": 2, "input_downsample": 4},
-    "lightgbm": {"n_estimators": 60, "learning_rate": 0.1, "num_leaves": 4, "min_child_samples": 5, "num_threads": 1},
+    "lightgbm": {
+        "n_estimators": 60,
+        "learning_rate": 0.1,
+        "num_leaves": 4,
+        "min_child_samples": 5,
+        "num_threads": 1,
+    },
 }
 
 
 def tcfg(**kw: object) -> TrainingConfig:
-    base = dict(epochs=2, batch_size=16, learning_rate=3e-3, warmup_epochs=0.5, torch_threads=1, seed=0,
-                augment={"flip": 0.5, "time_shift_s": 1.0, "channel_dropout": 0.1, "mixup_alpha": 0.4})  # fmt: skip
+    base = {
+        "epochs": 2,
+        "batch_size": 16,
+        "learning_rate": 3e-3,
+        "warmup_epochs": 0.5,
+        "torch_threads": 1,
+        "seed": 0,
+        "augment": {"flip": 0.5, "time_shift_s": 1.0, "channel_dropout": 0.1, "mixup_alpha": 0.4},
+    }
     return TrainingConfig.model_validate({**base, **kw})
 
 
@@ -46,7 +62,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_train_fold_writes_everything(name: str, data, tmp_path: Path) -> None:  # noqa: ANN001
+def test_train_fold_writes_everything(name: str, data, tmp_path: Path) -> None:
     folds, test = data
     seen: list[tuple[int, int]] = []
     res = train_fold(name, TINY[name], tcfg(), folds[:2], folds[2], test, tmp_path, progress=lambda a, b: seen.append((a, b)),
@@ -60,7 +76,9 @@ def test_train_fold_writes_everything(name: str, data, tmp_path: Path) -> None: 
     assert list(oof["eeg_id"]) == list(res.val_index["eeg_id"])
     np.testing.assert_allclose(oof[list(PRED_COLUMNS)].to_numpy(), res.oof_pred)
     assert set(TARGET_COLUMNS) <= set(oof.columns)
-    assert kl_divergence(oof[list(TARGET_COLUMNS)].to_numpy(), res.oof_pred) == pytest.approx(res.metrics["val_kl"])
+    assert kl_divergence(oof[list(TARGET_COLUMNS)].to_numpy(), res.oof_pred) == pytest.approx(
+        res.metrics["val_kl"]
+    )
     assert len(pd.read_parquet(res.paths["test_pred"])) == 6
     cfg = json.loads((tmp_path / "final" / "config.json").read_text())
     assert cfg["model"]["name"] == name and cfg["training"]["epochs"] == 2 and cfg["preprocessing"]
@@ -71,28 +89,28 @@ def test_train_fold_writes_everything(name: str, data, tmp_path: Path) -> None: 
 
 
 @pytest.mark.parametrize("name", ["lightgbm", "efficientnet"])
-def test_models_beat_the_prior(name: str, data, tmp_path: Path) -> None:  # noqa: ANN001
+def test_models_beat_the_prior(name: str, data, tmp_path: Path) -> None:
     folds, _ = data
     res = train_fold(name, TINY[name], tcfg(epochs=5, learning_rate=5e-3), folds[:2], folds[2], None, tmp_path)
     m = res.metrics
     assert m["val_kl_high_votes"] < 0.7 * m["prior_kl_high_votes"] and m["val_kl"] < m["prior_kl"], m
 
 
-def test_two_stage_schedule_and_low_vote_weights(data, tmp_path: Path) -> None:  # noqa: ANN001
-    from hms_core.training.engine import _stages
+def test_two_stage_schedule_and_low_vote_weights(data, tmp_path: Path) -> None:
+    from hms_core.training.fold import plan_stages
 
     votes = np.array([3, 12, 5, 15])
-    st = _stages(tcfg(epochs=2, stage2_epochs=1, low_vote_weight=0.25), votes)
-    assert [(s[0], s[1]) for s in st] == [(0, 2), (2, 1)]
-    assert st[0][3].tolist() == [0.25, 1, 0.25, 1] and st[1][2].tolist() == [False, True, False, True]
-    assert _stages(tcfg(low_vote_weight=0.0), votes)[0][2].tolist() == [False, True, False, True]
+    st = plan_stages(tcfg(epochs=2, stage2_epochs=1, low_vote_weight=0.25), votes)
+    assert [(s.number, s.first_epoch, s.n_epochs) for s in st] == [(1, 0, 2), (2, 2, 1)]
+    assert st[0].weights.tolist() == [0.25, 1, 0.25, 1] and st[1].mask.tolist() == [False, True, False, True]
+    assert plan_stages(tcfg(low_vote_weight=0.0), votes)[0].mask.tolist() == [False, True, False, True]
     folds, _ = data
     res = train_fold("resnet1d_gru", TINY["resnet1d_gru"], tcfg(epochs=1, stage2_epochs=1), folds[:1], folds[2],
                      None, tmp_path)  # fmt: skip
     assert [h["stage"] for h in res.history] == [1, 2]
 
 
-def test_seeded_runs_are_identical_and_finished_runs_are_reused(data, tmp_path: Path) -> None:  # noqa: ANN001
+def test_seeded_runs_are_identical_and_finished_runs_are_reused(data, tmp_path: Path) -> None:
     folds, _ = data
     a = train_fold("resnet1d_gru", TINY["resnet1d_gru"], tcfg(), folds[:1], folds[2], None, tmp_path / "a")
     b = train_fold("resnet1d_gru", TINY["resnet1d_gru"], tcfg(), folds[:1], folds[2], None, tmp_path / "b")
@@ -117,7 +135,7 @@ train_fold("resnet1d_gru", a["model"], TrainingConfig.model_validate(a["train"])
 """
 
 
-def test_kill_9_then_resume_matches_uninterrupted_run(data, tmp_path: Path) -> None:  # noqa: ANN001
+def test_kill_9_then_resume_matches_uninterrupted_run(data, tmp_path: Path) -> None:
     folds, _ = data
     cfg = tcfg(epochs=3, ema_decay=0.9)
     ref = train_fold("resnet1d_gru", TINY["resnet1d_gru"], cfg, folds[:1], folds[2], None, tmp_path / "ref")
@@ -143,25 +161,6 @@ def test_kill_9_then_resume_matches_uninterrupted_run(data, tmp_path: Path) -> N
     assert all(torch.equal(w_ref[k], w_res[k]) for k in w_ref)
 
 
-def test_ddp_two_cpu_processes_gloo(data, tmp_path: Path) -> None:  # noqa: ANN001
-    folds, _ = data
-    out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hms_core.training.ddp", "--model", "resnet1d_gru", "--train", str(folds[0]), str(folds[1]),
-           "--val", str(folds[2]), "--out", str(out), "--backend", "gloo",
-           "--model-cfg", json.dumps(TINY["resnet1d_gru"]),
-           "--train-cfg", json.dumps(tcfg().model_dump(mode="json"))]  # fmt: skip
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("RESULT ") == 1  # only rank 0 reports and writes
-    assert (out / "final" / "weights.pt").exists() and (out / "oof.parquet").exists()
-    hist = [json.loads(json.dumps(h)) for h in torch.load(out / "checkpoints" / "last.pt", weights_only=False)["state"]["history"]]
-    assert len(hist) == 2 and all(np.isfinite(h["val_kl"]) for h in hist)
-    oof = pd.read_parquet(out / "oof.parquet")
-    np.testing.assert_allclose(load_trained(out).predict(folds[2]), oof[list(PRED_COLUMNS)].to_numpy(), rtol=1e-5)
-
-
 def test_epoch_sampler_shards_cover_the_permutation() -> None:
     from hms_core.training.data import EpochSampler
 
@@ -171,12 +170,14 @@ def test_epoch_sampler_shards_cover_the_permutation() -> None:
     assert list(EpochSampler(10, 3, 0)) != [k + 10 for k in EpochSampler(10, 2, 0)]
 
 
-def test_augmentations_are_seeded_per_epoch_and_row(data) -> None:  # noqa: ANN001
-    from hms_core.training.data import AugmentParams, RowDataset, infer_input_spec, load_partition
+def test_augmentations_are_seeded_per_epoch_and_row(data) -> None:
+    from hms_core.partition import load_partition
+    from hms_core.training.data import AugmentParams, RowDataset, all_rows
+    from hms_core.training.inputs import infer_input_spec
 
     p = load_partition(data[0][0])
     spec = infer_input_spec("raw", p, {})
-    rows = np.stack([np.zeros(len(p), int), np.arange(len(p))], 1)
+    rows = all_rows(p)
     ds = RowDataset([p], rows, spec, augment=AugmentParams(flip=1.0, time_shift_s=0.0, channel_dropout=0.0))
     plain = RowDataset([p], rows, spec)
     x = plain[3][0]
@@ -188,6 +189,77 @@ def test_augmentations_are_seeded_per_epoch_and_row(data) -> None:  # noqa: ANN0
     np.testing.assert_allclose(plain[3][1].numpy(), p.votes[3] / p.votes[3].sum(), rtol=1e-6)
 
 
+def test_raw_inputs_take_the_layout_segment_with_a_shorter_context(tmp_path: Path) -> None:
+    """context_length 6000: the labelled segment is samples 2000-4000 (centred), not the raw window's 4000-6000."""
+    from hms_core.partition import load_partition
+    from hms_core.training.data import AugmentParams, RowDataset, all_rows
+    from hms_core.training.inputs import infer_input_spec
+
+    p = load_partition(make_partition(tmp_path / "p", 6, n_times=6000))
+    assert p.layout.context_length == 6000 and p.layout.segment == slice(2000, 4000)
+    spec = infer_input_spec("raw", p, {})
+    assert spec.n_times == 2000 and not spec.use_context
+    ds = RowDataset([p], all_rows(p), spec)
+    bip = p.array("bipolar")
+    for r in range(len(p)):
+        np.testing.assert_array_equal(ds[r][0].numpy(), np.asarray(bip[r, :, 2000:4000], np.float32))
+    # a time shift moves the window around the segment start, within the context
+    shifted = RowDataset([p], all_rows(p), spec, augment=AugmentParams(time_shift_s=1.0), seed=3)
+    x = shifted[0][0].numpy()
+    starts = [s for s in range(4001) if np.array_equal(x, np.asarray(bip[0, :, s : s + 2000], np.float32))]
+    assert len(starts) == 1 and abs(starts[0] - 2000) <= 200
+    ctx = infer_input_spec("raw", p, {"use_context": True})
+    assert ctx.n_times == 6000 and RowDataset([p], all_rows(p), ctx)[1][0].shape == (16, 6000)
+    # a model trained on 2000-sample segments refuses a partition with another segment length
+    q = load_partition(make_partition(tmp_path / "q", 2, n_times=6000, segment_length=1000))
+    with pytest.raises(PartitionError, match=r"16 bipolar channels x 2000 samples.*segment_length=1000"):
+        RowDataset([q], all_rows(q), spec)
+
+
+def test_fold_partitions_must_share_one_layout(data, tmp_path: Path) -> None:
+    folds, _ = data
+    other = make_partition(tmp_path / "short", 8, n_times=6000)
+    with pytest.raises(PartitionError, match=r"different layouts \(context_length: 10000 vs 6000; segment_start"):
+        train_fold("resnet1d_gru", TINY["resnet1d_gru"], tcfg(), [folds[0], other], folds[2], None, tmp_path / "o")
+
+
+def test_trainer_is_chosen_by_the_spec_framework() -> None:
+    from hms_core.models.specs import MODEL_SPECS
+    from hms_core.training import gbm_trainer, torch_trainer
+    from hms_core.training.engine import TRAINERS, get_trainer
+
+    assert {s.framework for s in MODEL_SPECS.values()} <= set(TRAINERS)
+    assert get_trainer("pytorch") is torch_trainer.fit and get_trainer("lightgbm") is gbm_trainer.fit
+    with pytest.raises(ValueError, match=r"'framework' parameter. Allowed values are 'pytorch', 'lightgbm'"):
+        get_trainer("xgboost")
+
+
+def test_factories_and_epoch_functions_return_metrics(data) -> None:
+    from hms_core.training import torch_trainer as tt
+    from hms_core.training.data import RowDataset, all_rows, make_loader
+    from hms_core.training.fold import load_fold_data
+
+    folds, _ = data
+    cfg = tcfg(ema_decay=0.5)
+    fd = load_fold_data(folds[:1], folds[2], None, cfg)
+    assert fd.total_epochs == 2 and fd.rows.shape == (36, 2) and fd.stage_at(1).number == 1
+    model = create_model("resnet1d_gru", **TINY["resnet1d_gru"], n_chans=16, n_times=2000)
+    opt = tt.create_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == cfg.weight_decay
+    sched, ema = tt.create_scheduler(opt, cfg, fd.total_epochs), tt.create_ema(model, cfg)
+    assert ema is not None and tt.create_ema(model, tcfg(ema_decay=None)) is None
+    spec = infer_input_spec("raw", fd.train[0], TINY["resnet1d_gru"])
+    t = tt._Trainable(model, model, opt, sched, torch.amp.GradScaler("cuda", enabled=False), ema,
+                      torch.device("cpu"), False)  # fmt: skip
+    loader = make_loader(RowDataset(fd.train, fd.rows, spec), cfg.batch_size, 0, cfg.seed, True, 0, drop_last=True)
+    tr = tt.train_one_epoch(t, loader, 0, cfg)
+    assert tr["train_samples"] == 32 and np.isfinite(tr["train_loss"]) and tr["lr"] > 0
+    assert sched.t == 1.0  # the schedule ends the epoch at t = epoch + 1
+    ev, probs = tt.evaluate(t.eval_model, RowDataset([fd.val], all_rows(fd.val), spec), fd.val.targets,
+                            fd.val_high_votes, cfg, t.device, False)  # fmt: skip
+    assert probs.shape == (36, 6) and ev["val_kl"] == pytest.approx(kl_divergence(fd.val.targets, probs))
+
+
 def test_soft_kl_loss_is_the_competition_metric() -> None:
     from hms_core.training.augment import soft_kl_loss
 
@@ -197,7 +269,9 @@ def test_soft_kl_loss_is_the_competition_metric() -> None:
     y[0] = torch.tensor([1.0, 0, 0, 0, 0, 0])
     ref = torch.nn.KLDivLoss(reduction="batchmean")(torch.log_softmax(logits, 1), y)
     torch.testing.assert_close(soft_kl_loss(logits, y), ref)
-    assert float(soft_kl_loss(logits, y)) == pytest.approx(kl_divergence(y.numpy(), torch.softmax(logits, 1).numpy()), rel=1e-5)
+    assert float(soft_kl_loss(logits, y)) == pytest.approx(
+        kl_divergence(y.numpy(), torch.softmax(logits, 1).numpy()), rel=1e-5
+    )
     w = torch.tensor([1.0] * 4 + [0.0] * 4)
     torch.testing.assert_close(soft_kl_loss(logits, y, w), soft_kl_loss(logits[:4], y[:4]))
 
@@ -210,7 +284,9 @@ def test_warmup_cosine_and_ema() -> None:
     s = WarmupCosine(opt, total_epochs=10, warmup_epochs=2)
     lrs = [s.set(t) for t in np.linspace(0, 10, 41)]
     assert lrs[8] == pytest.approx(1.0) and lrs[4] == pytest.approx(0.5)
-    assert all(a <= b for a, b in zip(lrs[:8], lrs[1:9])) and all(a >= b for a, b in zip(lrs[8:], lrs[9:]))
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:9])) and all(
+        a >= b for a, b in itertools.pairwise(lrs[8:])
+    )
     assert lrs[-1] == pytest.approx(0.01)
     m = torch.nn.Linear(1, 1)
     ema = EMA(m, 0.5)
@@ -236,12 +312,11 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_partition_errors_name_the_file(tmp_path: Path, data) -> None:  # noqa: ANN001
-    from hms_core.training.data import PartitionError, load_partition
-
-    with pytest.raises(PartitionError, match="index.parquet does not exist"):
-        load_partition(tmp_path)
-    p = load_partition(data[0][0])
+def test_partition_errors_name_the_file(tmp_path: Path, data) -> None:
+    folds, _ = data
+    with pytest.raises(PartitionError, match=r"no manifest.json.*hms run --stage preprocessing"):
+        train_fold("lightgbm", TINY["lightgbm"], tcfg(), folds[:1], tmp_path / "missing", None, tmp_path / "o")
+    p = load_partition(folds[0])
     with pytest.raises(PartitionError, match=r"referential.npy does not exist; this partition has arrays"):
         p.array("referential")
-    assert set(VOTE_COLUMNS) <= set(p.index.columns)
+    assert set(VOTE_COLUMNS) <= set(p.index.columns) and p.manifest["n_rows"] == len(p)
