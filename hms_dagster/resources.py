@@ -131,16 +131,13 @@ def require_input(path: str | Path, asset: str, stage: str) -> Path:
     return path
 
 
-def training_loggers(
-    workspace: WorkspaceResource, mlflow: MLflowResource, wandb: WandbResource, run_name: str,
-    tags: dict[str, str], group: str | None = None, state_dir: str | None = None,
-) -> list[Any]:
-    """JSON lines under ``logs/metrics`` always, plus MLflow and W&B when enabled."""
-    from hms_core.tracking import JSONLinesLogger
+def training_loggers(workspace: WorkspaceResource, job: Any, run_tags: dict[str, str]) -> list[Any]:
+    """The loggers of a training job (``hms_core.training.FoldJob``): :func:`hms_core.tracking.build_loggers`,
+    the same call as the torchrun entry point's, with the job's tags plus ``run_tags`` (the Dagster run id)."""
+    from hms_core.tracking import build_loggers
 
-    loggers = [JSONLinesLogger(workspace.config.logs_dir / "metrics" / f"{run_name}.jsonl"),
-               mlflow.logger(run_name, tags, state_dir), wandb.logger(run_name, tags, group)]
-    return [lg for lg in loggers if lg is not None]
+    return build_loggers(workspace.config, job.run_name, {**job.tags, **run_tags}, group=job.model,
+                         state_dir=job.out_dir)  # fmt: skip
 
 
 def build_resources(cfg: PlatformConfig) -> dict[str, Any]:

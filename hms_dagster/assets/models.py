@@ -58,37 +58,24 @@ def _build_model_asset(cfg, name: str):
         context: dg.AssetExecutionContext, workspace: WorkspaceResource, mlflow: MLflowResource,
         wandb: WandbResource,
     ):
+        import math
+
         from hms_core.plots import learning_curve_markdown
-        from hms_core.training import train_fold
+        from hms_core.training import fold_job, train_job
 
         cfg = workspace.config
         fold = context.partition_key
         k = fold_index(fold)
-        windows = cfg.processed_dir / "windows"
-        train_dirs = [windows / f for f in cfg.fold_names if f != fold]
-        out_dir = cfg.models_dir / name / fold
-        tags = {"model": name, "fold": fold, "dagster_run_id": context.run.run_id, "profile": cfg.profile}
-        loggers = training_loggers(workspace, mlflow, wandb, run_name=f"{name}-{fold}", tags=tags, group=name,
-                                   state_dir=str(out_dir))
-        result = train_fold(
-            name,
-            cfg.models[name],
-            cfg.training,
-            train_dirs=train_dirs,
-            val_dir=windows / fold,
-            test_dir=windows / "test",
-            out_dir=out_dir,
-            loggers=loggers,
-            resume=True,
-            progress=progress_logger(context, f"{name} {fold}", unit="epoch "),
-            # the exact preprocessing parameters travel with the weights: serving reuses them
-            preprocessing=cfg.preprocessing.model_dump(mode="json"),
-        )
+        # the same job and loggers as the torchrun entry point (python -m hms_core.training.ddp --fold ...)
+        job = fold_job(cfg, name, fold)
+        loggers = training_loggers(workspace, job, {"dagster_run_id": context.run.run_id})
+        result = train_job(job, loggers=loggers, resume=True,
+                           progress=progress_logger(context, f"{name} {fold}", unit="epoch "))  # fmt: skip
         m = result.metrics
         meta = {
             k2: (round(float(v), 4) if isinstance(v, float) else v)
             for k2, v in m.items()
-            if isinstance(v, (int, float, str)) and v == v  # drop NaN
+            if isinstance(v, (int, str)) or (isinstance(v, float) and not math.isnan(v))
         }
         meta["fold_index"] = k
         meta.update({f"path_{p}": dg.MetadataValue.path(str(v)) for p, v in result.paths.items()})
