@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from hms_core.checks import check_option
 from hms_core.constants import CHAIN_FLIP, CHAIN_NAMES, LABEL_WINDOW_SAMPLES
+from hms_core.models.specs import InputKind
 from hms_core.partition import FEATURES_FILE, Layout, Partition, PartitionError
 
 __all__ = [
@@ -47,7 +48,7 @@ N_CHAINS = len(CHAIN_NAMES)
 #: Chain permutation of a left/right flip (LL<->RL, LP<->RP) for arrays with the chain on one axis.
 CHAIN_FLIP_ORDER: tuple[int, ...] = tuple(CHAIN_NAMES.index(CHAIN_FLIP[c]) for c in CHAIN_NAMES)
 #: The input kinds of :data:`hms_core.models.specs.InputKind` that take tensors (``features`` takes a table).
-INPUT_KINDS: tuple[str, ...] = ("raw", "spectrogram")
+INPUT_KINDS: tuple[str, ...] = tuple(k for k in get_args(InputKind) if k != "features")
 #: Columns of a features table that identify a row rather than describe it.
 ID_COLUMNS: frozenset[str] = frozenset(
     {"eeg_id", "label_id", "eeg_sub_id", "spectrogram_id", "spectrogram_sub_id", "patient_id", "fold", "row"}
