@@ -38,6 +38,7 @@ from hms_core.constants import (
     SFREQ,
     SPEC_COLUMNS,
     SPEC_ROW_S,
+    SPEC_TIME_COLUMN,
     SPEC_WINDOW_S,
     TEST_COLUMNS,
     TRAIN_COLUMNS,
@@ -343,7 +344,7 @@ def synthesize_session(plan: SessionPlan, out_dir: str | Path) -> str:
         df = pl.from_numpy(np.ascontiguousarray(data, dtype=np.float32), schema=list(EEG_FILE_COLUMNS))
         _write_parquet(_eeg_path(out, plan.split, e.eeg_id), df)
     t, power = kaggle_spectrogram(x)
-    spec = pl.from_numpy(power, schema=list(SPEC_COLUMNS)).insert_column(0, pl.Series("time", t))
+    spec = pl.from_numpy(power, schema=list(SPEC_COLUMNS)).insert_column(0, pl.Series(SPEC_TIME_COLUMN, t))
     _write_parquet(_spec_path(out, plan.split, plan.spectrogram_id), spec)
     return "written"
 

@@ -134,6 +134,13 @@ def test_reader_reads_the_published_names_in_any_column_order(tmp_path: Path) ->
     assert table.shape == (320, 4, 100) and table.dtype == np.float32
     np.testing.assert_array_equal(table.reshape(320, 400), vals)  # canonical order, NaN rows kept
     assert np.isnan(table[5:8]).all() and not np.isnan(table[8:]).any()
+    # a writer that stores missing values as nulls (pandas, Spark) reads as NaN too
+    t = pq.read_table(tmp_path / "s.parquet")
+    col = t.column_names.index("RL_3.13")
+    t = t.set_column(col, "RL_3.13", pa.array(vals[:, 113], mask=np.arange(320) >= 310))
+    pq.write_table(t, tmp_path / "nulls.parquet")
+    with_nulls = read_kaggle_spectrogram_table(tmp_path / "nulls.parquet")
+    assert np.isnan(with_nulls[310:, 1, 13]).all() and np.array_equal(with_nulls[8:310], table[8:310])
     w = read_kaggle_spectrogram(tmp_path / "s.parquet", offset_s=0)
     np.testing.assert_array_equal(w[CHAINS.index("LP"), PUBLISHED_FREQS.index("4.1")], vals[:300, 200 + 18])
 
