@@ -25,11 +25,13 @@ from hms_core.constants import (
     EKG_CHANNEL,
     SFREQ,
     SPEC_COLUMNS,
+    SPEC_FIRST_BIN,
     SPEC_FREQ_LABELS,
     SPEC_FREQ_TOLERANCE_HZ,
     SPEC_FREQS,
     SPEC_FREQS_EXACT,
     SPEC_N_FREQS,
+    SPEC_NFFT,
     SPEC_ROW_S,
     SPEC_TIME_COLUMN,
     SPEC_WINDOW_ROWS,
@@ -217,7 +219,7 @@ def spectrogram_grid_description() -> str:
     """The expected layout in words, for error messages."""
     return (
         f"'{SPEC_TIME_COLUMN}' plus '<chain>_<freq>' columns for chains {', '.join(CHAIN_NAMES)} and the "
-        f"{SPEC_N_FREQS} frequencies (k + 3) * 200 / 1024 Hz, k = 0..{SPEC_N_FREQS - 1} "
+        f"{SPEC_N_FREQS} frequencies (k + {SPEC_FIRST_BIN}) * {SFREQ} / {SPEC_NFFT} Hz, k = 0..{SPEC_N_FREQS - 1} "
         f"({SPEC_FREQ_LABELS[0]}, {SPEC_FREQ_LABELS[1]}, {SPEC_FREQ_LABELS[2]} ... {SPEC_FREQ_LABELS[-1]} Hz), "
         f"each within {SPEC_FREQ_TOLERANCE_HZ:g} Hz"
     )
@@ -261,6 +263,7 @@ def match_spectrogram_columns(names: list[str] | tuple[str, ...]) -> Spectrogram
     problems: list[tuple[str, str]] = []
     unknown_chain: list[str] = []
     off_grid: list[str] = []
+    nearest: list[str] = []
     ignored: list[str] = []
     time_col: str | None = None
     for name in names:
@@ -278,6 +281,8 @@ def match_spectrogram_columns(names: list[str] | tuple[str, ...]) -> Spectrogram
         k = int(np.argmin(np.abs(_GRID - freq)))
         if abs(_GRID[k] - freq) > SPEC_FREQ_TOLERANCE_HZ:
             off_grid.append(name)
+            gap = abs(_GRID[k] - freq)
+            nearest.append(f"{name}: nearest bin {chain}_{SPEC_FREQ_LABELS[k]} is {gap:.3f} Hz away")
             continue
         slots[CHAIN_NAMES.index(chain) * n_f + k].append(name)
     if time_col is None:
@@ -287,8 +292,8 @@ def match_spectrogram_columns(names: list[str] | tuple[str, ...]) -> Spectrogram
             (_shown(unknown_chain), f"unknown chain in column name(s); expected one of {', '.join(CHAIN_NAMES)}")
         )
     if off_grid:
-        problems.append((_shown(off_grid), "frequency does not match any bin of the grid"))
-    dup = [f"{' = '.join(s)} (both {SPEC_COLUMNS[i]})" for i, s in enumerate(slots) if len(s) > 1]
+        problems.append((_shown(off_grid), f"frequency does not match any bin of the grid ({_shown(nearest, 3)})"))
+    dup = [f"{' = '.join(s)} (bin {SPEC_COLUMNS[i]})" for i, s in enumerate(slots) if len(s) > 1]
     if dup:
         problems.append((_shown(dup, 4), "several columns map to the same chain and frequency"))
     missing = [SPEC_COLUMNS[i] for i, s in enumerate(slots) if not s]

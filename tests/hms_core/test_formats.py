@@ -184,7 +184,9 @@ def test_reader_errors_name_file_column_and_grid(tmp_path: Path) -> None:
     off = list(REAL_SPEC_COLUMNS)
     off[REAL_SPEC_COLUMNS.index("RL_4.1")] = "RL_4.2"  # 0.1 Hz from the nearest bin
     _spec_file(tmp_path / "off_grid.parquet", vals, off)
-    _expect_grid_error(tmp_path / "off_grid.parquet", "RL_4.2", "does not match any bin", "RL_4.1")
+    _expect_grid_error(
+        tmp_path / "off_grid.parquet", "RL_4.2", "does not match any bin", "nearest bin RL_4.3", "RL_4.1"
+    )
 
     dup = list(REAL_SPEC_COLUMNS)
     dup[REAL_SPEC_COLUMNS.index("LP_3.32")] = "LP_3.13"  # LP_3.13 twice, LP_3.32 missing
