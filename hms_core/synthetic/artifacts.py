@@ -173,9 +173,9 @@ def _event(kind: str, x: np.ndarray, rng: np.random.Generator, start: int, sfreq
         ev.update(dur_s=d / sfreq, amp_uv=amp, channels=[EEG_CHANNELS[c] for c in chans])
     elif kind == "pop":
         ch = int(rng.integers(0, N_CH))
-        amp = rng.uniform(100, 1000) * rng.choice([-1, 1])
-        tau = rng.uniform(0.05, 0.5) * sfreq
-        rise = int(rng.integers(1, 3))
+        amp = rng.uniform(*POP_UV) * rng.choice([-1, 1])
+        tau = rng.uniform(*POP_TAU_S) * sfreq
+        rise = int(rng.integers(1, 3))  # samples from the (zero) onset sample to the peak: 10-90 % rise 4-8 ms
         m = int(5 * tau) + rise
         wave = np.where(np.arange(m) < rise, np.arange(m) / rise, np.exp(-(np.arange(m) - rise) / tau)).astype(
             np.float32
@@ -278,9 +278,14 @@ def add_amplifier_artifacts(
                     sign = float(rng.choice([-1.0, 1.0]))
                     x[chans, s : s + d] += np.float32(sign * 3.0) * limit
                     events.append(
-                        {"kind": kind, "start_s": s / sfreq, "dur_s": min(d, n - s) / sfreq, "level_uv": sign * float(limit),
-                         "channels": [EEG_CHANNELS[c] for c in chans]}
-                    )  # fmt: skip
+                        {
+                            "kind": kind,
+                            "start_s": s / sfreq,
+                            "dur_s": min(d, n - s) / sfreq,
+                            "level_uv": sign * float(limit),
+                            "channels": [EEG_CHANNELS[c] for c in chans],
+                        }
+                    )
     np.clip(x, -limit, limit, out=x)
     return events
 
