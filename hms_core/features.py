@@ -16,10 +16,16 @@ import numpy as np
 import polars as pl
 
 from hms_core.constants import CHAIN_NAMES, SFREQ, bipolar_names
-from hms_core.spectral import stft_power
+from hms_core.spectral import SpectralCache, stft_power
 
 __all__ = [
-    "BANDS", "welch_psd", "band_power", "spectral_shape", "time_features", "periodicity", "compute_features",
+    "BANDS",
+    "band_power",
+    "compute_features",
+    "periodicity",
+    "spectral_shape",
+    "time_features",
+    "welch_psd",
 ]  # fmt: skip
 
 #: Classical EEG bands (Hz), upper edge exclusive.
@@ -33,11 +39,17 @@ BANDS: dict[str, tuple[float, float]] = {
 
 
 def welch_psd(
-    x: np.ndarray, sfreq: float = SFREQ, window_size: int = 256, nfft: int = 512
+    x: np.ndarray,
+    sfreq: float = SFREQ,
+    window_size: int = 256,
+    nfft: int = 512,
+    cache: SpectralCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Welch PSD (uV^2/Hz) along the last axis: mean of 50 %-overlap Hann periodograms. Returns (psd, freqs)."""
+    """Welch PSD (uV^2/Hz) along the last axis: mean of 50 %-overlap Hann periodograms. Returns (psd, freqs).
+
+    ``cache`` (a :class:`hms_core.spectral.SpectralCache` of ``x``) shares the Hann frames with the spectrograms."""
     window_size = min(window_size, x.shape[-1])
-    p, f = stft_power(x, sfreq, window_size, window_size // 2, max(nfft, window_size), 0.0, sfreq / 2)
+    p, f = stft_power(x, sfreq, window_size, window_size // 2, max(nfft, window_size), 0.0, sfreq / 2, cache)
     return p.mean(-1), f
 
 
@@ -145,13 +157,15 @@ def compute_features(
     extra: Mapping[str, np.ndarray] | None = None,
     fmin: float = 0.5,
     fmax: float = 50.0,
+    cache: SpectralCache | None = None,
 ) -> pl.DataFrame:
     """Feature table of a batch of bipolar windows (B, 16|18, n_times), microvolts, filtered and unscaled.
 
     Columns: ``<derivation>_<band>_abs|rel`` for every derivation, ``<chain>_<band>_abs|rel`` and
     ``<chain>_<feature>`` (mean over the chain's usable derivations, per ``quality`` (B, 16|18) bool), and
     ``asym_<LL-RL|LP-RP>_<band>`` = (L - R) / (L + R) of absolute band power; then the ``extra`` columns
-    (e.g. NaN and artifact fractions) as given.
+    (e.g. NaN and artifact fractions) as given. ``cache`` (a :class:`hms_core.spectral.SpectralCache` of
+    ``bipolar``) takes the Welch PSD's Hann frames from the spectrograms of the same signal.
     """
     bipolar = np.asarray(bipolar, dtype=np.float32)
     if bipolar.ndim != 3 or bipolar.shape[1] < 16:
@@ -161,7 +175,7 @@ def compute_features(
     b, n_ch, _ = bipolar.shape
     names = bipolar_names(include_central=n_ch == 18)[:n_ch]
     w = np.ones((b, n_ch), np.float32) if quality is None else np.asarray(quality, np.float32)
-    psd, freqs = welch_psd(bipolar, sfreq)
+    psd, freqs = welch_psd(bipolar, sfreq, cache=cache)
     bands = {k: (lo, min(hi, fmax)) for k, (lo, hi) in BANDS.items() if lo < fmax}
     total = band_power(psd, freqs, (fmin, fmax)) + 1e-12
     cols: dict[str, np.ndarray] = {}

@@ -15,6 +15,7 @@ The on-disk layout of a partition lives in :mod:`hms_core.partition`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,11 +25,11 @@ import numpy as np
 
 from hms_core.config import PreprocessingConfig
 from hms_core.constants import (
+    CHAIN_NAMES,
     EEG_CHANNELS,
     EEG_FILE_COLUMNS,
     EEG_WINDOW_SAMPLES,
     SFREQ,
-    CHAIN_NAMES,
 )
 from hms_core.eeg_io import RecordError, extract_window
 from hms_core.signal import (
@@ -39,21 +40,25 @@ from hms_core.signal import (
     design_filter,
     detect_artifacts,
     fill_nans,
+    order_statistics,
     robust_scale,
 )
 from hms_core.spectral import (
     chain_average,
     compute_spectrogram,
     log_normalize,
+    spectral_cache,
 )
 
-__all__ = ["BatchOutput", "process_windows", "preprocess_record", "QUALITY_COLUMNS"]
+__all__ = ["QUALITY_COLUMNS", "BatchOutput", "preprocess_record", "process_windows"]
 
 N_EEG = len(EEG_CHANNELS)
-#: Per-window quality columns added to index.parquet.
+_log = logging.getLogger(__name__)
+#: Per-window quality columns added to index.parquet (``bad_window``: all-NaN input, or an output that was not
+#: finite and was zeroed; see :func:`process_windows`).
 QUALITY_COLUMNS: tuple[str, ...] = (
     "nan_fraction", "was_interpolated", "n_flagged_channels", "flagged_mask", "flagged_channels",
-    "n_flagged_bipolar", "n_missing_channels", "n_flat", "n_noisy", "n_pops", "clipped_fraction",
+    "n_flagged_bipolar", "n_missing_channels", "n_flat", "n_noisy", "n_pops", "clipped_fraction", "bad_window",
 )  # fmt: skip
 
 
@@ -71,6 +76,8 @@ class BatchOutput:
     features: Any  # polars.DataFrame (B rows) or None
     window_quality: dict[str, np.ndarray]  # QUALITY_COLUMNS -> (B,)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: output name -> values that were not finite (or beyond the storage dtype) and were replaced by 0
+    non_finite: dict[str, int] = field(default_factory=dict)
 
 
 def _span(cfg: PreprocessingConfig, span: str) -> slice:
@@ -93,6 +100,37 @@ class _Timer:
         self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._t
 
 
+def _zero_non_finite(arr: np.ndarray, limit: float) -> tuple[np.ndarray, int]:
+    """Set the values of ``arr`` (B, ...) that are not finite or exceed ``limit`` in magnitude (the storage dtype
+    would make them inf) to 0, in place. Returns which windows held any (B,) and how many values were replaced."""
+    axes = tuple(range(1, arr.ndim))
+    with np.errstate(invalid="ignore"):
+        bad = ~((arr.max(axis=axes) <= limit) & (arr.min(axis=axes) >= -limit))  # NaN fails both comparisons
+    n = 0
+    for i in np.flatnonzero(bad):
+        wrong = ~(np.abs(arr[i]) <= limit)
+        n += int(wrong.sum())
+        arr[i][wrong] = 0.0
+    return bad, n
+
+
+def _zero_non_finite_features(feats: Any) -> tuple[Any, np.ndarray, int]:
+    """The features table with non-finite float cells set to 0, which rows held any, and how many cells."""
+    import polars as pl
+
+    cols = [c for c, t in feats.schema.items() if t.is_float()]
+    if not cols:
+        return feats, np.zeros(feats.height, bool), 0
+    wrong = ~np.isfinite(feats.select(cols).to_numpy())
+    if not wrong.any():
+        return feats, np.zeros(feats.height, bool), 0
+    fixed = feats.with_columns(
+        pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(pl.lit(0.0, feats.schema[c])).alias(c)
+        for c in cols
+    )
+    return fixed, wrong.any(1), int(wrong.sum())
+
+
 def process_windows(
     windows: np.ndarray,
     cfg: PreprocessingConfig,
@@ -104,7 +142,11 @@ def process_windows(
 
     ``n_times`` is normally 10000 (the 50-s window); the filters run on all of it and the central
     ``cfg.eeg.context_length`` samples are kept. Raises :class:`RecordError` naming the record for a wrong sampling
-    rate, a wrong channel count, a too-short window or an all-NaN record.
+    rate, a wrong channel count, a too-short window or an all-NaN record (unless ``all_nan_windows: flag``).
+
+    Every output is finite and representable in ``cfg.eeg.dtype``: a value that is not (which finite input does
+    not produce) is replaced by 0, counted in :attr:`BatchOutput.non_finite`, logged, and its window flagged in the
+    ``bad_window`` quality column (so are all-NaN windows kept as zeros).
     """
     ecfg = cfg.eeg
     windows = np.asarray(windows)
@@ -129,6 +171,8 @@ def process_windows(
     tm = _Timer()
     with tm("nan"):
         x = np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32)
+        if not np.isfinite(x.sum(dtype=np.float64)):  # +-inf samples are missing data too
+            x[np.isinf(x)] = np.nan
         nan = np.isnan(x[:, :N_EEG])
         all_nan = nan.all(axis=(1, 2))
         if all_nan.any() and ecfg.all_nan_windows == "error":
@@ -137,7 +181,7 @@ def process_windows(
                 f"EEG record(s) {bad} are all NaN in every EEG channel; nothing to preprocess "
                 f"(set preprocessing.eeg.all_nan_windows: flag to keep such windows as flagged zeros)."
             )
-        x, nrep = fill_nans(x, max_gap=int(round(ecfg.max_gap_s * sfreq)), copy=False)
+        x, nrep = fill_nans(x, max_gap=round(ecfg.max_gap_s * sfreq), copy=False)
     with tm("artifacts"):
         art = detect_artifacts(
             x[:, :N_EEG], flat_uv=ecfg.flat_uv, noisy_uv=None, pop_uv=ecfg.pop_uv,
@@ -152,7 +196,9 @@ def process_windows(
         y = y[..., c0 : c0 + ecfg.context_length]
     with tm("artifacts"):
         # loose/noisy electrodes are judged after the band-pass, so slow drifts and DC offsets do not count
-        q25, q75 = np.percentile(y[:, :N_EEG, ::4], [25, 75], axis=-1)
+        # one partition serves this check and the robust scaling of the (clipped) referential channels
+        ref_stats = order_statistics(y[:, :N_EEG], (25, 50, 75), stride=4)
+        q25, _, q75 = ref_stats.percentiles()
         art.noisy = (q75 - q25) / 1.349 > ecfg.noisy_uv
         missing = nrep.all_nan[:, :N_EEG]
         long_gaps = nrep.long_gap_fraction[:, :N_EEG] > ecfg.max_nan_fraction
@@ -166,6 +212,10 @@ def process_windows(
         ref, _ = clip_amplitude(ref, ecfg.clip_uv, out=ref)
         bip, clipped = clip_amplitude(bip, ecfg.clip_uv, out=bip)
         ekg, _ = clip_amplitude(ekg, 10 * ecfg.clip_uv, out=ekg)
+    # the spectrograms' input; the features share its Hann frames when they cover the same samples
+    spec_span = _span(cfg, cfg.spectrogram.span)
+    seg = bip[:, : 4 * len(CHAIN_NAMES), spec_span]
+    cache = spectral_cache(seg, cfg.spectrogram)
     feats = None
     if compute_features if compute_features is not None else cfg.features.enabled:
         from hms_core.features import compute_features as _features
@@ -173,23 +223,26 @@ def process_windows(
         with tm("features"):
             sl = _span(cfg, cfg.features.span)
             feats = _features(
-                bip[..., sl], sfreq, quality=bip_ok, fmin=ecfg.filter_low, fmax=ecfg.filter_high,
+                seg if sl == spec_span and bip.shape[1] == seg.shape[1] else bip[..., sl], sfreq, quality=bip_ok,
+                fmin=ecfg.filter_low, fmax=ecfg.filter_high, cache=cache,
                 extra={"nan_fraction": nrep.nan_fraction[:, :N_EEG].mean(1),
                        "flagged_fraction": ref_bad.mean(1), "clipped_fraction": clipped.mean(1),
                        "pops_per_channel": art.n_pops.mean(1)},
             )  # fmt: skip
     specs: dict[str, np.ndarray] = {}
-    sl = _span(cfg, cfg.spectrogram.span)
-    seg = bip[:, : 4 * len(CHAIN_NAMES), sl]
     for name in cfg.spectrogram.types:
         with tm(f"spec_{name}"):
-            power, _ = compute_spectrogram(name, seg, cfg.spectrogram, sfreq)
+            power, _ = compute_spectrogram(name, seg, cfg.spectrogram, sfreq, cache)
             specs[name] = log_normalize(chain_average(power, bip_ok))
+    del cache
     with tm("scaling"):
         if ecfg.scaling == "robust":
-            robust_scale(ref, out=ref)
-            robust_scale(bip, out=bip)
-            robust_scale(ekg, out=ekg)
+            # channels flatter than eps are only centred, so a clipped value stays inside the storage dtype
+            top = float(np.finfo(np.dtype(ecfg.dtype)).max)
+            robust_scale(ref, eps=max(1e-3, 4 * ecfg.clip_uv / top), out=ref,
+                         quantiles=ref_stats.percentiles(ecfg.clip_uv))  # fmt: skip
+            robust_scale(bip, eps=max(1e-3, 4 * ecfg.clip_uv / top), out=bip)
+            robust_scale(ekg, eps=max(1e-3, 40 * ecfg.clip_uv / top), out=ekg)
     weights = 1 << np.arange(N_EEG, dtype=np.int64)
     flagged_names = np.array([",".join(EEG_CHANNELS[j] for j in np.flatnonzero(r)) for r in ref_bad], dtype=object)
     wq = {
@@ -205,7 +258,31 @@ def process_windows(
         "n_pops": art.n_pops.sum(1).astype(np.int32),
         "clipped_fraction": clipped.mean(1).astype(np.float32),
     }
-    return BatchOutput(ref, bip, ekg, bip_ok, ref_ok, specs, feats, wq, tm.seconds)
+    # a rare bad window must not stop a fold: whatever is not finite (in the storage dtype) becomes 0, and the
+    # window is flagged (as are all-NaN windows kept under all_nan_windows: flag); the partition's blocking check
+    # fails only above preprocessing.max_bad_window_fraction
+    with tm("finite"):
+        bad_window = all_nan.copy()
+        non_finite: dict[str, int] = {}
+        top = float(np.finfo(np.dtype(ecfg.dtype)).max)
+        arrays = {"referential": ref, "bipolar": bip, "ekg": ekg} | {f"spec_{k}": v for k, v in specs.items()}
+        for name, arr in arrays.items():
+            bad, n = _zero_non_finite(arr, top)
+            bad_window |= bad
+            if n:
+                non_finite[name] = n
+        if feats is not None:
+            feats, bad, n = _zero_non_finite_features(feats)
+            bad_window |= bad
+            if n:
+                non_finite["features"] = n
+        if non_finite:
+            _log.warning(
+                "Replaced non-finite outputs by 0 in %d window(s) %s: %s", int(bad_window.sum()),
+                [ids[i] for i in np.flatnonzero(bad_window)][:5], non_finite,
+            )  # fmt: skip
+    wq["bad_window"] = bad_window
+    return BatchOutput(ref, bip, ekg, bip_ok, ref_ok, specs, feats, wq, tm.seconds, non_finite)
 
 
 def preprocess_record(

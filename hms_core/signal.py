@@ -13,29 +13,24 @@ from functools import lru_cache
 import numpy as np
 import scipy.signal as ss
 
+from hms_core.checks import check_range, invalid_value
 from hms_core.constants import BIPOLAR_PAIRS, BIPOLAR_PAIRS_WITH_CENTRAL, EEG_CHANNELS, SFREQ
 
 __all__ = [
-    "NanReport",
     "ArtifactReport",
-    "fill_nans",
-    "design_filter",
+    "NanReport",
+    "OrderStatistics",
     "apply_filter",
-    "clip_amplitude",
-    "detect_artifacts",
-    "bipolar_montage",
     "bipolar_index",
+    "bipolar_montage",
     "bipolar_quality",
+    "clip_amplitude",
+    "design_filter",
+    "detect_artifacts",
+    "fill_nans",
+    "order_statistics",
     "robust_scale",
 ]
-
-
-def _check_option(name: str, value: object, allowed: tuple[object, ...]) -> None:
-    if value not in allowed:
-        allowed_s = ", ".join(repr(a) for a in allowed)
-        raise ValueError(
-            f"Invalid value for the '{name}' parameter. Allowed values are {allowed_s}, but got {value!r} instead."
-        )
 
 
 # --- NaN handling ---------------------------------------------------------------------------------------------
@@ -119,11 +114,9 @@ def design_filter(
     nyq = sfreq / 2
     for name, f in (("l_freq", l_freq), ("h_freq", h_freq), ("notch_freq", notch_freq)):
         if f is not None and not 0 < f < nyq:
-            raise ValueError(
-                f"Invalid value for the '{name}' parameter: {f} Hz must be in (0, {nyq}) Hz (Nyquist)."
-            )
+            raise invalid_value(name, f, f"frequencies in (0, {nyq:g}) Hz (0 to Nyquist, both excluded)")
     if l_freq is not None and h_freq is not None and l_freq >= h_freq:
-        raise ValueError(f"l_freq ({l_freq}) must be below h_freq ({h_freq}).")
+        raise invalid_value("l_freq", l_freq, f"frequencies that must be below h_freq ({h_freq:g} Hz)")
     sections = []
     if l_freq is not None and h_freq is not None:
         sections.append(ss.butter(order, [l_freq, h_freq], btype="bandpass", fs=sfreq, output="sos"))
@@ -191,7 +184,7 @@ def detect_artifacts(
     block_max = absd[..., : k * refractory].reshape(*lead, k, refractory).max(-1)
     tail = absd[..., k * refractory :].max(-1, initial=0.0)
     n_pops = (block_max > pop_uv).sum(-1) + (tail > pop_uv)
-    per_sec = max(int(round(sfreq / refractory)), 1)
+    per_sec = max(round(sfreq / refractory), 1)
     k1 = k // per_sec
     if k1 >= 1:
         sec_max = block_max[..., : k1 * per_sec].reshape(*lead, k1, per_sec).max(-1)
@@ -208,8 +201,19 @@ def detect_artifacts(
 
 def clip_amplitude(x: np.ndarray, clip_uv: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Clip to ``[-clip_uv, clip_uv]``; returns the clipped array and the per-channel clipped fraction."""
-    frac = (np.abs(x) > clip_uv).mean(-1, dtype=np.float32)
-    return np.clip(x, -clip_uv, clip_uv, out=out), frac
+    check_range("clip_uv", clip_uv, 0, low_inclusive=False)
+    # two fast reductions find the channels that reach the limits; only those are counted sample by sample
+    lead = x.shape[:-1]
+    over = ~((x.max(-1, initial=-np.inf) <= clip_uv) & (x.min(-1, initial=np.inf) >= -clip_uv))
+    frac = np.zeros(lead, np.float32)
+    if over.any():
+        frac[over] = (np.abs(x[over]) > clip_uv).mean(-1, dtype=np.float32)
+        return np.clip(x, -clip_uv, clip_uv, out=out), frac
+    if out is None:
+        return x.copy(), frac
+    if out is not x:
+        np.copyto(out, x)
+    return out, frac
 
 
 # --- montage --------------------------------------------------------------------------------------------------
@@ -243,15 +247,53 @@ def bipolar_quality(ref_ok: np.ndarray, include_central: bool = False) -> np.nda
 
 
 # --- scaling --------------------------------------------------------------------------------------------------
+@dataclass
+class OrderStatistics:
+    """The two order statistics around each of ``qs`` percentiles of ``x[..., ::stride]`` and the weight between
+    them (numpy's default 'linear' method): the percentiles of ``x``, or of any non-decreasing map of it such as a
+    clip, without partitioning the samples again."""
+
+    below: np.ndarray  # (len(qs), ...) order statistic at floor(q / 100 * (n - 1))
+    above: np.ndarray  # (len(qs), ...) the next one
+    weight: np.ndarray  # (len(qs),) position between them
+
+    def percentiles(self, clip_uv: float | None = None) -> np.ndarray:
+        """(len(qs), ...) percentiles, of the samples clipped to ``[-clip_uv, clip_uv]`` when given."""
+        lo, hi = self.below, self.above
+        if clip_uv is not None:
+            lo, hi = np.clip(lo, -clip_uv, clip_uv), np.clip(hi, -clip_uv, clip_uv)
+        w = self.weight.reshape(-1, *([1] * (lo.ndim - 1))).astype(lo.dtype)
+        return np.where(w < 0.5, lo + (hi - lo) * w, hi - (hi - lo) * (1 - w))
+
+
+def order_statistics(x: np.ndarray, qs: tuple[float, ...], stride: int = 4) -> OrderStatistics:
+    """:class:`OrderStatistics` of ``x[..., ::stride]`` along the last axis (one partition for all ``qs``)."""
+    sub = x[..., ::stride]
+    n = sub.shape[-1]
+    pos = np.asarray(qs, dtype=np.float64) / 100.0 * (n - 1)
+    below = np.floor(pos).astype(int)
+    above = np.minimum(below + 1, n - 1)
+    part = np.partition(sub, np.unique(np.concatenate([below, above])), axis=-1)
+    return OrderStatistics(np.moveaxis(part[..., below], -1, 0), np.moveaxis(part[..., above], -1, 0), pos - below)
+
+
 def robust_scale(
-    x: np.ndarray, eps: float = 1e-3, stride: int = 4, out: np.ndarray | None = None
+    x: np.ndarray,
+    eps: float = 1e-3,
+    stride: int = 4,
+    out: np.ndarray | None = None,
+    quantiles: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x - median) / IQR`` per channel (last axis), with quantiles estimated on every ``stride``-th sample.
 
     Returns the scaled array, the medians and the IQRs (both shaped ``x.shape[:-1]``). Channels whose IQR is
-    below ``eps`` (flat) are only centred.
+    below ``eps`` (flat) are only centred, so no value grows beyond ``max|x - median| / eps``. ``quantiles``:
+    the (25, 50, 75) percentiles when already known (e.g. from :func:`order_statistics`).
     """
-    q25, q50, q75 = np.percentile(x[..., ::stride], [25, 50, 75], axis=-1).astype(np.float32)
+    check_range("eps", eps, 0, low_inclusive=False)
+    if quantiles is None:
+        quantiles = order_statistics(x, (25, 50, 75), stride).percentiles()
+    q25, q50, q75 = np.asarray(quantiles, dtype=np.float32)
     iqr = q75 - q25
     scale = np.where(iqr < eps, np.float32(1.0), iqr)
     res = np.subtract(x, q50[..., None], out=out)

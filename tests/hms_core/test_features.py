@@ -7,7 +7,15 @@ import polars as pl
 import pytest
 
 from hms_core.constants import CHAIN_NAMES, SFREQ, bipolar_names
-from hms_core.features import BANDS, band_power, compute_features, periodicity, spectral_shape, time_features, welch_psd
+from hms_core.features import (
+    BANDS,
+    band_power,
+    compute_features,
+    periodicity,
+    spectral_shape,
+    time_features,
+    welch_psd,
+)
 
 N = 2000
 T = np.arange(N) / SFREQ
@@ -27,13 +35,15 @@ def _pd_like(rng: np.random.Generator, rate: float, n: int) -> np.ndarray:
     x = 10 * _colored_noise(rng, (n,), 1.0)
     period = int(SFREQ / rate)
     k = np.arange(-20, 21)
-    wave = 80 * (np.exp(-(k / 4.0) ** 2) - 0.5 * np.exp(-((k - 8) / 6.0) ** 2))
+    wave = 80 * (np.exp(-((k / 4.0) ** 2)) - 0.5 * np.exp(-(((k - 8) / 6.0) ** 2)))
     for s in range(30, N - 30, period):
         x[:, s - 20 : s + 21] += wave
     return x
 
 
-@pytest.mark.parametrize(("freq", "band"), [(2.0, "delta"), (6.0, "theta"), (10.0, "alpha"), (20.0, "beta"), (40.0, "gamma")])
+@pytest.mark.parametrize(
+    ("freq", "band"), [(2.0, "delta"), (6.0, "theta"), (10.0, "alpha"), (20.0, "beta"), (40.0, "gamma")]
+)
 def test_band_power_of_known_sinusoid(freq: float, band: str) -> None:
     amp = 30.0
     x = (amp * np.sin(2 * np.pi * freq * T)).astype(np.float32)[None]

@@ -73,3 +73,60 @@ def test_all_nan_window_can_be_kept_flagged() -> None:
     assert np.isfinite(out["bipolar"]).all() and np.all(out["bipolar"] == 0)
     assert not out["quality"].any()
     assert out["window_quality"]["n_missing_channels"] == 19
+    assert out["window_quality"]["bad_window"]
+
+
+def test_non_finite_output_is_zeroed_and_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Policy for a rare bad window: whatever output is not finite becomes 0, the window is flagged
+    (``bad_window``) and counted, and the other windows are untouched."""
+    import polars as pl
+
+    import hms_core.features
+    from hms_core import spectral
+    from hms_core.preprocess import QUALITY_COLUMNS
+
+    rng = np.random.default_rng(7)
+    x = np.stack([_eeg(rng, 50) for _ in range(3)])
+    cfg = _cfg(types=["stft", "mel"])
+    clean = process_windows(x, cfg, ["a", "b", "c"])
+    assert "bad_window" in QUALITY_COLUMNS and not clean.window_quality["bad_window"].any()
+    assert clean.non_finite == {}
+
+    stft = spectral.SPECTROGRAM_REGISTRY["stft"]
+
+    def broken_stft(x: np.ndarray, *args: object, **kw: object) -> tuple[np.ndarray, np.ndarray]:
+        power, freqs = stft(x, *args, **kw)
+        power[1, 3, 5, 2] = np.nan  # window "b", one cell of one derivation
+        return power, freqs
+
+    features = hms_core.features.compute_features
+
+    def broken_features(*args: object, **kw: object) -> pl.DataFrame:
+        df = features(*args, **kw)
+        return df.with_columns(pl.Series("LL_delta_abs", [1.0, 2.0, np.inf], dtype=pl.Float32))  # window "c"
+
+    monkeypatch.setitem(spectral.SPECTROGRAM_REGISTRY, "stft", broken_stft)
+    monkeypatch.setattr(hms_core.features, "compute_features", broken_features)
+    out = process_windows(x, cfg, ["a", "b", "c"])
+    assert out.window_quality["bad_window"].tolist() == [False, True, True]
+    assert out.non_finite["spec_stft"] > 0 and out.non_finite["features"] == 1
+    for arr in (out.spectrograms["stft"], out.spectrograms["mel"], out.bipolar, out.referential, out.ekg):
+        assert np.isfinite(arr).all()
+    # the NaN spread through the chain average and the per-record normalisation of window b: all of it is 0 now
+    assert np.all(out.spectrograms["stft"][1] == 0)
+    np.testing.assert_array_equal(out.spectrograms["stft"][[0, 2]], clean.spectrograms["stft"][[0, 2]])
+    np.testing.assert_array_equal(out.spectrograms["mel"], clean.spectrograms["mel"])
+    assert out.features["LL_delta_abs"].to_list() == [1.0, 2.0, 0.0]
+
+
+def test_outputs_stay_inside_the_storage_dtype() -> None:
+    """A near-flat channel with one large excursion: robust scaling by its tiny IQR would exceed float16 (inf on
+    disk); channels flatter than the dtype allows are only centred instead."""
+    rng = np.random.default_rng(8)
+    x = _eeg(rng, 50)
+    x[:, 3] = 0.001 * rng.standard_normal(10000).astype(np.float32)  # P3: IQR ~ 1e-3 uV after the band-pass
+    x[5000, 3] = 400.0
+    out = preprocess_record(x, _cfg(types=["stft"]), record_id="flat-with-a-pop")
+    for key in ("referential", "bipolar", "ekg", "spec_stft"):
+        assert out[key].dtype == np.float16 and np.isfinite(out[key]).all(), key
+    assert not out["window_quality"]["bad_window"]

@@ -65,7 +65,7 @@ def test_stft_psd_scaling_matches_parseval() -> None:
 def test_mel_filterbank_has_no_empty_filters() -> None:
     from hms_core.spectral import _mel_filterbank
 
-    fb, lo, hi = _mel_filterbank(float(SFREQ), CFG.mel_nfft, CFG.freq_min, CFG.freq_max, CFG.n_mels)
+    fb, _lo, hi = _mel_filterbank(float(SFREQ), CFG.mel_nfft, CFG.freq_min, CFG.freq_max, CFG.n_mels)
     assert (fb.sum(0) > 0).all() and hi <= CFG.mel_nfft // 2 + 1
 
 
@@ -156,3 +156,29 @@ def test_fast_morlet_matches_pywavelets_cwt_including_edges() -> None:
     t = np.arange(2000) / SFREQ
     power, freqs = morlet_power(np.sin(2 * np.pi * 7.0 * t)[None].astype(np.float32), SFREQ)
     assert abs(freqs[power[0, :, 5:11].mean(-1).argmax()] - 7.0) < 0.6
+
+
+def test_single_spike_gives_no_negative_wavelet_power() -> None:
+    """Regression: one 500-uV sample in a 10-s derivation gave 338 negative CWT cells (the frame means came from a
+    truncated spectrum of |c|^2 that rings below zero), so log_normalize made NaN and the fold failed."""
+    from hms_core.spectral import morlet_power_reference
+
+    x = np.zeros((1, 2000), np.float32)
+    x[0, 1000] = 500.0
+    power, _ = compute_spectrogram("wavelet", x, CFG)
+    assert (power < 0).sum() == 0
+    assert np.isfinite(log_normalize(chain_average(np.repeat(power[:, None], 16, axis=1)))).all()
+    # and the spike's power is still where pywt puts it (frames around 5 s, every row)
+    ref, _ = morlet_power_reference(x, SFREQ, np.geomspace(CFG.freq_min, CFG.freq_max, CFG.n_wavelet_freqs),
+                                    hop=CFG.window_size - CFG.overlap, wavelet=CFG.wavelet)  # fmt: skip
+    err = np.linalg.norm(power - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert err.max() < 0.02
+
+
+def test_wavelet_must_be_a_complex_morlet() -> None:
+    from hms_core.spectral import morlet_power
+
+    with pytest.raises(ValueError, match="Invalid value for the 'wavelet' parameter.*but got 'db4' instead"):
+        morlet_power(np.zeros((1, 2000), np.float32), wavelet="db4")
+    with pytest.raises(ValueError, match="Invalid value for the 'freqs' parameter"):
+        morlet_power(np.zeros((1, 2000), np.float32), freqs=np.array([1.0, 150.0]))
