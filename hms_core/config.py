@@ -289,15 +289,57 @@ class FoundationConfig(ReservedSection):
     """Reserved for the self-supervised foundation stage (not built yet)."""
 
 
-class EnsembleConfig(ReservedSection):
-    """Reserved for the ensemble stage (not built yet)."""
+CombinerName = Literal["mean", "log_linear", "stacking"]
+
+
+class EnsembleConfig(Section):
+    """The ensemble stage: combiners fitted on every enabled classifier's out-of-fold predictions, chosen and
+    scored by nested cross-validation over the patient folds, calibration, uncertainty, report and submission."""
+
+    members: list[str] | None = Field(
+        None, description="Classifiers to combine; null = every enabled model of the 'models' section."
+    )
+    combiners: list[CombinerName] = Field(
+        default_factory=lambda: ["mean", "log_linear", "stacking"],
+        min_length=1,
+        description="Combiners the nested CV chooses from: mean of probabilities, non-negative weights on "
+        "log-probabilities + per-class bias, multinomial stacking on the members' log-probabilities.",
+    )
+    min_member_gain: float = Field(
+        0.001, ge=0, description="Greedy member selection: a member joins only if it lowers the inner-CV KL by "
+        "at least this much."
+    )
+    stacking_l2: float = Field(
+        0.01, gt=0, description="L2 penalty of the stacking model (towards the geometric mean of the members)."
+    )
+    calibration: bool = Field(True, description="Fit a temperature + per-class bias on out-of-fold predictions.")
+    bootstrap_resamples: int = Field(1000, ge=10, description="Patient bootstrap resamples for intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap and of the example windows.")
+    review_list_size: int = Field(50, ge=1, description="Windows in the ranked review list.")
+    report_examples: int = Field(6, ge=0, description="Example windows (predicted vs voted) in the report.")
+    submission: bool = Field(True, description="Write submission.csv for the test set.")
+    register_model: bool = Field(
+        True, json_schema_extra=NOT_A_RESULT, description="Register the ensemble in the MLflow model registry."
+    )
+    registered_model_name: str = Field("hms-ensemble", json_schema_extra=NOT_A_RESULT)
+    quality_gate: bool = Field(
+        True,
+        json_schema_extra=NOT_A_RESULT,
+        description="Blocking check: the ensemble's nested-CV KL must not be worse than its best member's "
+        "(sets the check's severity; the ensemble is the same).",
+    )
 
 
 class ExportConfig(ReservedSection):
     """Reserved for the export / serving stage (not built yet)."""
 
 
-RESERVED_SECTIONS = ("foundation", "ensemble", "export")
+#: Sections of the stages not built yet (a section class that is a ReservedSection takes no keys).
+RESERVED_SECTIONS = tuple(
+    name
+    for name, cls in (("foundation", FoundationConfig), ("ensemble", EnsembleConfig), ("export", ExportConfig))
+    if issubclass(cls, ReservedSection)
+)
 
 
 # --- logging: where runs are recorded, never what they produce ------------------------------------------------
@@ -334,6 +376,26 @@ class PlatformConfig(Section):
         from hms_core.models.specs import validate_models_section
 
         return validate_models_section(v)
+
+    @model_validator(mode="after")
+    def _ensemble_members(self) -> PlatformConfig:
+        wanted = self.ensemble.members
+        if wanted is not None:
+            unknown = [m for m in wanted if m not in self.enabled_models()]
+            if unknown:
+                raise ValueError(
+                    f"ensemble.members: {unknown} are not enabled models; allowed are {self.enabled_models()} "
+                    "(or null for every enabled model)"
+                )
+        return self
+
+    def ensemble_members(self) -> list[str]:
+        """The classifiers the ensemble combines: ``ensemble.members`` or every enabled model."""
+        return list(self.ensemble.members) if self.ensemble.members is not None else self.enabled_models()
+
+    @property
+    def ensemble_dir(self) -> Path:
+        return self.path("ensemble")
 
     # --- resolved paths ---------------------------------------------------------------------------------------
     @property
