@@ -285,8 +285,48 @@ class ReservedSection(Section):
     so no key can look as if it did something."""
 
 
-class FoundationConfig(ReservedSection):
-    """Reserved for the self-supervised foundation stage (not built yet)."""
+class FoundationConfig(Section):
+    """The self-supervised pretraining of the EEG foundation encoder (``hms_core.foundation``): masked patch
+    reconstruction + InfoNCE on windows of every recording, train and test, never a label."""
+
+    enabled: bool = Field(True, json_schema_extra=NOT_A_RESULT, description="Build the foundation_encoder asset.")
+    model_size: Literal["tiny", "base"] = Field(
+        "tiny", description="Encoder size: tiny (CPU, seconds per 100 steps) or base (about 4.8 M parameters)."
+    )
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the transformer blocks.")
+    steps: int = Field(2000, ge=1, description="Optimiser steps of the pretraining.")
+    batch_size: int = Field(64, ge=2, description="Windows per step (all ranks together); InfoNCE needs >= 2.")
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up, then cosine decay to 1 % of the rate.")
+    mask_ratio: float = Field(0.5, gt=0, lt=1, description="Fraction of the usable patches masked per window.")
+    temperature: float = Field(0.2, gt=0, description="InfoNCE temperature between the two augmented views.")
+    reconstruction_weight: float = Field(1.0, ge=0, description="Weight of the masked raw-patch MSE.")
+    spectrum_weight: float = Field(0.5, ge=0, description="Weight of the masked log-amplitude-spectrum MSE.")
+    contrastive_weight: float = Field(0.1, ge=0, description="Weight of the InfoNCE term.")
+    spectrum_target: bool = Field(True, description="Also reconstruct each masked patch's log-amplitude spectrum.")
+    window_s: int = Field(10, ge=1, le=50, description="Pretraining window length in 1-s patches (seconds).")
+    stride_s: int = Field(5, ge=1, description="Windows start every stride_s seconds inside each 50-s block.")
+    include_test: bool = Field(True, description="Pretrain on the test recordings too (signals only, no labels).")
+    max_recordings: int | None = Field(None, ge=1, description="Cap on recordings (a seeded random subset).")
+    max_hours: float | None = Field(None, gt=0, description="Cap on recording hours (a seeded random subset).")
+    eval_windows: int = Field(64, ge=1, description="Held-out windows of the evaluation loss.")
+    checkpoint_every: int = Field(
+        100, ge=1, json_schema_extra=NOT_A_RESULT, description="Atomic checkpoint (and evaluation) every N steps."
+    )
+    log_every: int = Field(10, ge=1, json_schema_extra=NOT_A_RESULT, description="Loss curve point every N steps.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = Field(True, description="float16 autocast on CUDA (ignored on CPU).")
+    seed: int = 0
+    torch_threads: int = Field(
+        0, ge=0, json_schema_extra=NOT_A_RESULT, description="torch intra-op threads (0 = torch default)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FoundationConfig:
+        if self.reconstruction_weight + self.spectrum_weight * self.spectrum_target + self.contrastive_weight <= 0:
+            raise ValueError("at least one of reconstruction_weight, spectrum_weight, contrastive_weight must be > 0")
+        return self
 
 
 CombinerName = Literal["mean", "log_linear", "stacking"]

@@ -37,6 +37,17 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(True, json_schema_extra=NOT_A_RESULT, description="Build this model's asset at all.")
 
+    @classmethod
+    def bind_workspace(cls, params: dict[str, Any], cfg: Any) -> dict[str, Any]:
+        """``params`` with paths that depend on the workspace filled in (the training job calls it; default:
+        unchanged). ``cfg`` is the :class:`~hms_core.config.PlatformConfig`."""
+        return params
+
+    @classmethod
+    def uses_foundation_encoder(cls, params: dict[str, Any]) -> bool:
+        """Does a model with these parameters start from the foundation stage's encoder (an upstream asset)?"""
+        return False
+
 
 class ResNet1DGRUConfig(ModelConfig):
     initial_filters: int = Field(64, ge=4)
@@ -97,6 +108,33 @@ class LightGBMConfig(ModelConfig):
     )
 
 
+class EEGFoundationConfig(ModelConfig):
+    model_size: Literal["tiny", "base"] = Field("tiny", description="Encoder size (as foundation.model_size).")
+    pretrained: bool = Field(True, description="Start from the foundation stage's encoder (else a random one).")
+    encoder_path: str | None = Field(
+        None,
+        json_schema_extra=NOT_A_RESULT,
+        description="Pretrained encoder folder; null = <workspace.root>/foundation/encoder (the asset's output, "
+        "whose version the model asset tracks).",
+    )
+    linear_probe: bool = Field(False, description="Freeze the encoder; train only the pooling head.")
+    layer_decay: float = Field(0.75, gt=0, le=1, description="Layer-wise learning-rate decay (1 = none).")
+    head_dropout: float = Field(0.2, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the transformer blocks while fine-tuning.")
+
+    @classmethod
+    def bind_workspace(cls, params: dict[str, Any], cfg: Any) -> dict[str, Any]:
+        """A relative ``encoder_path`` resolved against ``workspace.root``; null -> the foundation stage's encoder."""
+        from hms_core.foundation.job import encoder_dir
+
+        path = params.get("encoder_path")
+        return {**params, "encoder_path": str(cfg.path(path) if path else encoder_dir(cfg))}
+
+    @classmethod
+    def uses_foundation_encoder(cls, params: dict[str, Any]) -> bool:
+        return bool(cls.model_validate(params).pretrained)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -123,6 +161,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                   "SPaRCNet (Jing et al. 2023) from braindecode, the clinical baseline"),
         ModelSpec("lightgbm", "features", LightGBMConfig, "hms_core.models.lightgbm_model",
                   "LightGBM on the features table with soft labels", framework="lightgbm"),
+        ModelSpec("eeg_foundation", "raw", EEGFoundationConfig, "hms_core.models.eeg_foundation",
+                  "Transformer over 1-s bipolar patches, pretrained self-supervised (foundation stage), fine-tuned"),
     )
 }  # fmt: skip
 

@@ -66,7 +66,7 @@ def make_job(cfg: PlatformConfig, model: str, name: str, train_dirs: Sequence[st
         val_dir=Path(val_dir).resolve(),
         test_dir=Path(test_dir).resolve() if test_dir is not None else None,
         out_dir=Path(out_dir).resolve(),
-        model_cfg=dict(cfg.models.get(model, {})),
+        model_cfg=get_spec(model).config_cls.bind_workspace(dict(cfg.models.get(model, {})), cfg),
         training=cfg.training,
         # the exact preprocessing parameters travel with the weights: serving reuses them
         preprocessing=cfg.preprocessing.model_dump(mode="json"),

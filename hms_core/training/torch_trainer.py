@@ -73,6 +73,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def create_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW over the model's own parameter groups when it has ``param_groups(lr, weight_decay)`` (e.g. layer-wise
+    learning-rate decay), else over all its parameters."""
+    if hasattr(model, "param_groups"):
+        return torch.optim.AdamW(model.param_groups(cfg.learning_rate, cfg.weight_decay), lr=cfg.learning_rate,
+                                 weight_decay=cfg.weight_decay)  # fmt: skip
     return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 

@@ -14,6 +14,7 @@ TINY = {
     "efficientnet": {"model_name": "test_efficientnet", "pretrained": False, "spectrograms": ["stft", "mel"]},
     "sparcnet": {"block_layers": 2, "growth_rate": 8, "bn_size": 2, "input_downsample": 2},
     "lightgbm": {"n_estimators": 20, "min_child_samples": 5, "num_threads": 1},
+    "eeg_foundation": {"model_size": "tiny", "pretrained": False},
 }
 TORCH_MODELS = [n for n in list_models() if get_spec(n).input_kind != "features"]
 GBM_MODELS = list_models("features")
