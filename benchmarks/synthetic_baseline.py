@@ -62,11 +62,27 @@ def load_eeg_table(data_dir: str | Path) -> tuple[pl.DataFrame, np.ndarray]:
     return rows, np.stack(feats)
 
 
+def fit_predict_bandpower(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """Standardised features + multinomial logistic regression on soft targets; (n_test, 6) probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_train)
+    xt = scaler.transform(x_train)
+    # soft targets: every sample once per class, weighted by its vote fraction
+    xs = np.repeat(xt, N_CLASSES, axis=0)
+    ys = np.tile(np.arange(N_CLASSES), len(x_train))
+    ws = np.asarray(y_train).reshape(-1)
+    keep = ws > 0
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(xs[keep], ys[keep], sample_weight=ws[keep])
+    proba = np.zeros((len(x_test), N_CLASSES))
+    proba[:, clf.classes_] = clf.predict_proba(scaler.transform(x_test))
+    return proba
+
+
 def cross_validate(rows: pl.DataFrame, feats: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict[str, float]:
     """Out-of-fold KL of the prior and of the band-power logistic regression on EEGs with >= 10 votes."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
-    from sklearn.preprocessing import StandardScaler
 
     votes = rows.select(list(VOTE_COLUMNS)).to_numpy().astype(np.float64)
     y = votes / votes.sum(1, keepdims=True)
@@ -77,17 +93,7 @@ def cross_validate(rows: pl.DataFrame, feats: np.ndarray, n_splits: int = 5, see
     n_splits = min(n_splits, len(np.unique(groups)))
     for tr, te in GroupKFold(n_splits=n_splits).split(feats, y, groups):
         p_prior[te] = y[tr].mean(0)
-        scaler = StandardScaler().fit(feats[tr])
-        xt = scaler.transform(feats[tr])
-        # soft targets: every sample once per class, weighted by its vote fraction
-        xs = np.repeat(xt, N_CLASSES, axis=0)
-        ys = np.tile(np.arange(N_CLASSES), len(tr))
-        ws = y[tr].reshape(-1)
-        keep = ws > 0
-        clf = LogisticRegression(C=1.0, max_iter=2000).fit(xs[keep], ys[keep], sample_weight=ws[keep])
-        proba = np.zeros((len(te), N_CLASSES))
-        proba[:, clf.classes_] = clf.predict_proba(scaler.transform(feats[te]))
-        p_model[te] = proba
+        p_model[te] = fit_predict_bandpower(feats[tr], y[tr], feats[te])
     return {
         "prior_kl": kl_divergence(y[high], p_prior[high]),
         "bandpower_kl": kl_divergence(y[high], p_model[high]),

@@ -1,13 +1,25 @@
-"""Learning-rate schedule (linear warm-up then cosine decay) and exponential moving average of weights."""
+"""Learning-rate schedule, its length on small folds, early stopping, and an exponential moving average of weights.
+
+A schedule written in epochs (``epochs``, ``warmup_epochs``, ``early_stopping_patience``) suits a large fold, but a
+fold of a few hundred rows makes only a handful of optimizer steps per epoch: 8 epochs of 160 rows at batch 32 are
+40 steps, and the models are still far from trained when the cosine reaches its floor. :func:`plan_schedule`
+stretches every epoch-defined length by one factor so that a fold makes at least ``min_steps`` steps (large folds
+are unchanged). :class:`EarlyStopping` decides on a running mean of the validation score, so one noisy evaluation
+of a small validation fold neither ends training nor resets the patience.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from hms_core.checks import check_range
 
 
 class WarmupCosine:
@@ -46,6 +58,109 @@ class WarmupCosine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base_lrs = list(state["base_lrs"])
         self.set(state["t"])
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """Epoch-defined lengths after :func:`plan_schedule`: ``factor`` (>= 1) scaled them all."""
+
+    stage_epochs: tuple[int, ...]
+    warmup_epochs: float
+    patience: int
+    factor: float
+    steps: int  # optimizer steps over all stages
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(self.stage_epochs)
+
+    def stage_starts(self) -> list[int]:
+        """First epoch of each stage."""
+        return [sum(self.stage_epochs[:i]) for i in range(len(self.stage_epochs))]
+
+
+def plan_schedule(stage_epochs: Sequence[int], steps_per_epoch: Sequence[int], warmup_epochs: float,
+                  patience: int, min_steps: int = 0) -> SchedulePlan:  # fmt: skip
+    """Stretch a schedule written in epochs so that it makes at least ``min_steps`` optimizer steps.
+
+    ``stage_epochs[i]`` epochs of ``steps_per_epoch[i]`` steps each; when they add up to fewer than ``min_steps``
+    steps, every stage, the warm-up and the early-stopping patience are scaled by the same factor, so the shape of
+    the schedule (warm-up fraction, cosine, patience relative to the run) is the one configured for large folds.
+    """
+    if len(stage_epochs) != len(steps_per_epoch) or not stage_epochs:
+        raise ValueError(f"plan_schedule: stage_epochs {list(stage_epochs)} and steps_per_epoch "
+                         f"{list(steps_per_epoch)} must be non-empty and of the same length")  # fmt: skip
+    for name, v in (("min_steps", min_steps), ("patience", patience), ("warmup_epochs", warmup_epochs)):
+        check_range(name, v, 0)
+    for e, s in zip(stage_epochs, steps_per_epoch):
+        check_range("stage_epochs", e, 1)
+        check_range("steps_per_epoch", s, 0)
+    steps = sum(e * s for e, s in zip(stage_epochs, steps_per_epoch))
+    factor = max(1.0, min_steps / steps) if steps > 0 else 1.0
+    if factor == 1.0:
+        return SchedulePlan(tuple(int(e) for e in stage_epochs), float(warmup_epochs), int(patience), 1.0, steps)
+    epochs = tuple(math.ceil(e * factor - 1e-9) for e in stage_epochs)
+    return SchedulePlan(epochs, float(warmup_epochs) * factor, math.ceil(patience * factor - 1e-9), factor,
+                        sum(e * s for e, s in zip(epochs, steps_per_epoch)))  # fmt: skip
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps of one epoch of the training loader (each rank's share, incomplete last batch dropped)."""
+    per_rank = -(-int(n_rows) // int(world_size))
+    return per_rank // batch_size if per_rank > batch_size else (1 if per_rank else 0)
+
+
+@dataclass
+class EarlyStopping:
+    """Best-score tracking and a patience counter on a smoothed score (lower is better).
+
+    ``update(score)`` returns True when ``score`` is the best raw score so far (save the checkpoint then). Patience
+    counts evaluations since the running mean of the last ``smoothing`` scores last improved; ``should_stop`` is
+    True once it reaches ``patience``. ``smoothing=1`` is plain early stopping on the raw score.
+    """
+
+    patience: int
+    smoothing: int = 3
+    min_delta: float = 1e-6
+    best: float = math.inf
+    best_step: int = -1
+    best_smoothed: float = math.inf
+    bad: int = 0
+    scores: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_range("patience", self.patience, 1)
+        check_range("smoothing", self.smoothing, 1)
+
+    def update(self, score: float) -> bool:
+        score = float(score)
+        self.scores.append(score)
+        smoothed = sum(self.scores[-self.smoothing :]) / len(self.scores[-self.smoothing :])
+        if smoothed < self.best_smoothed - self.min_delta:
+            self.best_smoothed, self.bad = smoothed, 0
+        else:
+            self.bad += 1
+        if score < self.best - self.min_delta:
+            self.best, self.best_step = score, len(self.scores) - 1
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad >= self.patience
+
+    def reset_patience(self) -> None:
+        """A new training stage starts: count patience afresh from its first evaluation."""
+        self.bad, self.best_smoothed, self.scores = 0, math.inf, []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "best_smoothed": self.best_smoothed,
+                "bad": self.bad, "scores": list(self.scores)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self.best_smoothed, self.bad = float(state["best_smoothed"]), int(state["bad"])
+        self.scores = [float(x) for x in state["scores"]]
 
 
 class EMA:
