@@ -33,6 +33,7 @@ from tests.hms_dagster.conftest import write_config
 runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1"})
 #: Two models, one per trainer framework, keep the module's one training run short.
 MODELS_CFG = {"efficientnet": {"enabled": False}, "sparcnet": {"enabled": False}}
+TWO_MODELS = ("model_resnet1d_gru", "model_lightgbm")
 
 
 def _status(path) -> dict:
@@ -81,7 +82,8 @@ def test_unchanged_config_is_fresh_where_materialized(trained):
 
 
 def test_workers_batch_sizes_threads_and_logging_leave_everything_fresh(trained):
-    root, _ = trained
+    root, cfg = trained
+    before = _states(_variant(root))  # (each variant rewrites the one config file: read it before the next)
     path = _variant(
         root,
         dataset={"processing_batch_size": 7, "check_files": "none", "synthetic": {"workers": 2}},
@@ -89,10 +91,12 @@ def test_workers_batch_sizes_threads_and_logging_leave_everything_fresh(trained)
         training={"torch_threads": 2, "num_workers": 1, "gradient_checkpointing": True},
         logging={"wandb_mode": "disabled", "mlflow_tracking_uri": None, "mlflow_experiment": "x", "log_dir": "l2"},
     )
-    states = _states(path)
-    materialized = {k: v for k, v in states.items() if v != "missing" and k[0] != "-"}
-    assert len(materialized) == 3 + 4 * 3 + 1 + 2  # data, 4 fold assets x 3 folds, test windows, 2 models
-    assert set(materialized.values()) == {"fresh"}, {k: v for k, v in materialized.items() if v != "fresh"}
+    fresh = {k for k, v in before.items() if v == "fresh"}
+    expected = {(a, None) for a in (RAW_DATASET, LABELS, FOLDS, TEST_WINDOWS)}
+    expected |= {(EEG_WINDOWS, f) for f in cfg.fold_names} | {(m, "fold_0") for m in TWO_MODELS}
+    assert expected <= fresh
+    after = _states(path)
+    assert {k: after[k] for k in fresh} == dict.fromkeys(fresh, "fresh")
 
 
 def test_a_filter_change_makes_preprocessing_and_every_model_stale(trained):
