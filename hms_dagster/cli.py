@@ -8,6 +8,7 @@
     hms inspect RECORD.edf|RECORD.parquet
     hms ui
     hms config
+    hms submit [--file submission.csv] [--message TEXT]
 
 Imports are lazy so ``hms --help`` answers at once (``hms_dagster.stages`` imports Dagster only to build jobs).
 
@@ -339,6 +340,45 @@ def ui(
     except KeyboardInterrupt:
         proc.terminate()
         raise typer.Exit(proc.wait()) from None
+
+
+@app.command()
+def submit(
+    config: ConfigOpt = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="CSV to upload; default <root>/ensemble/submission.csv.")
+    ] = None,
+    message: Annotated[str, typer.Option("--message", "-m", help="Submission description.")] = "hms ensemble",
+) -> None:
+    """Upload the ensemble's submission.csv with the Kaggle API (credentials required; the key is never printed).
+
+    Exit codes: 0 uploaded, 1 the upload or the format check failed, 2 no credentials or no file."""
+    from hms_core.ensemble.build import SUBMISSION_FILE
+    from hms_core.ensemble.submission import (
+        SAMPLE_SUBMISSION,
+        SubmissionCredentialsError,
+        SubmissionError,
+        submit_to_kaggle,
+        validate_submission,
+    )
+
+    cfg = _load(config)
+    path = file or cfg.ensemble_dir / SUBMISSION_FILE
+    competition = cfg.dataset.kaggle_competition
+    try:
+        sample = cfg.raw_dir / SAMPLE_SUBMISSION
+        if path.is_file() and sample.is_file():
+            import pandas as pd
+
+            validate_submission(pd.read_csv(path), sample)
+        answer = submit_to_kaggle(path, competition, message)
+    except (SubmissionCredentialsError, FileNotFoundError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    except (SubmissionError, RuntimeError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"submitted {path} to {competition}: {answer}")
 
 
 @app.command("config")

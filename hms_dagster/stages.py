@@ -30,7 +30,6 @@ ALL = "all"
 #: Stages whose assets do not exist yet. The runner says so instead of pretending to run them.
 NOT_BUILT: dict[str, str] = {
     FOUNDATION: "self-supervised EEG foundation pretraining (masked reconstruction + contrastive)",
-    ENSEMBLE: "the learned ensemble over out-of-fold predictions",
     EXPORT: "ONNX/TensorRT export, the prediction service and inference benchmarks",
 }
 
@@ -43,16 +42,34 @@ SPECTROGRAMS = "spectrograms"
 KAGGLE_SPECTROGRAMS = "kaggle_spectrograms"
 EEG_FEATURES = "eeg_features"
 TEST_WINDOWS = "test_windows"
+ENSEMBLE_MODEL = "ensemble_model"
+EVALUATION_REPORT = "evaluation_report"
+SUBMISSION = "submission"
+REGISTERED_ENSEMBLE = "registered_ensemble"
 
 # --- jobs -----------------------------------------------------------------------------------------------------
 DATA_JOB = "data_job"
 TEST_PREPROCESSING_JOB = "test_preprocessing_job"
 PREPROCESSING_JOB = "preprocessing_job"
 MODELS_JOB = "models_job"
+ENSEMBLE_JOB = "ensemble_job"
 
 
 def model_asset_key(name: str) -> str:
     return f"model_{name}"
+
+
+def ensemble_asset_keys(cfg: PlatformConfig) -> list[str]:
+    """The ensemble stage's assets: the ensemble and its report, the submission (``ensemble.submission``) and the
+    registered model (``ensemble.register_model`` with MLflow on); none without an ensemble member."""
+    if not cfg.ensemble_members():
+        return []
+    keys = [ENSEMBLE_MODEL, EVALUATION_REPORT]
+    if cfg.ensemble.submission:
+        keys.append(SUBMISSION)
+    if cfg.ensemble.register_model and cfg.mlflow_uri is not None:
+        keys.append(REGISTERED_ENSEMBLE)
+    return keys
 
 
 def preprocessing_asset_keys(cfg: PlatformConfig) -> list[str]:
@@ -94,7 +111,9 @@ def stage_plan(cfg: PlatformConfig) -> dict[str, list[StageJob]]:
         FOUNDATION: [],
         MODELS: [StageJob(MODELS_JOB, True, models, "Train every enabled classifier on one fold.",
                           {"dagster/max_retries": "1"})] if models else [],
-        ENSEMBLE: [],
+        ENSEMBLE: [StageJob(ENSEMBLE_JOB, False, tuple(ensemble_asset_keys(cfg)),
+                            "Blend every fold of every member: ensemble, report, submission, registry.")]
+        if ensemble_asset_keys(cfg) else [],
         EXPORT: [],
     }  # fmt: skip
     return plan
