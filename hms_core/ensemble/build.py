@@ -93,8 +93,9 @@ def _with_offsets(rows: pd.DataFrame, cfg: PlatformConfig) -> pd.DataFrame:
     return rows.merge(folds, on="label_id", how="left")
 
 
-def build_ensemble(cfg: PlatformConfig, progress: Any = None) -> EnsembleOutputs:
-    """Everything of the module docstring; returns the figures and paths (the asset records them)."""
+def build_ensemble(cfg: PlatformConfig, progress: Any = None, out_dir: Path | None = None) -> EnsembleOutputs:
+    """Everything of the module docstring; returns the figures and paths (the asset records them). ``out_dir``
+    (default ``<root>/ensemble``) is where the files go."""
     e = cfg.ensemble
     names = cfg.ensemble_members()
     mp = load_members(cfg.models_dir, names, cfg.dataset.n_folds)
@@ -162,7 +163,7 @@ def build_ensemble(cfg: PlatformConfig, progress: Any = None) -> EnsembleOutputs
         "n_rows_high_votes": int((votes >= HIGH_VOTE_THRESHOLD).sum()),
         "n_patients": len(np.unique(patients)),
     }
-    out_dir = cfg.ensemble_dir
+    out_dir = cfg.ensemble_dir if out_dir is None else Path(out_dir)
     paths = _write_outputs(cfg, out_dir, mp, nested, final, ens, metrics)
     if progress:
         progress(3, 3)
