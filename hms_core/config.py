@@ -247,6 +247,7 @@ class TrainingConfig(Section):
     weight_decay: float = Field(1e-2, ge=0)
     epochs: int = Field(10, ge=1)
     warmup_epochs: float = Field(1.0, ge=0)
+    min_steps: int = Field(0, ge=0, description="Stretch short schedules to this many optimizer steps.")
     stage2_epochs: int = Field(0, ge=0, description="Second stage on rows with >= min_votes votes (0 = off).")
     min_votes: int = Field(10, ge=1)
     low_vote_weight: float = Field(1.0, ge=0, le=1, description="Loss weight of rows below min_votes.")

@@ -23,8 +23,8 @@ InputKind = Literal["raw", "spectrogram", "features"]
 #: is read by some framework, and that no key marked NOT_A_RESULT is listed).
 TRAINING_KEYS: dict[str, tuple[str, ...]] = {
     "pytorch": (
-        "batch_size", "learning_rate", "weight_decay", "epochs", "warmup_epochs", "stage2_epochs", "min_votes",
-        "low_vote_weight", "early_stopping_patience", "ema_decay", "flip_tta", "augment", "device",
+        "batch_size", "learning_rate", "weight_decay", "epochs", "warmup_epochs", "min_steps", "stage2_epochs",
+        "min_votes", "low_vote_weight", "early_stopping_patience", "ema_decay", "flip_tta", "augment", "device",
         "mixed_precision", "seed", "max_train_rows",
     ),
     # row plan (seed, max_train_rows), the stage-2 row selection and weights (stage2_epochs > 0, min_votes,
