@@ -5,7 +5,8 @@ fold of a few hundred rows makes only a handful of optimizer steps per epoch: 8 
 40 steps, and the models are still far from trained when the cosine reaches its floor. :func:`plan_schedule`
 stretches every epoch-defined length by one factor so that a fold makes at least ``min_steps`` steps (large folds
 are unchanged). :class:`EarlyStopping` decides on a running mean of the validation score, so one noisy evaluation
-of a small validation fold neither ends training nor resets the patience.
+of a small validation fold neither ends training nor resets the patience, and :func:`monitor_mask` monitors every
+validation row when the fold has too few high-vote rows for their KL to pick an epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -102,6 +104,18 @@ def plan_schedule(stage_epochs: Sequence[int], steps_per_epoch: Sequence[int], w
     epochs = tuple(math.ceil(e * factor - 1e-9) for e in stage_epochs)
     return SchedulePlan(epochs, float(warmup_epochs) * factor, math.ceil(patience * factor - 1e-9), factor,
                         sum(e * s for e, s in zip(epochs, steps_per_epoch)))  # fmt: skip
+
+
+#: Fewest high-vote validation rows whose KL early stopping monitors. The KL of a smaller subset is too noisy to pick
+#: an epoch (its standard error shrinks as 1/sqrt(n): 17 high-vote rows of a 40-row validation fold chose epochs
+#: whose KL on all rows was above the prior's); below it every validation row is monitored.
+MIN_MONITOR_ROWS = 50
+
+
+def monitor_mask(high_votes: np.ndarray, min_rows: int = MIN_MONITOR_ROWS) -> np.ndarray:
+    """Validation rows whose KL early stopping monitors: the high-vote rows if at least ``min_rows``, else all."""
+    high = np.asarray(high_votes, dtype=bool)
+    return high if int(high.sum()) >= min_rows else np.ones(len(high), dtype=bool)
 
 
 def steps_per_epoch(n_rows: int, batch_size: int, world_size: int = 1) -> int:

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from hms_core.training.schedule import EMA, EarlyStopping, WarmupCosine, plan_schedule, steps_per_epoch
+from hms_core.training.schedule import (
+    EMA,
+    MIN_MONITOR_ROWS,
+    EarlyStopping,
+    WarmupCosine,
+    monitor_mask,
+    plan_schedule,
+    steps_per_epoch,
+)
 
 
 def test_small_fold_schedule_is_stretched_to_min_steps() -> None:
@@ -69,6 +77,15 @@ def test_early_stopping_stops_on_a_real_plateau_and_round_trips() -> None:
     assert again == es
     es.reset_patience()
     assert not es.should_stop and es.best == pytest.approx(0.8)  # the best checkpoint survives a new stage
+
+
+def test_early_stopping_monitors_all_rows_when_few_have_high_votes() -> None:
+    few = np.zeros(40, bool)
+    few[:17] = True  # a small validation fold: 17 of 40 rows with >= 10 votes
+    assert monitor_mask(few).all()
+    many = np.zeros(400, bool)
+    many[:MIN_MONITOR_ROWS] = True
+    assert (monitor_mask(many) == many).all()
 
 
 def test_ema_tracks_the_model_after_a_few_dozen_steps() -> None:
