@@ -13,6 +13,7 @@ import dagster as dg
 from hms_core.config import PlatformConfig, load_config
 from hms_dagster.assets.data import build_data_assets
 from hms_dagster.assets.ensemble import build_ensemble_assets
+from hms_dagster.assets.foundation import build_foundation_assets
 from hms_dagster.assets.models import build_model_assets
 from hms_dagster.assets.preprocessing import build_preprocessing_assets
 from hms_dagster.resources import CONFIG_HASH_TAG, build_resources
@@ -21,7 +22,8 @@ from hms_dagster.stages import all_stage_jobs
 
 
 def build_definitions(cfg: PlatformConfig) -> dg.Definitions:
-    assets = [*build_data_assets(cfg), *build_preprocessing_assets(cfg), *build_model_assets(cfg)]
+    assets = [*build_data_assets(cfg), *build_preprocessing_assets(cfg), *build_foundation_assets(cfg),
+              *build_model_assets(cfg)]
     assets += build_ensemble_assets(cfg)
     jobs = {j.name: j.job({CONFIG_HASH_TAG: cfg.config_hash}) for j in all_stage_jobs(cfg)}
     sensors, schedules = build_automation(cfg, jobs)

@@ -29,7 +29,6 @@ ALL = "all"
 
 #: Stages whose assets do not exist yet. The runner says so instead of pretending to run them.
 NOT_BUILT: dict[str, str] = {
-    FOUNDATION: "self-supervised EEG foundation pretraining (masked reconstruction + contrastive)",
     EXPORT: "ONNX/TensorRT export, the prediction service and inference benchmarks",
 }
 
@@ -46,6 +45,7 @@ ENSEMBLE_MODEL = "ensemble_model"
 EVALUATION_REPORT = "evaluation_report"
 SUBMISSION = "submission"
 REGISTERED_ENSEMBLE = "registered_ensemble"
+FOUNDATION_ENCODER = "foundation_encoder"
 
 # --- jobs -----------------------------------------------------------------------------------------------------
 DATA_JOB = "data_job"
@@ -53,6 +53,7 @@ TEST_PREPROCESSING_JOB = "test_preprocessing_job"
 PREPROCESSING_JOB = "preprocessing_job"
 MODELS_JOB = "models_job"
 ENSEMBLE_JOB = "ensemble_job"
+FOUNDATION_JOB = "foundation_job"
 
 
 def model_asset_key(name: str) -> str:
@@ -108,7 +109,9 @@ def stage_plan(cfg: PlatformConfig) -> dict[str, list[StageJob]]:
             StageJob(PREPROCESSING_JOB, True, tuple(preprocessing_asset_keys(cfg)),
                      "Windows, spectrograms and features of one fold."),
         ],
-        FOUNDATION: [],
+        FOUNDATION: [StageJob(FOUNDATION_JOB, False, (FOUNDATION_ENCODER,),
+                              "Pretrain the EEG foundation encoder on every recording (no labels).")]
+        if cfg.foundation.enabled else [],
         MODELS: [StageJob(MODELS_JOB, True, models, "Train every enabled classifier on one fold.",
                           {"dagster/max_retries": "1"})] if models else [],
         ENSEMBLE: [StageJob(ENSEMBLE_JOB, False, tuple(ensemble_asset_keys(cfg)),

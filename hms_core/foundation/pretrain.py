@@ -7,7 +7,8 @@ schedule, AMP scaler, step, loss curve) is enough for a run killed with ``kill -
 checkpoint holds tensors and plain numbers only and is read with ``torch.load(weights_only=True)``.
 
 Loss of one step: ``reconstruction_weight * MSE(masked raw patches) + spectrum_weight * MSE(masked log-amplitude
-spectra) + contrastive_weight * InfoNCE(view 1, view 2)``, the MSE terms averaged over both views.
+spectra) + contrastive_weight * InfoNCE(view 1, view 2)``, the MSE terms over the masked patches of both views
+(one forward pass over both). Under DDP the InfoNCE negatives are the rank's own windows.
 
 Outputs under ``out_dir``: ``encoder/weights.pt`` (the encoder's ``state_dict``) and ``encoder/config.json`` (its
 architecture, channel vocabulary, patch length, the preprocessing and pretraining parameters, the corpus summary
@@ -96,21 +97,26 @@ def _gen(*seed: int) -> torch.Generator:
 
 def step_losses(model: torch.nn.Module, x: torch.Tensor, usable: torch.Tensor, channels: torch.Tensor,
                 cfg: FoundationConfig, seed: Sequence[int], amp: bool) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The weighted loss of one batch (two augmented, masked views) and its terms."""
+    """The weighted loss of one batch and its terms: two augmented, masked views of every window go through the
+    model in one forward pass (one pass per step, as ``DistributedDataParallel`` expects); the MSE terms average
+    the masked patches of both views, InfoNCE pairs view 1 with view 2."""
     g = _gen(*seed)
     n_patches = x.shape[-1] // model_encoder(model).patch_samples
-    views = []
+    vs, keeps, masks = [], [], []
     for _ in range(2):
         v, keep = augment_view(x, usable, g)
-        mask = random_patch_mask(keep, n_patches, cfg.mask_ratio, g)
-        with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
-            views.append(model(v, keep, channels, mask))
-    out: dict[str, torch.Tensor] = {"recon": 0.5 * (views[0]["recon"] + views[1]["recon"])}
+        vs.append(v)
+        keeps.append(keep)
+        masks.append(random_patch_mask(keep, n_patches, cfg.mask_ratio, g))
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+        res = model(torch.cat(vs), torch.cat(keeps), channels, torch.cat(masks))
+    out: dict[str, torch.Tensor] = {"recon": res["recon"]}
     total = cfg.reconstruction_weight * out["recon"]
     if cfg.spectrum_target:
-        out["spectrum"] = 0.5 * (views[0]["spectrum"] + views[1]["spectrum"])
+        out["spectrum"] = res["spectrum"]
         total = total + cfg.spectrum_weight * out["spectrum"]
-    out["contrastive"] = info_nce(views[0]["z"], views[1]["z"], cfg.temperature)
+    z1, z2 = res["z"].chunk(2)
+    out["contrastive"] = info_nce(z1, z2, cfg.temperature)
     total = total + cfg.contrastive_weight * out["contrastive"]
     out["loss"] = total
     return out

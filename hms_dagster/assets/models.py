@@ -18,7 +18,15 @@ from hms_dagster.resources import (
     progress_logger,
     training_loggers,
 )
-from hms_dagster.stages import EEG_FEATURES, EEG_WINDOWS, MODELS, SPECTROGRAMS, TEST_WINDOWS, model_asset_key
+from hms_dagster.stages import (
+    EEG_FEATURES,
+    EEG_WINDOWS,
+    FOUNDATION_ENCODER,
+    MODELS,
+    SPECTROGRAMS,
+    TEST_WINDOWS,
+    model_asset_key,
+)
 
 GROUP = MODELS
 VERSION = "1"
@@ -46,6 +54,7 @@ def _build_model_asset(cfg, name: str):
         deps=[
             dg.AssetDep(upstream, partition_mapping=dg.AllPartitionMapping()),
             dg.AssetDep(TEST_WINDOWS),
+            *([dg.AssetDep(FOUNDATION_ENCODER)] if spec.config_cls.uses_foundation_encoder(cfg.models[name]) else []),
         ],
         code_version=code,
         kinds={spec.framework},

@@ -43,7 +43,7 @@ def test_unknown_profile_is_a_clear_error():
 
 
 def test_not_built_stage_says_so(tiny_config):
-    out = runner.invoke(app, ["run", "--stage", "foundation", "--config", str(tiny_config)])
+    out = runner.invoke(app, ["run", "--stage", "export", "--config", str(tiny_config)])
     assert out.exit_code == 3
     assert "not built yet" in out.output
 
@@ -60,7 +60,7 @@ def test_status_on_a_fresh_workspace_is_all_missing(tiny_config):
     states = {(a["asset"], a["partition"]): a["state"] for a in data["assets"]}
     assert states[("raw_dataset", None)] == "missing"
     assert states[("eeg_windows", "fold_0")] == "missing"
-    assert data["stages"]["foundation"] == "not built"
+    assert data["stages"]["export"] == "not built"
     assert data["stages"]["data"] == "incomplete"
 
 
