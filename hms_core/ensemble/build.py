@@ -152,6 +152,8 @@ def build_ensemble(cfg: PlatformConfig, progress: Any = None, out_dir: Path | No
             "ece_before": expected_calibration_error(nested.pred, y),
             "ece_after": expected_calibration_error(ens, y),
             "final_temperature": final.calibrator.temperature if final.calibrator else None,
+            "applied_final": final.calibrator is not None,
+            "applied_outer_folds": [o.fold for o in nested.outer if o.temperature is not None],
         },
         "uncertainty": uncertainty_summary(y, ens),
         "kl_by_votes": kl_by_vote_bucket(y, ens, votes, patients, b, seed).to_dict(orient="records"),

@@ -54,7 +54,7 @@ class OuterFold:
     members: list[str]
     inner_kl: dict[str, float]
     outer_kl: dict[str, float]
-    temperature: float | None = None
+    temperature: float | None = None  # None: calibration off, or the inner CV found it does not help
 
 
 @dataclass
@@ -162,13 +162,28 @@ def _nested_cv(p: np.ndarray, y: np.ndarray, folds: np.ndarray, names: Sequence[
             outer_kl[k] = kl_divergence(y[test], per_kind[k][test])
         pred[test] = per_kind[best.kind][test]
         temperature = None
-        if calibrated is not None:
-            cal = Calibrator.fit(best.cv_pred, y[train])  # the inner-CV predictions of the outer-training rows
-            calibrated[test] = cal.predict(pred[test])
-            temperature = cal.temperature
+        if calibrated is not None:  # decided and fitted on the inner-CV predictions of the outer-training rows
+            cal = fit_calibration(best.cv_pred, y[train], folds[train], min_gain)
+            calibrated[test] = cal.predict(pred[test]) if cal is not None else pred[test]
+            temperature = cal.temperature if cal is not None else None
         outer.append(OuterFold(int(f), np.flatnonzero(train), np.flatnonzero(test), best.kind, best.members,
                                {k: s.cv_kl for k, s in sels.items()}, outer_kl, temperature))  # fmt: skip
     return NestedResult(pred, calibrated, per_kind, outer)
+
+
+def fit_calibration(
+    cv_pred: np.ndarray, y: np.ndarray, groups: np.ndarray, min_gain: float = 0.001
+) -> Calibrator | None:
+    """A temperature + bias calibrator for cross-validated predictions ``cv_pred``, or None when calibration does
+    not help: it is itself cross-validated over ``groups`` first and kept only if that lowers the KL by at least
+    ``min_gain`` (on a few rows a 7-parameter calibrator overfits and would make the ensemble worse)."""
+    out = np.empty_like(cv_pred)
+    for g in np.unique(groups):
+        test = groups == g
+        out[test] = Calibrator.fit(cv_pred[~test], y[~test]).predict(cv_pred[test])
+    if kl_divergence(y, out) > kl_divergence(y, cv_pred) - min_gain:
+        return None
+    return Calibrator.fit(cv_pred, y)
 
 
 @dataclass
@@ -201,5 +216,5 @@ def fit_final(p: np.ndarray, y: np.ndarray, folds: np.ndarray, names: Sequence[s
         best, sels = choose_ensemble(p, y, folds, names, kinds, min_gain, l2)
         idx = [names.index(m) for m in best.members]
         comb = _fit(best.kind, p, y, names, idx, l2)
-    cal = Calibrator.fit(best.cv_pred, y) if calibrate else None
+        cal = fit_calibration(best.cv_pred, y, folds, min_gain) if calibrate else None
     return FinalEnsemble(comb, cal, best, sels)

@@ -198,3 +198,13 @@ def test_ensemble_config_section():
     assert a.result_hash("ensemble") == b.result_hash("ensemble")
     c = load_config("tiny", overrides=parse_override("ensemble.min_member_gain=0.01"))
     assert a.result_hash("ensemble") != c.result_hash("ensemble")
+
+
+def test_calibration_is_kept_only_when_its_own_cv_says_it_helps():
+    from hms_core.ensemble.nested import fit_calibration
+
+    d = constructed_members(900, scales=[1.0], noises=[0.0], n_folds=3)
+    y, z, groups = softmax(d["z"], axis=1), d["z"], d["fold"]
+    assert fit_calibration(softmax(z, axis=1), y, groups) is None  # already calibrated: nothing to gain
+    cal = fit_calibration(softmax(2.5 * z, axis=1), y, groups)
+    assert cal is not None and cal.temperature == pytest.approx(2.5, rel=0.05)

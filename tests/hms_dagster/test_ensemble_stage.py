@@ -94,11 +94,14 @@ def test_ensemble_stage_materializes_ensemble_report_submission_and_registry(tmp
 
 
 def test_check_blocks_report_submission_and_registry_when_the_ensemble_is_worse(tmp_path, monkeypatch):
-    """One perfectly calibrated member: the nested calibration can only add noise, so the ensemble is (slightly)
-    worse than its member; the blocking check fails and nothing downstream is materialized."""
+    """One member that is the exact vote distribution: refitting it (log-linear weight + bias on the other folds)
+    can only add noise, so the nested ensemble is slightly worse than its member; the blocking check fails and
+    nothing downstream is materialized."""
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     name = load_config("tiny").enabled_models()[-1]
-    cfg = load_config(write_config(tmp_path, ensemble={"members": [name], "combiners": ["mean"]}))
+    cfg = load_config(
+        write_config(tmp_path, ensemble={"members": [name], "combiners": ["log_linear"], "calibration": False})
+    )
     write_member_outputs(cfg.root, [name], n_rows=240, n_folds=cfg.dataset.n_folds, scales=[1.0], noises=[0.0])
     report = run_pipeline(cfg, "ensemble", require_upstream=False)
     assert not report.ok
