@@ -100,7 +100,10 @@ def test_check_blocks_report_submission_and_registry_when_the_ensemble_is_worse(
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     name = load_config("tiny").enabled_models()[-1]
     cfg = load_config(
-        write_config(tmp_path, ensemble={"members": [name], "combiners": ["log_linear"], "calibration": False})
+        write_config(
+            tmp_path,
+            ensemble={"members": [name], "combiners": ["log_linear"], "calibration": False, "quality_gate": True},
+        )
     )
     write_member_outputs(cfg.root, [name], n_rows=240, n_folds=cfg.dataset.n_folds, scales=[1.0], noises=[0.0])
     report = run_pipeline(cfg, "ensemble", require_upstream=False)
@@ -112,3 +115,11 @@ def test_check_blocks_report_submission_and_registry_when_the_ensemble_is_worse(
     for key in (EVALUATION_REPORT, SUBMISSION, REGISTERED_ENSEMBLE):
         assert inst.get_latest_materialization_event(dg.AssetKey(key)) is None, key
     assert not (cfg.ensemble_dir / "submission.csv").exists()
+
+    # with the gate off (ensemble.quality_gate: false, as the tiny profile has it) the check only warns
+    cfg = load_config(write_config(tmp_path, ensemble={"members": [name], "combiners": ["log_linear"],
+                                                       "calibration": False, "quality_gate": False}))  # fmt: skip
+    report = run_pipeline(cfg, "ensemble", require_upstream=False)
+    assert report.ok, report.failed
+    assert _check(prepare_instance(cfg), ENSEMBLE_MODEL).evaluation.passed is False
+    assert (cfg.ensemble_dir / "submission.csv").exists()
