@@ -5,7 +5,7 @@
 Generates realistic 60-s HMS-format records (1/f background with spatial mixing, posterior alpha, occasional
 periodic discharges, 60-Hz line noise, an EKG column), then measures on the same records:
 
-* our pipeline (:func:`hms_core.preprocess.build_partition`: read parquet, NaN handling, artifacts, band-pass +
+* our pipeline (:func:`hms_core.partition.build_partition`: read parquet, NaN handling, artifacts, band-pass +
   notch, montage, clipping, robust scaling, spectrograms, features, streaming writes) against a like-for-like
   straightforward reference computing the same outputs one record at a time (pandas read, NaN interpolation,
   ``mne.filter.filter_data`` + ``notch_filter``, bipolar montage, per-derivation ``scipy.signal.spectrogram``,
@@ -16,7 +16,7 @@ periodic discharges, 60-Hz line noise, an EKG column), then measures on the same
   per-step timings;
 * the cost of each spectrogram type alone (records/s on one in-memory batch);
 * records/s and peak resident memory (whole process tree, each size in a fresh process) at three
-  dataset sizes, to show linear time and constant memory.
+  dataset sizes with all four spectrogram types, to show linear time and constant memory.
 
 The last line printed is ``RESULT key=value ...``. Besides wall-clock records/s it reports records per CPU-second
 (process CPU time of all threads), which stays meaningful when other jobs share the cores.
@@ -62,7 +62,7 @@ def make_record(rng: np.random.Generator, seconds: int = RECORD_S) -> np.ndarray
         side = np.array([ch[-1] in "13579" for ch in EEG_CHANNELS])
         rate = rng.uniform(0.7, 2.5)
         k = np.arange(-20, 21)
-        wave = 100 * (np.exp(-(k / 4.0) ** 2) - 0.5 * np.exp(-((k - 8) / 6.0) ** 2))
+        wave = 100 * (np.exp(-((k / 4.0) ** 2)) - 0.5 * np.exp(-(((k - 8) / 6.0) ** 2)))
         for s in np.arange(30, n - 30, int(SFREQ / rate)):
             eeg[side, s - 20 : s + 21] += wave
     eeg += 3 * np.sin(2 * np.pi * 60 * t)  # line noise
@@ -157,8 +157,15 @@ def reference_pipeline(rows: pd.DataFrame, eeg_dir: Path, specs: tuple[str, ...]
             if bad.any() and not bad.all():
                 ch[bad] = np.interp(np.flatnonzero(bad), np.flatnonzero(~bad), ch[~bad])
         x = np.nan_to_num(x)
-        x = mne.filter.filter_data(x, SFREQ, 0.5, 50.0, method="iir",
-                                   iir_params=dict(order=4, ftype="butter", output="sos"), verbose=False)
+        x = mne.filter.filter_data(
+            x,
+            SFREQ,
+            0.5,
+            50.0,
+            method="iir",
+            iir_params={"order": 4, "ftype": "butter", "output": "sos"},
+            verbose=False,
+        )
         x = mne.filter.notch_filter(x, SFREQ, 60.0, method="iir", verbose=False)
         bip = [np.clip(x[i] - x[j], -500, 500) for i, j in zip(a, b)]
         powers: dict[str, list[np.ndarray]] = {k: [] for k in specs}
@@ -177,12 +184,14 @@ def reference_pipeline(rows: pd.DataFrame, eeg_dir: Path, specs: tuple[str, ...]
                 pw = np.abs(coef) ** 2
                 powers["wavelet"].append(pw[:, : pw.shape[1] // hop * hop].reshape(len(scales), -1, hop).mean(-1))
             if "mel" in specs:
-                spec = ss.spectrogram(seg, SFREQ, nperseg=cfg.window_size, noverlap=cfg.overlap, nfft=cfg.mel_nfft)[2]
+                spec = ss.spectrogram(
+                    seg, SFREQ, nperseg=cfg.window_size, noverlap=cfg.overlap, nfft=cfg.mel_nfft
+                )[2]
                 powers["mel"].append(mel_fb.T @ spec)
             feats.append(_ref_features(seg, SFREQ))
             q25, q50, q75 = np.percentile(ch, [25, 50, 75])
             _ = (ch - q50) / max(q75 - q25, 1e-3)
-        for k, chans in powers.items():
+        for chans in powers.values():
             chains = np.stack(chans).reshape(4, 4, *chans[0].shape).mean(1)
             lp = np.log(chains + 1e-6)
             _ = (lp - lp.mean()) / lp.std()
@@ -202,11 +211,13 @@ def core_config(workers: int, specs: tuple[str, ...] = CORE_SPECS) -> Preprocess
 def _run_size(args: tuple, queue: mp.Queue) -> None:
     n_rows, n_files, eeg_dir, out_dir, batch, workers, *rest = args
     specs = tuple(rest[0]) if rest else CORE_SPECS
-    from hms_core.preprocess import build_partition
+    from hms_core.partition import build_partition
 
     rows = make_rows(n_rows, n_files)
     # warm-up on 2 other rows (imports, filter design, mel filter bank), not timed
-    build_partition(make_rows(2, n_files), Path(eeg_dir), None, Path(out_dir + "_warm"), core_config(1, specs), batch)
+    build_partition(
+        make_rows(2, n_files), Path(eeg_dir), None, Path(out_dir + "_warm"), core_config(1, specs), batch
+    )
     shutil.rmtree(out_dir + "_warm", ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
     m = build_partition(rows, Path(eeg_dir), None, Path(out_dir), core_config(workers, specs), batch)
@@ -321,11 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     scaling = []
     for n in args.sizes:
         r = run_in_fresh_process((n, args.n_files, str(eeg_dir), str(work / f"size_{n}"), args.batch_size,
-                                  args.workers))  # fmt: skip
+                                  args.workers, ALL_SPECS))  # fmt: skip
         scaling.append(r)
-        print(f"size {n}: {n / r['seconds']:.1f} records/s ({n / r['cpu_seconds']:.1f} per CPU-second), "
-              f"{r['seconds']:.1f} s, peak RSS of the process tree "
-              f"{r['peak_mb']:.0f} MB, output {r['bytes'] / 2**20:.0f} MiB")
+        print(
+            f"size {n}: {n / r['seconds']:.1f} records/s ({n / r['cpu_seconds']:.1f} per CPU-second), "
+            f"{r['seconds']:.1f} s, peak RSS of the process tree "
+            f"{r['peak_mb']:.0f} MB, output {r['bytes'] / 2**20:.0f} MiB"
+        )
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -68,14 +68,22 @@ def _band(freqs: np.ndarray, fmin: float, fmax: float) -> np.ndarray:
 
 
 def _stft_frames_power(x: torch.Tensor, window: torch.Tensor, nfft: int, hop: int) -> torch.Tensor:
+    """``|STFT|^2`` frame by frame: (..., n_frames, nfft // 2 + 1), contiguous (frames-major, as torch computes
+    it; the transforms transpose their band to (..., F, T) at the end)."""
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
     spec = torch.stft(
         flat, n_fft=nfft, hop_length=hop, win_length=window.shape[0], window=window, center=True,
         pad_mode="reflect", return_complex=True,
-    )  # fmt: skip
-    power = spec.real.square() + spec.imag.square()
+    ).transpose(-1, -2)  # fmt: skip
+    power = spec.real.square()
+    power.addcmul_(spec.imag, spec.imag)
     return power.reshape(*lead, *power.shape[-2:])
+
+
+def _to_freq_major(power: torch.Tensor) -> np.ndarray:
+    """(..., T, F) tensor -> contiguous (..., F, T) array."""
+    return power.transpose(-1, -2).contiguous().numpy()
 
 
 @lru_cache(maxsize=8)
@@ -101,7 +109,7 @@ class SpectralCache:
         return x is self.x
 
     def hann_power(self, window_size: int, hop: int, nfft: int) -> torch.Tensor:
-        """One-sided ``|STFT|^2`` (..., nfft // 2 + 1, n_frames) of the cached signal with a periodic Hann window."""
+        """One-sided ``|STFT|^2`` (..., n_frames, nfft // 2 + 1) of the cached signal with a periodic Hann window."""
         key = (window_size, hop)
         if key in self._power and self._power[key][0] % nfft == 0:
             n, power = self._power[key]
@@ -109,7 +117,7 @@ class SpectralCache:
             n = self.hann_nfft if self.hann_nfft and self.hann_nfft % nfft == 0 else nfft
             power = _stft_frames_power(_as_tensor(self.x), _hann(window_size), n, hop)
             self._power[key] = (n, power)
-        return power[..., :: n // nfft, :]
+        return power[..., :: n // nfft]
 
 
 def _band_slice(nfft: int, sfreq: float, fmin: float, fmax: float) -> tuple[np.ndarray, slice]:
@@ -132,10 +140,10 @@ def _windowed_psd(
     freqs, sl = _band_slice(nfft, sfreq, fmin, fmax)
     scales = (2.0 / (sfreq * windows.double().square().sum(-1) * len(windows))).tolist()
     xt = _as_tensor(x)
-    power = _stft_frames_power(xt, windows[0], nfft, hop)[..., sl, :].mul_(scales[0])
+    power = _stft_frames_power(xt, windows[0], nfft, hop)[..., sl].mul_(scales[0])
     for w, scale in zip(windows[1:], scales[1:]):
-        power.add_(_stft_frames_power(xt, w, nfft, hop)[..., sl, :], alpha=scale)
-    return power.numpy(), freqs[sl]
+        power.add_(_stft_frames_power(xt, w, nfft, hop)[..., sl], alpha=scale)
+    return _to_freq_major(power), freqs[sl]
 
 
 def stft_power(
@@ -155,7 +163,7 @@ def stft_power(
         return _windowed_psd(x, _hann(window_size)[None], sfreq, nfft, hop, fmin, fmax)
     freqs, sl = _band_slice(nfft, sfreq, fmin, fmax)
     scale = 2.0 / (sfreq * float(_hann(window_size).double().square().sum()))
-    return (cache.hann_power(window_size, hop, nfft)[..., sl, :] * scale).numpy(), freqs[sl]
+    return _to_freq_major(cache.hann_power(window_size, hop, nfft)[..., sl] * scale), freqs[sl]
 
 
 @lru_cache(maxsize=8)
@@ -175,8 +183,32 @@ def multitaper_power(
     fmax: float = 50.0,
     n_tapers: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sliding-window multitaper PSD: mean over ``n_tapers`` DPSS tapers (time-half-bandwidth (K+1)/2)."""
-    return _windowed_psd(x, _dpss(window_size, n_tapers), sfreq, nfft, hop, fmin, fmax)
+    """Sliding-window multitaper PSD: mean over ``n_tapers`` DPSS tapers (time-half-bandwidth (K+1)/2).
+
+    The frames are those of :func:`torch.stft` (centred, reflect-padded); the tapered DFTs of only the bins in
+    ``[fmin, fmax]`` are one matrix product with all tapers at once (each taper's PSD scale folded in), which is
+    cheaper than a full FFT per taper when the band is a fraction of the spectrum."""
+    freqs, sl = _band_slice(nfft, sfreq, fmin, fmax)
+    basis = _tapered_dft(window_size, nfft, n_tapers, sl.start, sl.stop, float(sfreq))
+    xt = _as_tensor(x)
+    lead, n_times = xt.shape[:-1], xt.shape[-1]
+    left = (nfft - window_size) // 2  # torch.stft centres the window inside the nfft-sample frame
+    padded = torch.nn.functional.pad(xt.reshape(-1, 1, n_times), (nfft // 2, nfft // 2), mode="reflect")[:, 0]
+    frames = padded.unfold(-1, nfft, hop)[..., left : left + window_size]  # (N, T, window_size)
+    coef = frames @ basis  # (N, T, 2 * K * F): re and im of every tapered bin, scaled
+    power = coef.square_().view(*coef.shape[:2], 2 * n_tapers, sl.stop - sl.start).sum(2)  # (N, T, F)
+    return _to_freq_major(power.reshape(*lead, *power.shape[1:])), freqs[sl]
+
+
+@lru_cache(maxsize=8)
+def _tapered_dft(window_size: int, nfft: int, n_tapers: int, k0: int, k1: int, sfreq: float) -> torch.Tensor:
+    """(window_size, 2 * K * (k1 - k0)): columns [cos | -sin] x taper x bin k0..k1-1 of an nfft-point DFT, times
+    each DPSS taper and the square root of its PSD scale 2 / (sfreq * sum(taper^2) * K)."""
+    tapers = _dpss(window_size, n_tapers).double().numpy()
+    phase = 2 * np.pi * np.arange(window_size)[:, None] * np.arange(k0, k1)[None] / nfft
+    scaled = tapers * np.sqrt(2.0 / (sfreq * np.square(tapers).sum(1, keepdims=True) * n_tapers))  # (K, W)
+    cols = [trig(phase) * sign * w[:, None] for trig, sign in ((np.cos, 1.0), (np.sin, -1.0)) for w in scaled]
+    return torch.from_numpy(np.concatenate(cols, 1).astype(np.float32))
 
 
 #: log2 of the number of points the wavelet is sampled at for ``pywt.cwt`` (its default, 12, is too coarse
@@ -290,8 +322,12 @@ def _morlet_plan(n_times: int, freqs: tuple[float, ...], sfreq: float, hop: int,
     for i, s in enumerate(sig_f):
         while 2 * steps[i] <= max_step and 2 * steps[i] * s <= _MORLET_STEP_WIDTH:
             steps[i] *= 2
-    # (the grid runs from -1/2 to past n_times - 1/2: two steps more than the signal, inside the padding)
-    n_ffts = (2 ** np.ceil(np.log2(n_times + np.maximum(half, 2 * steps) + 1))).astype(int)
+    # FFT lengths: 2^a, 1.25 * 2^a or 1.5 * 2^a (multiples of max_step, cheap for pocketfft), long enough for the
+    # padding and for the grid, which runs from -1/2 to two steps past n_times - 1/2
+    need = n_times + np.maximum(half, 2 * steps) + 1
+    sizes = np.array(sorted({int(2**a * r) for a in range(4, 31) for r in (1.0, 1.25, 1.5)}))
+    sizes = sizes[sizes % max_step == 0]
+    n_ffts = sizes[np.searchsorted(sizes, need)]
     fc = cf / scales  # centre frequencies, cycles / sample
     k0s = np.maximum(np.floor((fc - _MORLET_SIGMAS * sig_f) * n_ffts), 0).astype(int)
     k1s = np.minimum(np.ceil((fc + _MORLET_SIGMAS * sig_f) * n_ffts) + 1, n_ffts // 2 + 1).astype(int)
@@ -359,7 +395,7 @@ def _morlet_chunk(x: torch.Tensor, plan: _MorletPlan, out: torch.Tensor) -> None
                 zr[:, s, : 2 * (q1 - q0)].addcmul_(sp[:, 2 * (k0 + q0) : 2 * (k0 + q1)], resp[2 * q0 : 2 * q1])
         c = torch.fft.ifft(z, dim=-1, norm="forward")
         n_grid = g.pool.shape[0] // 2
-        c2 = torch.view_as_real(c[..., :n_grid]).square().view(r, n_scales, 2 * n_grid)
+        c2 = torch.view_as_real(c[..., :n_grid]).square_().view(r, n_scales, 2 * n_grid)
         # the replicated edge samples |c(0)|^2 (and |c(n_times - 1)|^2), exactly
         lo, hi = g.span
         band = raw[:, 2 * lo : 2 * hi].view(r, hi - lo, 2).transpose(1, 2)
@@ -482,11 +518,10 @@ def mel_power(
     centres (Hz)."""
     fb, lo, hi = _mel_filterbank(float(sfreq), nfft, float(fmin), float(fmax), n_mels)
     if cache is not None and cache.holds(x):
-        power = cache.hann_power(window_size, hop, nfft)[..., lo:hi, :]
+        power = cache.hann_power(window_size, hop, nfft)[..., lo:hi]
     else:
-        power = _stft_frames_power(_as_tensor(x), _hann(window_size), nfft, hop)[..., lo:hi, :]
-    mel = torch.matmul(power.transpose(-1, -2), fb).transpose(-1, -2)
-    return mel.numpy(), _mel_centres(fmin, fmax, n_mels)
+        power = _stft_frames_power(_as_tensor(x), _hann(window_size), nfft, hop)[..., lo:hi]
+    return _to_freq_major(torch.matmul(power, fb)), _mel_centres(fmin, fmax, n_mels)
 
 
 # --- registry entries (config-driven) -------------------------------------------------------------------------
