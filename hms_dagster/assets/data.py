@@ -8,6 +8,7 @@ from hms_core import folds as folds_lib
 from hms_core import labels as labels_lib
 from hms_core.io import write_parquet, write_text
 from hms_core.raw import ensure_raw_dataset
+from hms_core.synthetic.generator import GENERATOR_VERSION
 from hms_core.validation import DataValidationError, validate_raw_dir
 from hms_dagster.resources import WorkspaceResource, progress_logger, require_input
 from hms_dagster.stages import DATA, FOLDS, LABELS, RAW_DATASET
@@ -55,7 +56,9 @@ def build_data_assets(cfg) -> list:
         name=RAW_DATASET,
         group_name=GROUP,
         kinds={"parquet"},
-        code_version=code_version(cfg, RAW_KEYS),
+        # the generator's version too: a generated set from an older generator is regenerated; real data keeps its
+        # fingerprint (the data version), so nothing downstream goes stale when only the generator changed
+        code_version=f"{code_version(cfg, RAW_KEYS)}-gen{GENERATOR_VERSION}",
         description="The raw HMS competition folder (local, Kaggle download, or generated synthetic data), "
         "validated file by file.",
         check_specs=[
