@@ -420,7 +420,7 @@ def morlet_power(
     zero padding at the edges), so it matches ``pywt.cwt`` to about 2 % per frequency row; see
     :func:`morlet_power_reference`. It is computed band by band in the frequency domain: each scale's Gaussian
     response keeps only the FFT bins within 4.5 standard deviations, and its coefficients ``c`` are formed on a
-    grid of step ``D`` (a power of two up to hop/4, the coarser the narrower the response). The frame means
+    grid of step ``D`` (a power of two up to hop/2, the coarser the narrower the response). The frame means
     integrate ``|c|^2`` over each frame with Simpson weights on that grid (plus the replicated edge samples), so
     the power is a sum of squares with non-negative weights: never negative, whatever the input (a spike, a step,
     silence). The work per scale is proportional to its bandwidth. ``freqs`` defaults to 64 log-spaced 0.5-50 Hz.

@@ -182,3 +182,19 @@ def test_wavelet_must_be_a_complex_morlet() -> None:
         morlet_power(np.zeros((1, 2000), np.float32), wavelet="db4")
     with pytest.raises(ValueError, match="Invalid value for the 'freqs' parameter"):
         morlet_power(np.zeros((1, 2000), np.float32), freqs=np.array([1.0, 150.0]))
+
+
+@pytest.mark.parametrize("name", ["stft", "multitaper"])
+def test_windowed_psd_matches_scipy_spectrogram(name: str) -> None:
+    """STFT (torch) and multitaper (one matrix product for all tapers) equal scipy.signal.spectrogram's density
+    with the same windows, frame by frame (scipy's frames start at 0, ours are centred: ours k = scipy k - 1)."""
+    import scipy.signal as ss
+    from scipy.signal.windows import dpss
+
+    x = np.random.default_rng(4).normal(0, 30, (3, 2000)).astype(np.float32)
+    power, freqs = compute_spectrogram(name, x, CFG)
+    windows = [ss.get_window("hann", CFG.window_size)] if name == "stft" else dpss(CFG.window_size, 2.0, 3)
+    ref = np.mean([ss.spectrogram(x.astype(np.float64), SFREQ, window=w, nperseg=CFG.window_size,
+                                  noverlap=CFG.overlap, nfft=CFG.nfft, detrend=False)[2] for w in windows], axis=0)  # fmt: skip
+    band = np.isin(np.fft.rfftfreq(CFG.nfft, 1 / SFREQ), freqs)
+    np.testing.assert_allclose(power[:, :, 1 : 1 + ref.shape[-1]], ref[:, band], rtol=1e-3, atol=1e-4 * ref.max())
