@@ -193,7 +193,7 @@ def _fig_examples(oof: pd.DataFrame, y: np.ndarray, p: np.ndarray, review: pd.Da
     pick = pick[:n]
     cols = 3
     rows = int(np.ceil(len(pick) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 2.6 * rows), squeeze=False, layout="constrained")
     x = np.arange(len(CLASSES))
     for ax, i in zip(axes.ravel(), pick):
         ax.bar(x - 0.2, y[i], width=0.4, label="voted")
@@ -206,6 +206,43 @@ def _fig_examples(oof: pd.DataFrame, y: np.ndarray, p: np.ndarray, review: pd.Da
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Example windows: voted vs predicted (first: from the review list)", fontsize=9)
     return fig
+
+
+#: Heading and caption of each figure in the HTML report.
+FIGURE_TEXT: dict[str, tuple[str, str]] = {
+    "per_fold_spread": (
+        "Per-fold spread",
+        "KL of each patient fold (dots) and over all rows (bar); the ensemble's folds are its nested-CV figures.",
+    ),
+    "confusion_matrix": ("Confusion matrix against the expert consensus", "Vote argmax vs ensemble argmax."),
+    "roc_pr": ("ROC and precision-recall per class", "One class against the rest, the consensus as the label."),
+    "reliability": (
+        "Reliability before and after calibration",
+        (
+            "Confidence (largest probability) against the vote "
+            "fraction of the predicted class; on the diagonal a 70 % prediction agrees with 70 % of raters."
+        ),
+    ),
+    "kl_by_votes": (
+        "KL by vote count",
+        (
+            "Windows with few votes have noisy targets: even a perfect model scores "
+            "about (classes present - 1) / (2n) with n votes (black marks), so compare buckets, not rows."
+        ),
+    ),
+    "entropy": (
+        "Model uncertainty vs rater disagreement",
+        (
+            "A high rank correlation means the model is unsure where "
+            "the raters disagree: its entropy flags windows that need expert review."
+        ),
+    ),
+    "weights": ("Ensemble weights", "Members the selection dropped are grey."),
+    "examples": (
+        "Example windows",
+        "Voted and predicted distributions; the first ones come from the review list.",
+    ),
+}
 
 
 def _img(name: str, png: bytes) -> str:
@@ -259,7 +296,7 @@ def write_report(ensemble_dir: str | os.PathLike[str], n_examples: int = 6, seed
         f"<h1>{html.escape(title)}</h1>", summary,
         "<h2>KL per model and ensemble</h2>", _kl_table(metrics).to_html(index=False, escape=True),
         "<h3>Each combiner, nested CV</h3>", comb.to_html(index=False),
-        *(f"<h2>{name.replace('_', ' ')}</h2>{_img(name, png)}" for name, png in pngs.items()),
+        *(f"<h2>{FIGURE_TEXT[n][0]}</h2><p>{html.escape(FIGURE_TEXT[n][1])}</p>{_img(n, png)}" for n, png in pngs.items()),
         "<h2>Review list (top 20)</h2>",
         f"<p>Windows where the ensemble most disagrees with the raters or is most unsure (full list: {REVIEW_FILE}).</p>",
         review.head(20).to_html(index=False, escape=True),
