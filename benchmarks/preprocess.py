@@ -265,19 +265,28 @@ def run_in_fresh_process(args: tuple) -> dict:
 
 
 def spectrogram_costs(n: int = 100, seed: int = 1) -> dict[str, float]:
-    """records/s of each spectrogram type alone on one in-memory batch of bipolar segments (16 x 2000)."""
+    """records/s of each spectrogram type alone on one in-memory batch of bipolar segments (16 x 2000), with one
+    torch thread as in each preprocessing worker (several intra-op threads on shared, busy cores spin-wait and
+    can run 20x slower)."""
+    import torch
+
     from hms_core.spectral import chain_average, compute_spectrogram, log_normalize
 
     cfg = PreprocessingConfig().spectrogram
     rng = np.random.default_rng(seed)
     seg = (30 * rng.standard_normal((n, 16, 2000))).astype(np.float32)
     out = {}
-    for name in ("stft", "multitaper", "wavelet", "mel"):
-        compute_spectrogram(name, seg[:2], cfg)  # warm-up (filter banks, tapers)
-        t0 = time.perf_counter()
-        power, _ = compute_spectrogram(name, seg, cfg)
-        log_normalize(chain_average(power))
-        out[name] = n / (time.perf_counter() - t0)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in ("stft", "multitaper", "wavelet", "mel"):
+            compute_spectrogram(name, seg[:2], cfg)  # warm-up (filter banks, tapers)
+            t0 = time.perf_counter()
+            power, _ = compute_spectrogram(name, seg, cfg)
+            log_normalize(chain_average(power))
+            out[name] = n / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(n_threads)
     return out
 
 
@@ -326,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
           f"divided by {args.workers} workers)")  # fmt: skip
 
     costs = spectrogram_costs()
-    print("spectrogram cost alone (records/s, 16 derivations x 10 s): "
+    print("spectrogram cost alone (records/s, 16 derivations x 10 s, one torch thread): "
           + ", ".join(f"{k}={v:.0f}" for k, v in costs.items()))  # fmt: skip
 
     scaling = []
