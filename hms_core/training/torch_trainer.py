@@ -3,7 +3,9 @@
 :func:`fit` builds the model, the optimiser, the schedule and the EMA through small factories
 (:func:`create_optimizer`, :func:`create_scheduler`, :func:`create_ema`), restores ``checkpoints/last.pt`` when
 resuming, then runs epochs of :func:`train_one_epoch` and :func:`evaluate` (plain functions returning metrics),
-early-stops per stage on the validation KL of high-vote rows, and ends with :func:`finalize` (best weights,
+early-stops per stage on a smoothed validation KL (of the high-vote rows, or of every row when a fold has too few;
+:func:`~hms_core.training.schedule.monitor_mask`), stretches a small fold's schedule to ``training.min_steps``
+optimizer steps (:func:`plan_fold_schedule`), and ends with :func:`finalize` (best weights,
 out-of-fold and test predictions, ``final/``).
 
 Every epoch writes ``checkpoints/last.pt`` (model, optimiser, schedule, scaler, EMA, RNG states, loop state)
@@ -20,7 +22,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,15 @@ from hms_core.training.data import AugmentParams, RowDataset, all_rows, make_loa
 from hms_core.training.fold import FitContext, FoldData, FoldResult, fold_metrics, val_ids, write_fold_outputs
 from hms_core.training.inputs import InputSpec, infer_input_spec
 from hms_core.training.predict import predict_torch
-from hms_core.training.schedule import EMA, WarmupCosine
+from hms_core.training.schedule import (
+    EMA,
+    EarlyStopping,
+    SchedulePlan,
+    WarmupCosine,
+    monitor_mask,
+    plan_schedule,
+    steps_per_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,7 @@ __all__ = [
     "evaluate",
     "finalize",
     "fit",
+    "plan_fold_schedule",
     "resolve_device",
     "train_one_epoch",
 ]
@@ -81,8 +92,22 @@ def create_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim
     return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_epochs: int) -> WarmupCosine:
-    return WarmupCosine(optimizer, total_epochs, cfg.warmup_epochs)
+def plan_fold_schedule(data: FoldData, cfg: TrainingConfig) -> tuple[FoldData, SchedulePlan]:
+    """The fold's stages, warm-up and patience stretched to at least ``training.min_steps`` optimizer steps."""
+    world = distributed.context().world_size
+    plan = plan_schedule([s.n_epochs for s in data.stages],
+                         [steps_per_epoch(int(s.mask.sum()), cfg.batch_size, world) for s in data.stages],
+                         cfg.warmup_epochs, cfg.early_stopping_patience, cfg.min_steps)  # fmt: skip
+    if plan.factor > 1:
+        log.info("schedule stretched x%.2f to %d epochs (%d optimizer steps, training.min_steps=%d)",
+                 plan.factor, plan.total_epochs, plan.steps, cfg.min_steps)  # fmt: skip
+    stages = [replace(s, first_epoch=f, n_epochs=n)
+              for s, f, n in zip(data.stages, plan.stage_starts(), plan.stage_epochs)]  # fmt: skip
+    return replace(data, stages=stages), plan
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, plan: SchedulePlan) -> WarmupCosine:
+    return WarmupCosine(optimizer, plan.total_epochs, plan.warmup_epochs)
 
 
 def create_ema(model: torch.nn.Module, cfg: TrainingConfig) -> EMA | None:
@@ -114,7 +139,7 @@ class TrainState:
     next_epoch: int = 0
     best: float = float("inf")
     best_epoch: int = -1
-    bad_epochs: int = 0
+    stopping: dict[str, Any] = field(default_factory=dict)  # EarlyStopping.state_dict()
     history: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
     train_seconds: float = 0.0
@@ -245,7 +270,7 @@ def finalize(t: _Trainable, data: FoldData, ctx: FitContext, ispec: InputSpec, s
 
 
 # --- the whole fit --------------------------------------------------------------------------------------------
-def _build(data: FoldData, ctx: FitContext) -> tuple[_Trainable, InputSpec]:
+def _build(data: FoldData, ctx: FitContext, plan: SchedulePlan) -> tuple[_Trainable, InputSpec]:
     cfg = ctx.cfg
     dctx = distributed.context()
     device = resolve_device(cfg.device)
@@ -257,7 +282,7 @@ def _build(data: FoldData, ctx: FitContext) -> tuple[_Trainable, InputSpec]:
         model.set_grad_checkpointing(True)
     model.to(device)
     opt = create_optimizer(model, cfg)
-    sched = create_scheduler(opt, cfg, data.total_epochs)
+    sched = create_scheduler(opt, plan)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     ema = create_ema(model, cfg)
     train_model: torch.nn.Module = model
@@ -294,12 +319,17 @@ def fit(data: FoldData, ctx: FitContext) -> FoldResult:
     """Train a registered torch model on ``data`` (see the module docstring)."""
     cfg = ctx.cfg
     dctx = distributed.context()
-    t, ispec = _build(data, ctx)
+    data, plan = plan_fold_schedule(data, cfg)
+    t, ispec = _build(data, ctx, plan)
     state, chash = _restore(t, data, ctx, ispec)
+    stopper = EarlyStopping(plan.patience)
+    if state.stopping:
+        stopper.load_state_dict(state.stopping)
     ckpt_dir = ctx.out_dir / "checkpoints"
     aug = AugmentParams.from_config(cfg.augment)
     val_ds = RowDataset([data.val], all_rows(data.val), ispec)
     v_targets, high = data.val.targets, data.val_high_votes
+    monitored = monitor_mask(high)  # the high-vote rows, or every row when the fold has too few of them
     pin = t.device.type == "cuda"
     total = data.total_epochs
 
@@ -312,24 +342,22 @@ def fit(data: FoldData, ctx: FitContext) -> FoldResult:
         tr = train_one_epoch(t, loader, epoch, cfg, dctx.world_size)
         state.train_seconds += tr["train_seconds"]
         state.train_samples += int(tr["train_samples"])
-        ev, _ = evaluate(t.eval_model, val_ds, v_targets, high, cfg, t.device, t.amp)
+        ev, probs = evaluate(t.eval_model, val_ds, v_targets, high, cfg, t.device, t.amp)
         rec = {"epoch": epoch, "stage": stage.number, "train_loss": tr["train_loss"], **ev, "lr": tr["lr"],
                "train_samples_per_s": tr["train_samples_per_s"]}  # fmt: skip
         state.history.append(rec)
-        score = ev["val_kl_high_votes"]
-        if score < state.best - 1e-6:
-            state.best, state.best_epoch, state.bad_epochs = score, epoch, 0
+        score = kl_divergence(v_targets[monitored], probs[monitored])
+        if stopper.update(score):
+            state.best, state.best_epoch = score, epoch
             if dctx.is_main:
                 save_checkpoint(
                     ckpt_dir / BEST, {"model": t.eval_model.state_dict(), "epoch": epoch, "score": score}
                 )
-        else:
-            state.bad_epochs += 1
         finished = epoch
         epoch += 1
-        if state.bad_epochs >= cfg.early_stopping_patience:
+        if stopper.should_stop:
             log.info("early stopping at epoch %d (stage %d)", finished, stage.number)
-            state.bad_epochs = 0
+            stopper.reset_patience()
             nxt = data.next_stage_start(finished)
             if nxt is not None:
                 epoch = nxt
@@ -337,7 +365,7 @@ def fit(data: FoldData, ctx: FitContext) -> FoldResult:
                 state.done = True
         if epoch >= total:
             state.done = True
-        state.next_epoch = epoch
+        state.next_epoch, state.stopping = epoch, stopper.state_dict()
         if dctx.is_main:
             save_checkpoint(ckpt_dir / LAST, {**t.state_dict(), "rng": rng_state(), "state": state.to_dict(),
                                               "config_hash": chash, "epoch": finished,

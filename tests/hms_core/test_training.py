@@ -246,7 +246,9 @@ def test_factories_and_epoch_functions_return_metrics(data) -> None:
     model = create_model("resnet1d_gru", **TINY["resnet1d_gru"], n_chans=16, n_times=2000)
     opt = tt.create_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == cfg.weight_decay
-    sched, ema = tt.create_scheduler(opt, cfg, fd.total_epochs), tt.create_ema(model, cfg)
+    fd, plan = tt.plan_fold_schedule(fd, cfg)
+    assert plan.factor == 1.0 and fd.total_epochs == 2  # min_steps 0: the schedule as configured
+    sched, ema = tt.create_scheduler(opt, plan), tt.create_ema(model, cfg)
     assert ema is not None and tt.create_ema(model, tcfg(ema_decay=None)) is None
     spec = infer_input_spec("raw", fd.train[0], TINY["resnet1d_gru"])
     t = tt._Trainable(model, model, opt, sched, torch.amp.GradScaler("cuda", enabled=False), ema,
@@ -320,3 +322,14 @@ def test_partition_errors_name_the_file(tmp_path: Path, data) -> None:
     with pytest.raises(PartitionError, match=r"referential.npy does not exist; this partition has arrays"):
         p.array("referential")
     assert set(VOTE_COLUMNS) <= set(p.index.columns) and p.manifest["n_rows"] == len(p)
+
+
+def test_a_small_fold_trains_min_steps_and_monitors_every_row(data, tmp_path: Path) -> None:
+    """36 training rows at batch 16 make 2 steps an epoch: 2 epochs (4 steps) are stretched to min_steps=12 (6
+    epochs); the 36-row validation fold has fewer than MIN_MONITOR_ROWS high-vote rows: all rows are monitored."""
+    folds, _ = data
+    cfg = tcfg(min_steps=12, early_stopping_patience=50)
+    res = train_fold("resnet1d_gru", TINY["resnet1d_gru"], cfg, folds[:1], folds[2], None, tmp_path)
+    assert res.metrics["epochs"] == 6 and len(res.history) == 6
+    best = min(range(6), key=lambda i: res.history[i]["val_kl"])
+    assert res.metrics["best_epoch"] == best
