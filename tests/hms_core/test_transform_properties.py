@@ -84,7 +84,7 @@ def _spike(n_channels: int, n_times: int, at: int = N_SEG // 2) -> np.ndarray:
     return x
 
 
-@settings(PROPERTY, max_examples=60)
+@settings(PROPERTY, max_examples=40)
 @given(x=signals(16, N_SEG))
 @example(x=_spike(16, N_SEG))
 def test_every_spectrogram_is_finite_and_non_negative(x: np.ndarray) -> None:
@@ -96,7 +96,7 @@ def test_every_spectrogram_is_finite_and_non_negative(x: np.ndarray) -> None:
         assert np.isfinite(log_normalize(chain_average(power))).all(), name
 
 
-@settings(PROPERTY, max_examples=25)
+@settings(PROPERTY, max_examples=15)
 @given(x=signals(16, N_SEG), gain=st.floats(1e-2, 1e2))
 def test_power_scales_with_the_square_of_the_amplitude(x: np.ndarray, gain: float) -> None:
     """Power is quadratic in the input, so no transform hides a clamp or an offset: P(g x) = g^2 P(x)."""
