@@ -200,6 +200,7 @@ class PartitionManifest:
     nan_fraction: float
     n_windows_with_flags: int
     n_bad_windows: int
+    non_finite_zeroed: dict[str, int]
     folds: list[int]
     n_patients: int
     n_eegs: int
@@ -227,7 +228,9 @@ def _summary(index: pd.DataFrame, layout: Layout) -> dict[str, Any]:
     return {
         "n_flagged_channels": n_flag,
         "flagged_fraction": round(n_flag / max(n * N_EEG, 1), 6),
-        "flagged_bipolar_fraction": round(float(col("n_flagged_bipolar").sum()) / max(n * len(layout.bipolar), 1), 6),
+        "flagged_bipolar_fraction": round(
+            float(col("n_flagged_bipolar").sum()) / max(n * len(layout.bipolar), 1), 6
+        ),
         "nan_fraction": round(float(col("nan_fraction").mean()) if n else 0.0, 6),
         "n_windows_with_flags": int((col("n_flagged_channels") > 0).sum()),
         "n_bad_windows": int(col("bad_window").astype(bool).sum()),
@@ -263,7 +266,9 @@ def write_partition(
         shape, dt = specs[name]
         a = np.asarray(arr)
         if a.shape != shape:
-            raise PartitionError(f"write_partition: array {name!r} has shape {a.shape}, the layout expects {shape}")
+            raise PartitionError(
+                f"write_partition: array {name!r} has shape {a.shape}, the layout expects {shape}"
+            )
         from hms_core.io import save_npy
 
         save_npy(out_dir / f"{name}.npy", a.astype(dt, copy=False))
@@ -277,7 +282,7 @@ def write_partition(
         "out_dir": str(out_dir), "n_rows": n, "layout": layout.to_dict(),
         "shapes": {k: list(s) for k, (s, _) in written.items()}, "dtypes": {k: d for k, (_, d) in written.items()},
         "bytes": nbytes, "total_bytes": int(sum(nbytes.values())), "seconds": 0.0, "step_seconds": {},
-        "records_per_second": 0.0, **_summary(index, layout),
+        "records_per_second": 0.0, **_summary(index, layout), "non_finite_zeroed": {},
         "n_features": 0 if features is None else int(_width(features)), "resumed_from": 0, "batch_size": n,
         "config_hash": "", "config": {}, "files": [*files, MANIFEST_FILE],
     }  # fmt: skip
@@ -360,8 +365,9 @@ def _write_rows(path: Path, b0: int, arr: np.ndarray) -> None:
 
 def _run_batch(
     job: _BatchJob, cfg: PreprocessingConfig, eegs: _LRU, spec_tables: _LRU | None
-) -> tuple[int, dict[str, float]]:
-    """Read, preprocess and write one batch of rows into the partial arrays; returns (b0, step seconds)."""
+) -> tuple[int, dict[str, float], dict[str, int]]:
+    """Read, preprocess and write one batch of rows into the partial arrays; returns (b0, step seconds, counts of
+    non-finite values the transform zeroed per output)."""
     from hms_core.eeg_io import extract_window, kaggle_spectrogram_window
     from hms_core.preprocess import process_windows
     from hms_core.spectral import kaggle_spectrogram_image
@@ -399,7 +405,7 @@ def _run_batch(
     if out.features is not None:
         write_parquet(partial / f"features_{job.b0:09d}.parquet", out.features)
     secs["write"] = time.perf_counter() - t0
-    return job.b0, secs
+    return job.b0, secs, out.non_finite
 
 
 def build_partition(
@@ -464,15 +470,18 @@ def build_partition(
     todo = [b for b in starts if b not in done]
     resumed_from = _rows_in(done, batch_size, n)
     step_seconds: dict[str, float] = {}
+    non_finite: dict[str, int] = {}  # values the transform zeroed (their windows are flagged bad_window)
 
     def save_marker() -> None:
         state = {"fingerprint": fp, "done_batches": sorted(done), "n_rows": n, "batch_size": batch_size}
         write_json(marker, state)
 
-    def finished(b0: int, secs: dict[str, float]) -> None:
+    def finished(b0: int, secs: dict[str, float], zeroed: dict[str, int]) -> None:
         done.add(b0)
         for k, v in secs.items():
             step_seconds[k] = step_seconds.get(k, 0.0) + v
+        for k, v in zeroed.items():
+            non_finite[k] = non_finite.get(k, 0) + int(v)
         save_marker()
         if progress is not None:
             progress(_rows_in(done, batch_size, n), n)
@@ -493,35 +502,33 @@ def build_partition(
         _LRU(lambda i: read_kaggle_spectrogram_table(Path(str(spec_dir)) / f"{i}.parquet"), size=4 * cfg.workers)
         if with_kaggle else None
     )  # fmt: skip
-    workers = min(cfg.workers, len(jobs))
-    if workers > 1:
-        # threads, not processes: the heavy steps (parquet reads, SOS filters, FFTs, percentiles, torch) release
-        # the GIL, threads start instantly and share the file caches; worker processes paid seconds of imports
-        # each and pyarrow/torch thread pools are not fork-safe. torch runs one intra-op thread per worker.
-        from concurrent.futures import ThreadPoolExecutor
+    workers = max(1, min(cfg.workers, len(jobs)))
+    # threads, not processes: the heavy steps (parquet reads, SOS filters, FFTs, percentiles, torch) release the
+    # GIL, threads start instantly and share the file caches; worker processes paid seconds of imports each and
+    # pyarrow/torch thread pools are not fork-safe. torch runs one intra-op thread per worker, also with a single
+    # worker (two intra-op threads on busy shared cores spin-wait: the CWT and multitaper ran 20-25x slower).
+    import torch
 
-        import torch
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        n_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
             with ThreadPoolExecutor(workers, thread_name_prefix="hms-preprocess") as pool:
                 # at most 2 batches in flight per worker keeps peak memory ~ 2 * workers * batch_size windows
                 pending = []
                 for job in jobs:
                     pending.append(pool.submit(_run_batch, job, cfg, eegs, spec_tables))
                     if len(pending) >= 2 * workers:
-                        b0, secs = pending.pop(0).result()
-                        finished(b0, secs)
+                        finished(*pending.pop(0).result())
                 for fut in pending:
-                    b0, secs = fut.result()
-                    finished(b0, secs)
-        finally:
-            torch.set_num_threads(n_threads)
-    else:
-        for job in jobs:
-            b0, secs = _run_batch(job, cfg, eegs, spec_tables)
-            finished(b0, secs)
+                    finished(*fut.result())
+        else:
+            for job in jobs:
+                finished(*_run_batch(job, cfg, eegs, spec_tables))
+    finally:
+        torch.set_num_threads(n_threads)
     # finalise: index + features from the per-batch parts, then the arrays, then the manifest
     import polars as pl
 
@@ -562,6 +569,7 @@ def build_partition(
         step_seconds={k: round(v, 4) for k, v in step_seconds.items()},
         records_per_second=round(_rows_in(todo, batch_size, n) / max(seconds, 1e-9), 2),
         **_summary(index, layout),
+        non_finite_zeroed=non_finite,
         n_features=n_features,
         resumed_from=resumed_from,
         batch_size=batch_size,
@@ -660,7 +668,9 @@ class Partition:
         if self._features is None:
             f = self.path / FEATURES_FILE
             if not f.exists():
-                raise PartitionError(f"{f} does not exist (preprocessing.features.enabled is off for this partition)")
+                raise PartitionError(
+                    f"{f} does not exist (preprocessing.features.enabled is off for this partition)"
+                )
             df = pd.read_parquet(f)
             if len(df) != len(self.index):
                 raise PartitionError(f"{f} has {len(df)} rows but {self.path / INDEX_FILE} has {len(self.index)}")

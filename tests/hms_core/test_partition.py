@@ -63,6 +63,7 @@ def test_build_partition_layout_and_checks(raw: dict, tmp_path: Path) -> None:
     layout = Layout.from_dict(d["layout"])
     assert len(layout.frequencies("mel")) == d["shapes"]["spec_mel"][2]
     assert layout.segment == slice(4000, 6000) and layout.frames_per_second("kaggle") == 0.5
+    assert d["n_bad_windows"] == 0 and not any(d["non_finite_zeroed"].values())
     assert d["n_flagged_channels"] == 2 and d["folds"] == [1]  # T3 missing in the 2 windows of eeg 11
     assert json.loads((tmp_path / "p" / "manifest.json").read_text())["config"]["eeg"]["filter_low"] == 0.5
     assert not (tmp_path / "p" / ".partial").exists()
