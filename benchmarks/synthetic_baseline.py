@@ -56,7 +56,9 @@ def load_eeg_table(data_dir: str | Path) -> tuple[pl.DataFrame, np.ndarray]:
     rows = train.group_by("eeg_id", maintain_order=True).first()
     feats = []
     for eeg_id, off in zip(rows["eeg_id"].to_list(), rows["eeg_label_offset_seconds"].to_list()):
-        sig = pl.read_parquet(data_dir / "train_eegs" / f"{eeg_id}.parquet").select(list(EEG_CHANNELS)).to_numpy().T
+        sig = (
+            pl.read_parquet(data_dir / "train_eegs" / f"{eeg_id}.parquet").select(list(EEG_CHANNELS)).to_numpy().T
+        )
         a = int(off * SFREQ) + LABEL_START_SAMPLE
         feats.append(bandpower_features(sig[:, a : a + LABEL_WINDOW_SAMPLES]))
     return rows, np.stack(feats)
@@ -98,7 +100,7 @@ def cross_validate(rows: pl.DataFrame, feats: np.ndarray, n_splits: int = 5, see
         "prior_kl": kl_divergence(y[high], p_prior[high]),
         "bandpower_kl": kl_divergence(y[high], p_model[high]),
         "n_rows": int(high.sum()),
-        "n_eegs": int(len(y)),
+        "n_eegs": len(y),
     }
 
 
@@ -119,7 +121,9 @@ def main() -> None:
     t1 = time.perf_counter()
     rows, feats = load_eeg_table(args.out)
     res = cross_validate(rows, feats)
-    print(f"generate: {summary['seconds']:.1f} s ({t1 - t0:.1f} s wall), {summary['n_eegs']} EEGs, {summary['n_rows']} rows")
+    print(
+        f"generate: {summary['seconds']:.1f} s ({t1 - t0:.1f} s wall), {summary['n_eegs']} EEGs, {summary['n_rows']} rows"
+    )
     print(f"RESULT prior_kl={res['prior_kl']:.4f} bandpower_kl={res['bandpower_kl']:.4f} n_rows={res['n_rows']}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["invalid_value", "check_option", "check_range"]
+__all__ = ["check_option", "check_range", "invalid_value"]
 
 
 def invalid_value(parameter: str, value: Any, allowed: str) -> ValueError:

@@ -24,7 +24,9 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
     """Yield a temporary path beside ``target``; on success rename it to ``target`` (atomic on POSIX)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or f".tmp{target.suffix}", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix or f".tmp{target.suffix}", dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -59,8 +59,9 @@ def example_figure_markdown(partition_dir: str | Path) -> dict[str, str]:
     out = {"eeg_windows": _png_markdown(fig, "Bipolar 10 s segment, one example per class")}
     specs = sorted(part.spectrograms.items())
     if specs:
-        fig, axes = plt.subplots(len(specs), len(examples), figsize=(2.4 * len(examples), 1.8 * len(specs)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(specs), len(examples), figsize=(2.4 * len(examples), 1.8 * len(specs)), squeeze=False
+        )
         for r, (spec_type, arr) in enumerate(specs):
             for c, (cls, i) in enumerate(examples.items()):
                 ax = axes[r, c]
@@ -79,8 +80,14 @@ def learning_curve_markdown(history: list[dict]) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3))
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    keys = sorted({k for h in history for k, v in h.items() if isinstance(v, (int, float)) and
-                   (k.endswith("loss") or k.startswith("val_kl"))})
+    keys = sorted(
+        {
+            k
+            for h in history
+            for k, v in h.items()
+            if isinstance(v, (int, float)) and (k.endswith("loss") or k.startswith("val_kl"))
+        }
+    )
     for key in keys:
         pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=key)

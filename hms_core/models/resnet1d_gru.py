@@ -7,8 +7,6 @@ the resulting feature sequence and its outputs are mean- and max-pooled over tim
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +40,9 @@ class BasicBlock1d(nn.Module):
         self.se = SqueezeExcitation1d(c_out) if se else nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.drop(F.relu(self.bn1(self.conv1(x))))

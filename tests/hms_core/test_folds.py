@@ -85,7 +85,9 @@ def test_check_folds_class_balance_is_advisory() -> None:
         "eeg_id": list(range(10)), "patient_id": list(range(10)),
         "expert_consensus": ["Seizure"] * 5 + ["Other"] * 5,
     })  # fmt: skip
-    folds = labels.select("eeg_id", "patient_id").with_columns((pl.col("eeg_id") >= 5).cast(pl.Int64).alias("fold"))
+    folds = labels.select("eeg_id", "patient_id").with_columns(
+        (pl.col("eeg_id") >= 5).cast(pl.Int64).alias("fold")
+    )
     res = check_folds(folds, labels, n_folds=2)
     assert res["passed"] and not res["checks"]["class_balance"]["passed"]
     assert res["checks"]["class_balance"]["details"]["max_abs_deviation"] == pytest.approx(0.5)
@@ -99,7 +101,9 @@ def test_invalid_arguments() -> None:
         make_folds(labels, n_folds=5)
     with pytest.raises(ValueError, match="missing columns"):
         make_folds(labels.drop("patient_id"))
-    bad = labels.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(99).otherwise(pl.col("patient_id")).alias("patient_id"))
+    bad = labels.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(99).otherwise(pl.col("patient_id")).alias("patient_id")
+    )
     bad = pl.concat([bad, labels.head(1)])
     with pytest.raises(ValueError, match="several patients"):
         make_folds(bad, n_folds=2)

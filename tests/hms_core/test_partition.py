@@ -130,7 +130,9 @@ def test_resume_after_interruption(raw: dict, tmp_path: Path) -> None:
     build_partition(rows, root / "eegs", None, tmp_path / "q", cfg2, batch_size=1)
     a, b = load_partition(tmp_path / "p"), load_partition(tmp_path / "q")
     for k in a.arrays:
-        np.testing.assert_allclose(a.arrays[k].astype(np.float32), b.arrays[k].astype(np.float32), atol=2e-3, err_msg=k)
+        np.testing.assert_allclose(
+            a.arrays[k].astype(np.float32), b.arrays[k].astype(np.float32), atol=2e-3, err_msg=k
+        )
     pd.testing.assert_frame_equal(a.index, b.index)
 
 
@@ -147,8 +149,6 @@ def test_build_partition_reports_missing_file_and_columns(raw: dict, tmp_path: P
     late.loc[5, "eeg_label_offset_seconds"] = 30.0  # 30 + 50 s > 60 s file
     with pytest.raises(RecordError, match=r"12\.parquet \(row 5, offset 30.0 s\)' is too short"):
         build_partition(late, root / "eegs", None, tmp_path / "p", cfg, batch_size=2)
-
-
 
 
 def _burst_record(seconds: int = 60, offset_s: float = 5.0) -> np.ndarray:
