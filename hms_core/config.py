@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from hms_core.constants import SFREQ
+from hms_core.constants import SFREQ, SPECTROGRAM_TYPES
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "config"
 PROFILES = ("tiny", "demo", "full")
@@ -167,11 +167,11 @@ class EEGPreprocessingConfig(Section):
         return slice(start, start + self.segment_length)
 
 
-SpectrogramType = Literal["stft", "multitaper", "wavelet", "mel"]
+SpectrogramType = Literal[SPECTROGRAM_TYPES]  # the tuple unpacks into the Literal's values
 
 
 class SpectrogramConfig(Section):
-    types: list[SpectrogramType] = Field(default_factory=lambda: ["stft", "multitaper", "wavelet", "mel"])
+    types: list[SpectrogramType] = Field(default_factory=lambda: list(SPECTROGRAM_TYPES))
     window_size: int = Field(256, ge=16)
     overlap: int = Field(128, ge=0)
     nfft: int = Field(512, ge=16)

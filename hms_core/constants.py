@@ -130,5 +130,10 @@ SPEC_TIME_COLUMN: Final[str] = "time"
 #: (labels are rounded to 2 decimals, so the exact bin is at most 0.005 Hz away; bins are 0.195 Hz apart).
 SPEC_FREQ_TOLERANCE_HZ: Final[float] = 0.01
 
+#: The spectrogram types the platform computes from the EEG (``hms_core.spectral`` registers one function each),
+#: and the name of the competition's own 10-min spectrograms when they are stored beside them.
+SPECTROGRAM_TYPES: Final[tuple[str, ...]] = ("stft", "multitaper", "wavelet", "mel")
+KAGGLE_SPECTROGRAM: Final[str] = "kaggle"
+
 #: Rows with at least this many votes are the "high-quality" rows used for local validation.
 HIGH_VOTE_THRESHOLD: Final[int] = 10

@@ -38,6 +38,7 @@ from hms_core.config import PreprocessingConfig
 from hms_core.constants import (
     CHAIN_NAMES,
     EEG_CHANNELS,
+    KAGGLE_SPECTROGRAM,
     SFREQ,
     SPEC_FREQS,
     SPEC_ROW_S,
@@ -125,15 +126,15 @@ class Layout:
 
     @property
     def spectrogram_types(self) -> tuple[str, ...]:
-        return (*self.spectrogram_axes, *(("kaggle",) if self.with_kaggle else ()))
+        return (*self.spectrogram_axes, *((KAGGLE_SPECTROGRAM,) if self.with_kaggle else ()))
 
     def frequencies(self, spec_type: str) -> tuple[float, ...]:
-        if spec_type == "kaggle" and self.with_kaggle:
+        if spec_type == KAGGLE_SPECTROGRAM and self.with_kaggle:
             return tuple(SPEC_FREQS)
         return self._axes(spec_type)[0]
 
     def times(self, spec_type: str) -> tuple[float, ...]:
-        if spec_type == "kaggle" and self.with_kaggle:
+        if spec_type == KAGGLE_SPECTROGRAM and self.with_kaggle:
             return tuple(float(SPEC_ROW_S * i) for i in range(SPEC_WINDOW_ROWS))
         return self._axes(spec_type)[1]
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hms_core.config import NOT_A_RESULT
+from hms_core.constants import KAGGLE_SPECTROGRAM, SPECTROGRAM_TYPES
 
 InputKind = Literal["raw", "spectrogram", "features"]
 
@@ -65,7 +66,7 @@ class EfficientNetConfig(ModelConfig):
     pretrained: bool = True
     pretrained_path: str | None = Field(None, description="Local timm checkpoint to load when pretrained.")
     num_classes: int = Field(6, ge=6, le=6)
-    spectrograms: list[Literal["stft", "mel", "multitaper", "wavelet", "kaggle"]] = Field(
+    spectrograms: list[Literal[(*SPECTROGRAM_TYPES, KAGGLE_SPECTROGRAM)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["stft", "mel"],
         description="Spectrogram types stacked as image channels; each image tiles the 4 chains vertically.",
         min_length=1,

@@ -19,6 +19,7 @@ import pandas as pd
 from hms_core.config import EEGPreprocessingConfig
 from hms_core.constants import (
     EEG_WINDOW_SAMPLES,
+    KAGGLE_SPECTROGRAM,
     LABEL_WINDOW_SAMPLES,
     N_CLASSES,
     SFREQ,
@@ -34,7 +35,7 @@ CLASS_SIDE = (0, 0, 2, 0, 2, 2)  # 0 left (LL, LP chains), 2 both
 #: (frequency bins, frames) of each spectrogram type in the test partitions (small, fast to train on).
 DEFAULT_SPEC_SHAPES: dict[str, tuple[int, int]] = {
     "stft": (32, 40), "multitaper": (32, 40), "wavelet": (24, 40), "mel": (24, 40),
-    "kaggle": (len(SPEC_FREQS), SPEC_WINDOW_ROWS),
+    KAGGLE_SPECTROGRAM: (len(SPEC_FREQS), SPEC_WINDOW_ROWS),
 }  # fmt: skip
 
 
@@ -48,11 +49,11 @@ def synthetic_layout(n_times: int = EEG_WINDOW_SAMPLES, segment_length: int = LA
     axes = {
         name: (tuple(np.round(np.linspace(0.5, 20.0, fb), 4).tolist()),
                tuple(np.round((np.arange(tb) + 0.5) * span_s / tb, 4).tolist()))
-        for name, (fb, tb) in shapes.items() if name != "kaggle"
+        for name, (fb, tb) in shapes.items() if name != KAGGLE_SPECTROGRAM
     }  # fmt: skip
     return Layout(context_length=n_times, segment_start=seg.start, segment_length=segment_length,
                   bipolar=bipolar_names(False), dtype="float16", spectrogram_span="segment", spectrogram_axes=axes,
-                  with_kaggle="kaggle" in shapes)  # fmt: skip
+                  with_kaggle=KAGGLE_SPECTROGRAM in shapes)  # fmt: skip
 
 
 def make_partition(path: str | os.PathLike[str], n: int, seed: int = 0, fold: int = 0,

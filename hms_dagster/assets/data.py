@@ -6,6 +6,7 @@ import dagster as dg
 
 from hms_core import folds as folds_lib
 from hms_core import labels as labels_lib
+from hms_core.constants import HIGH_VOTE_THRESHOLD
 from hms_core.io import write_parquet, write_text
 from hms_core.raw import ensure_raw_dataset
 from hms_core.synthetic.generator import GENERATOR_VERSION
@@ -126,7 +127,7 @@ def build_data_assets(cfg) -> list:
                 "eegs": train["eeg_id"].n_unique(),
                 "patients": train["patient_id"].n_unique(),
                 "test_rows": test.height,
-                "rows_with_10plus_votes": int((votes >= 10).sum()),
+                f"rows_with_{HIGH_VOTE_THRESHOLD}plus_votes": int((votes >= HIGH_VOTE_THRESHOLD).sum()),
                 "class_counts": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
                 "duckdb": dg.MetadataValue.md(
                     "```python\nfrom hms_core.labels import query_labels\n"

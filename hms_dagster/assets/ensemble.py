@@ -9,6 +9,7 @@ nested-CV KL is not worse than its best member's.
 import dagster as dg
 
 from hms_core.config import PlatformConfig
+from hms_core.constants import HIGH_VOTE_THRESHOLD
 from hms_dagster.resources import WorkspaceResource, progress_logger
 from hms_dagster.stages import (
     ENSEMBLE,
@@ -27,7 +28,7 @@ CHECK = "not_worse_than_best_member"
 
 
 def _kl_table_markdown(metrics: dict) -> str:
-    lines = ["| model | KL all rows [95 % CI] | KL >= 10 votes [95 % CI] |", "|---|---|---|"]
+    lines = [f"| model | KL all rows [95 % CI] | KL >= {HIGH_VOTE_THRESHOLD} votes [95 % CI] |", "|---|---|---|"]
     for name, m in [*metrics["members"].items(), ("**ensemble (nested CV)**", metrics["ensemble"])]:
         lines.append(f"| {name} | {m['kl']:.4f} [{m['kl_low']:.4f}, {m['kl_high']:.4f}] | "
                      f"{m['kl_high_votes']:.4f} [{m['kl_high_votes_low']:.4f}, {m['kl_high_votes_high']:.4f}] |")  # fmt: skip
