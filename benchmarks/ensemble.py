@@ -7,7 +7,7 @@ Reads every fold's ``oof.parquet`` / ``test_pred.parquet`` of the members under 
 constructed ones, :mod:`hms_core.ensemble.testing`, into a scratch workspace), runs
 :func:`hms_core.ensemble.build.build_ensemble` into ``--out`` (default: a scratch folder, so the workspace's
 ensemble asset is left alone) and prints the KL table (out-of-fold KL of every member; the ensemble's nested-CV
-KL; patient-bootstrap 95 % intervals; all rows and >= 10-vote rows), each combiner's nested KL, and a last line
+KL; patient-bootstrap 95 % intervals; all rows and rows with >= HIGH_VOTE_THRESHOLD votes), each combiner's nested KL, and a last line
 
     RESULT best_member=<name> best_member_kl=... ensemble_kl=... gain_pct=... <combiner>_kl=... ...
 """
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from hms_core.config import load_config, parse_override
+from hms_core.constants import HIGH_VOTE_THRESHOLD
 from hms_core.ensemble.build import build_ensemble
 from hms_core.io import write_json
 
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = build_ensemble(cfg, out_dir=out_dir)
     secs = time.perf_counter() - t0
     m = out.metrics
-    print(f"{m['n_rows']} out-of-fold rows ({m['n_rows_high_votes']} with >= 10 votes), {m['n_patients']} patients; "
+    print(f"{m['n_rows']} out-of-fold rows ({m['n_rows_high_votes']} with >= {HIGH_VOTE_THRESHOLD} votes), {m['n_patients']} patients; "
           f"{cfg.dataset.n_folds} patient folds, nested CV; intervals: 95 % patient bootstrap")  # fmt: skip
-    print(f"{'model':<24} {'KL all rows':<28} {'KL >= 10 votes':<28} accuracy")
+    print(f"{'model':<24} {'KL all rows':<28} {f'KL >= {HIGH_VOTE_THRESHOLD} votes':<28} accuracy")
     for name, s in [*m["members"].items(), ("ENSEMBLE (nested CV)", m["ensemble"])]:
         print(f"{name:<24} {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]      "
               f"{s['kl_high_votes']:.4f} [{s['kl_high_votes_low']:.4f}, {s['kl_high_votes_high']:.4f}]      "
