@@ -13,8 +13,8 @@ label-preserving left/right flip are defined on it. The vocabulary holds the 16 
 central ones, so 16- and 18-derivation partitions share embeddings.
 
 No braindecode module fits: ``Labram`` needs referential channel names (no bipolar input), ``BIOT`` tokenises
-STFTs and has no per-token key-padding mask, and ``CBraMod`` runs about 2x slower than BIOT on these CPUs with no
-way to drop channels from attention. This encoder is a plain pre-norm transformer (the maths of
+per-channel STFTs (not the raw 1-s patches this objective reconstructs), and ``CBraMod`` runs about 2x slower
+than BIOT on these CPUs. This encoder is a plain pre-norm transformer (the maths of
 ``torch.nn.TransformerEncoderLayer``, on ``scaled_dot_product_attention`` with a broadcast key-padding mask) with
 LaBraM's recipe (1-s patches, channel + time embeddings, mask token).
 """
