@@ -152,9 +152,17 @@ def test_corpus_covers_whole_recordings_without_reading_labels(tmp_path):
     assert m["n_test_recordings"] == 1 and m["columns_read"]["train.csv"] == [ID_COLUMN]
     bip = corpus.shards[0].array("bipolar")
     assert bip.shape == (6, 18, 10000) and corpus.channels == CHANNELS
-    # the same transform as the training partitions: robust-scaled (median 0, IQR about 1 per derivation)
-    x = np.asarray(bip[0], np.float32)
-    assert np.abs(np.median(x, axis=1)).max() < 0.1
+    # the same transform as the training partitions: process_windows with the platform's EEG parameters
+    from hms_core.eeg_io import read_hms_eeg
+    from hms_core.foundation.data import corpus_config
+    from hms_core.preprocess import process_windows
+
+    ccfg = corpus_config(PreprocessingConfig())
+    assert ccfg.eeg.filter_low == PreprocessingConfig().eeg.filter_low and ccfg.eeg.scaling == "robust"
+    eeg = read_hms_eeg(recs[0].path)
+    ref = process_windows(eeg[None, 10000:20000], ccfg, compute_features=False)
+    np.testing.assert_array_equal(np.asarray(bip[1]), ref.bipolar[0].astype(np.float16))
+    assert np.abs(np.median(np.asarray(bip[0], np.float32), axis=1)).max() < 0.1
     again = build_corpus(recs, PreprocessingConfig(), tmp_path / "corpus", window=2000)
     assert again.manifest["seconds"] == m["seconds"]  # reused, not rebuilt
     assert len(select_recordings(recs, 2, None, 0)) == 2
