@@ -43,6 +43,6 @@ def augment_view(x: torch.Tensor, usable: torch.Tensor, generator: torch.Generat
     keep = usable & ~drop
     # keep a window's first usable derivation when the draw dropped all of them
     first = torch.zeros_like(usable)
-    first[torch.arange(b), usable.to(torch.int8).argmax(dim=1)] = True
+    first[torch.arange(b, device=usable.device), usable.to(torch.int8).argmax(dim=1)] = True
     keep = torch.where(keep.any(dim=1, keepdim=True), keep, usable & first)
     return v, keep
