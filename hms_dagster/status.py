@@ -18,6 +18,7 @@ from hms_dagster.stages import NOT_BUILT, STAGE_ORDER, stage_plan
 FIGURE_KEYS = (
     "rows", "train_rows", "train_patients", "eegs", "patients", "n_folds", "test_rows", "val_kl", "val_kl_high_votes", "prior_kl", "accuracy",
     "flagged_fraction", "bytes", "epochs", "seconds", "ensemble_kl", "best_member_kl", "gain_vs_best_pct",
+    "n_recordings", "recording_hours", "steps", "eval_loss",
 )  # fmt: skip
 
 
