@@ -326,7 +326,9 @@ class FoundationConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> FoundationConfig:
         if self.reconstruction_weight + self.spectrum_weight * self.spectrum_target + self.contrastive_weight <= 0:
-            raise ValueError("at least one of reconstruction_weight, spectrum_weight, contrastive_weight must be > 0")
+            raise ValueError(
+                "at least one of reconstruction_weight, spectrum_weight, contrastive_weight must be > 0"
+            )
         return self
 
 
@@ -347,8 +349,10 @@ class EnsembleConfig(Section):
         "log-probabilities + per-class bias, multinomial stacking on the members' log-probabilities.",
     )
     min_member_gain: float = Field(
-        0.001, ge=0, description="Greedy member selection: a member joins only if it lowers the inner-CV KL by "
-        "at least this much."
+        0.001,
+        ge=0,
+        description="Greedy member selection: a member joins only if it lowers the inner-CV KL by "
+        "at least this much.",
     )
     stacking_l2: float = Field(
         0.01, gt=0, description="L2 penalty of the stacking model (towards the geometric mean of the members)."

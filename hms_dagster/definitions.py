@@ -22,8 +22,12 @@ from hms_dagster.stages import all_stage_jobs
 
 
 def build_definitions(cfg: PlatformConfig) -> dg.Definitions:
-    assets = [*build_data_assets(cfg), *build_preprocessing_assets(cfg), *build_foundation_assets(cfg),
-              *build_model_assets(cfg)]
+    assets = [
+        *build_data_assets(cfg),
+        *build_preprocessing_assets(cfg),
+        *build_foundation_assets(cfg),
+        *build_model_assets(cfg),
+    ]
     assets += build_ensemble_assets(cfg)
     jobs = {j.name: j.job({CONFIG_HASH_TAG: cfg.config_hash}) for j in all_stage_jobs(cfg)}
     sensors, schedules = build_automation(cfg, jobs)

@@ -58,55 +58,6 @@ class WorkspaceResource(dg.ConfigurableResource):
             )
 
 
-class MLflowResource(dg.ConfigurableResource):
-    """MLflow tracking on a local sqlite file by default (``tracking_uri: null`` disables it).
-
-    One MLflow run per (model, fold) training, tagged with the Dagster run id. (dagster-mlflow's resource opens one
-    MLflow run per Dagster run, but one models run trains every enabled model of a fold, so the platform opens its
-    own runs through ``hms_core.tracking.MLflowLogger``.)
-    """
-
-    tracking_uri: str | None = None
-    experiment: str = "hms-eeg"
-    artifact_root: str = "mlflow_artifacts"
-
-    def logger(self, run_name: str, tags: dict[str, str], state_dir: str | None = None) -> Any | None:
-        if not self.tracking_uri:
-            return None
-        from hms_core.tracking import MLflowLogger
-
-        return MLflowLogger(
-            tracking_uri=self.tracking_uri,
-            experiment=self.experiment,
-            artifact_location=self.artifact_root,
-            run_name=run_name,
-            tags=tags,
-            state_file=Path(state_dir) / "mlflow_run.json" if state_dir else None,
-        )
-
-
-class WandbResource(dg.ConfigurableResource):
-    """Weights & Biases, offline by default (runs land in ``<root>/wandb``; ``wandb sync`` uploads them later)."""
-
-    project: str = "hms-eeg"
-    mode: str = "offline"
-    dir: str = "."
-
-    def logger(self, run_name: str, tags: dict[str, str], group: str | None = None) -> Any | None:
-        if self.mode == "disabled":
-            return None
-        from hms_core.tracking import WandbLogger
-
-        return WandbLogger(
-            project=self.project,
-            mode=self.mode,
-            run_name=run_name,
-            tags=[f"{k}:{v}" for k, v in tags.items()],
-            group=group,
-            dir=self.dir,
-        )
-
-
 def progress_logger(context, label: str, unit: str = "", every_s: float = 5.0):
     """A ``progress(done, total)`` callback for hms_core functions: logs to the run at most every ``every_s``."""
     last = [0.0]
@@ -142,11 +93,7 @@ def training_loggers(workspace: WorkspaceResource, job: Any, run_tags: dict[str,
 
 def build_resources(cfg: PlatformConfig) -> dict[str, Any]:
     return {
+        # MLflow and W&B are opened per training run by hms_core.tracking.build_loggers from cfg.logging (the same
+        # call as the torchrun entry point's), so they need no Dagster resource of their own
         "workspace": WorkspaceResource.from_config(cfg),
-        "mlflow": MLflowResource(
-            tracking_uri=cfg.mlflow_uri,
-            experiment=cfg.logging.mlflow_experiment,
-            artifact_root=str(cfg.root / "mlflow_artifacts"),
-        ),
-        "wandb": WandbResource(project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode, dir=str(cfg.root)),
     }

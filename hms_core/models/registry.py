@@ -58,7 +58,8 @@ def resolve_config(name: str, cfg: dict[str, Any] | None = None) -> dict[str, An
         out = spec.config_cls.model_validate(params).model_dump(mode="json")
     except ValidationError as e:
         errs = "; ".join(
-            f"models.{name}.{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors()
+            f"models.{name}.{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})"
+            for x in e.errors()
         )
         raise ValueError(errs) from None
     out.pop("enabled", None)

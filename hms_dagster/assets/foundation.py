@@ -10,7 +10,7 @@ reconstructed vs original patches, the encoder's paths and size. Training shares
 import dagster as dg
 
 from hms_dagster.assets.data import RAW_KEYS, code_version
-from hms_dagster.resources import MLflowResource, WandbResource, WorkspaceResource, progress_logger
+from hms_dagster.resources import WorkspaceResource, progress_logger
 from hms_dagster.stages import FOUNDATION, FOUNDATION_ENCODER, RAW_DATASET
 
 GROUP = FOUNDATION
@@ -49,8 +49,7 @@ def build_foundation_assets(cfg) -> list:
         description="Self-supervised EEG encoder (masked 1-s patch reconstruction + InfoNCE) pretrained on every "
         "available recording, train and test, without labels; eeg_foundation fine-tunes it.",
     )
-    def foundation_encoder(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
-                           mlflow: MLflowResource, wandb: WandbResource):  # fmt: skip
+    def foundation_encoder(context: dg.AssetExecutionContext, workspace: WorkspaceResource):  # fmt: skip
         import base64
 
         from hms_core.foundation.job import foundation_dir, run_foundation

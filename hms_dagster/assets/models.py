@@ -4,16 +4,12 @@ Partition ``fold_k`` trains on every other fold, predicts fold k (out-of-fold) a
 figures. A blocking check fails a model whose out-of-fold KL does not beat the class-prior baseline.
 """
 
-
-
 import dagster as dg
 
 from hms_core.models.specs import MODEL_SPECS
 from hms_dagster.assets.preprocessing import PREPROCESSING_KEYS
 from hms_dagster.partitions import fold_index, fold_partitions
 from hms_dagster.resources import (
-    MLflowResource,
-    WandbResource,
     WorkspaceResource,
     progress_logger,
     training_loggers,
@@ -54,18 +50,28 @@ def _build_model_asset(cfg, name: str):
         deps=[
             dg.AssetDep(upstream, partition_mapping=dg.AllPartitionMapping()),
             dg.AssetDep(TEST_WINDOWS),
-            *([dg.AssetDep(FOUNDATION_ENCODER)] if spec.config_cls.uses_foundation_encoder(cfg.models[name]) else []),
+            *(
+                [dg.AssetDep(FOUNDATION_ENCODER)]
+                if spec.config_cls.uses_foundation_encoder(cfg.models[name])
+                else []
+            ),
         ],
         code_version=code,
         kinds={spec.framework},
         pool="gpu" if spec.framework == "pytorch" else None,  # one accelerator: one torch training at a time
         description=f"{spec.description}. Partition fold_k: trained on the other folds, predicts fold k.",
-        check_specs=[dg.AssetCheckSpec("beats_prior", asset=key, blocking=True,
-                                       description="out-of-fold KL below the class-prior baseline")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "beats_prior",
+                asset=key,
+                blocking=True,
+                description="out-of-fold KL below the class-prior baseline",
+            )
+        ],
     )
     def _model(
-        context: dg.AssetExecutionContext, workspace: WorkspaceResource, mlflow: MLflowResource,
-        wandb: WandbResource,
+        context: dg.AssetExecutionContext,
+        workspace: WorkspaceResource,
     ):
         import math
 
@@ -96,8 +102,11 @@ def _build_model_asset(cfg, name: str):
             check_name="beats_prior",
             passed=bool(passed),
             severity=dg.AssetCheckSeverity.ERROR if cfg.training.quality_gate else dg.AssetCheckSeverity.WARN,
-            metadata={"val_kl": float(m["val_kl"]), "prior_kl": float(m["prior_kl"]),
-                      "ratio": float(m["val_kl"] / m["prior_kl"])},
+            metadata={
+                "val_kl": float(m["val_kl"]),
+                "prior_kl": float(m["prior_kl"]),
+                "ratio": float(m["val_kl"] / m["prior_kl"]),
+            },
         )
 
     return _model
