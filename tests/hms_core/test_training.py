@@ -38,6 +38,7 @@ TINY = {
         "min_child_samples": 5,
         "num_threads": 1,
     },
+    "eeg_foundation": {"model_size": "tiny", "pretrained": False},
 }
 
 
