@@ -375,8 +375,55 @@ class EnsembleConfig(Section):
     )
 
 
-class ExportConfig(ReservedSection):
-    """Reserved for the export / serving stage (not built yet)."""
+Precision = Literal["fp32", "int8"]
+
+
+class ExportConfig(Section):
+    """The export stage (``hms_core.export``): every fold model of every kept ensemble member as an ONNX engine
+    (flip TTA inside the graph), gated by parity against torch, plus the combiner and calibration, in a verified
+    deployment package under ``<root>/models/deployments/<version>/`` that runs with numpy + onnxruntime alone."""
+
+    enabled: bool = Field(True, json_schema_extra=NOT_A_RESULT, description="Build the export assets.")
+    members: list[str] | None = Field(
+        None, description="Members to export; null = the members the fitted ensemble kept (all of them are needed "
+        "to reproduce it, a subset is refused)."
+    )
+    precisions: list[Precision] = Field(
+        default_factory=lambda: ["fp32", "int8"], min_length=1,
+        description="Engines built per fold model: fp32 (always deployable when parity holds) and int8 "
+        "(dynamic quantisation for recurrent/transformer members, static calibrated for CNNs).",
+    )
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto", description="auto: torch.onnx dynamo exporter first, the TorchScript exporter where it fails or "
+        "fails parity; dynamo / torchscript: only that one."
+    )
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset of the TorchScript exporter (dynamo picks its own).")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "extended", description="onnxruntime graph optimisation level applied offline; the optimised model is saved."
+    )
+    fp32_tolerance: float = Field(
+        1e-4, gt=0, description="Blocking parity: max |p_onnx - p_torch| over the parity windows for fp32 engines."
+    )
+    int8_kl_tolerance: float = Field(
+        0.01, gt=0, description="int8 kept only if the mean KL(torch || int8) over the parity windows is below this."
+    )
+    parity_windows: int = Field(64, ge=1, description="Held-out windows (the fold's validation partition) per check.")
+    calibration_windows: int = Field(
+        256, ge=1, description="Training windows (the fold's train partitions) that calibrate static int8."
+    )
+    max_missing_channels: int = Field(
+        2, ge=0, le=19, description="The service refuses a recording missing more of the 19 EEG channels than this."
+    )
+    tensorrt: bool = Field(
+        True, json_schema_extra=NOT_A_RESULT,
+        description="Build TensorRT fp16 engines when tensorrt imports and a CUDA GPU is present (else recorded).",
+    )
+    intra_op_threads: int = Field(
+        2, ge=0, json_schema_extra=NOT_A_RESULT, description="onnxruntime intra-op threads (0 = one per core)."
+    )
+    benchmark_runs: int = Field(
+        5, ge=1, json_schema_extra=NOT_A_RESULT, description="Timed batches per engine for the latency metadata."
+    )
 
 
 #: Sections of the stages not built yet (a section class that is a ReservedSection takes no keys).
@@ -385,6 +432,49 @@ RESERVED_SECTIONS = tuple(
     for name, cls in (("foundation", FoundationConfig), ("ensemble", EnsembleConfig), ("export", ExportConfig))
     if issubclass(cls, ReservedSection)
 )
+
+
+# --- serving: the prediction service (hms_core.serving) and `hms predict`; never changes a pipeline result ----
+class ServingConfig(Section):
+    host: str = Field(
+        "127.0.0.1", json_schema_extra=NOT_A_RESULT, description="Address `hms serve` binds to (loopback only)."
+    )
+    port: int = Field(8000, ge=1, le=65535, json_schema_extra=NOT_A_RESULT, description="Port of `hms serve`.")
+    package: str | None = Field(
+        None,
+        json_schema_extra=NOT_A_RESULT,
+        description="Deployment package folder; null = the `latest` one under <root>/models/deployments.",
+    )
+    precision: Literal["fp32", "int8", "best"] = Field(
+        "fp32", json_schema_extra=NOT_A_RESULT, description="Engine precision the service asks the package for."
+    )
+    max_request_mb: float = Field(
+        64.0, gt=0, json_schema_extra=NOT_A_RESULT, description="Largest request body (Content-Length and stream)."
+    )
+    max_files: int = Field(16, ge=1, json_schema_extra=NOT_A_RESULT, description="Files per /predict/batch call.")
+    max_windows: int = Field(
+        720, ge=1, json_schema_extra=NOT_A_RESULT, description="10-s windows per request (720 = 2 h of EEG)."
+    )
+    batch_size: int = Field(
+        32, ge=1, json_schema_extra=NOT_A_RESULT, description="Windows preprocessed and predicted per engine call."
+    )
+    max_concurrency: int = Field(
+        2, ge=1, json_schema_extra=NOT_A_RESULT, description="Requests predicted at once; more get 503 at once."
+    )
+    queue_timeout_s: float = Field(
+        0.05, ge=0, json_schema_extra=NOT_A_RESULT, description="How long a request waits for a free slot."
+    )
+    max_sampling_rate: float = Field(
+        8192.0, gt=0, json_schema_extra=NOT_A_RESULT, description="Highest input sampling rate accepted (Hz)."
+    )
+    api_key_env: str = Field(
+        "HMS_API_KEY",
+        json_schema_extra=NOT_A_RESULT,
+        description="Environment variable holding the API key; auth is on when it is set and not empty.",
+    )
+    log_predictions: bool = Field(
+        True, json_schema_extra=NOT_A_RESULT, description="Append every prediction to the monitoring log."
+    )
 
 
 # --- logging: where runs are recorded, never what they produce ------------------------------------------------
@@ -410,6 +500,7 @@ class PlatformConfig(Section):
     training: TrainingConfig = TrainingConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     export: ExportConfig = ExportConfig()
+    serving: ServingConfig = ServingConfig()
     logging: LoggingConfig = LoggingConfig()
     #: The YAML file this config was read from (provenance only; relative roots resolve against the working
     #: directory, not against this file).
