@@ -477,6 +477,51 @@ class ServingConfig(Section):
     )
 
 
+# --- operations: how the platform runs itself (automation, instance storage, cluster); never a result ---------
+class OperationsConfig(Section):
+    automation: Literal["stopped", "running"] = Field(
+        "stopped", json_schema_extra=NOT_A_RESULT,
+        description="Initial state of the automation sensors (declarative automation and the raw-data sensor) "
+        "on an instance that has not seen them; switch them in the UI (Automation) afterwards.",
+    )
+    automation_interval_s: int = Field(
+        30, ge=5, json_schema_extra=NOT_A_RESULT, description="Seconds between automation condition evaluations."
+    )
+    raw_data_interval_s: int = Field(
+        60, ge=5, json_schema_extra=NOT_A_RESULT, description="Seconds between two looks at the raw data folder."
+    )
+    retrain_cron: str | None = Field(
+        "0 3 * * 0", json_schema_extra=NOT_A_RESULT,
+        description="Cron of the scheduled retrain of every model fold (UTC); null = only on data changes.",
+    )
+    io_retries: int = Field(
+        2, ge=0, le=10, json_schema_extra=NOT_A_RESULT,
+        description="Retries of a failed I/O step (download, file reads and writes, model registry).",
+    )
+    io_retry_delay_s: float = Field(
+        2.0, ge=0, json_schema_extra=NOT_A_RESULT, description="First retry delay; doubles per retry, +-jitter."
+    )
+    instance_storage: Literal["sqlite", "postgres"] = Field(
+        "sqlite", json_schema_extra=NOT_A_RESULT,
+        description="Dagster run/event/schedule storage written into a new instance's dagster.yaml: sqlite files "
+        "in DAGSTER_HOME, or PostgreSQL (dagster-postgres) at the URL in postgres_url_env.",
+    )
+    postgres_url_env: str = Field(
+        "HMS_DAGSTER_PG_URL", json_schema_extra=NOT_A_RESULT,
+        description="Environment variable with the PostgreSQL URL (postgresql://user:password@host:port/db); "
+        "read by Dagster at start-up, never written to a file.",
+    )
+    executor: Literal["multiprocess", "k8s"] = Field(
+        "multiprocess", json_schema_extra=NOT_A_RESULT,
+        description="multiprocess: steps as local processes; k8s: one Kubernetes pod per step (dagster-k8s).",
+    )
+    training_gpus: int = Field(
+        1, ge=0, le=16, json_schema_extra=NOT_A_RESULT,
+        description="GPUs a torch training step requests on Kubernetes (nvidia.com/gpu); above 1 the step runs "
+        "torchrun with one process per GPU.",
+    )
+
+
 # --- logging: where runs are recorded, never what they produce ------------------------------------------------
 class LoggingConfig(Section):
     wandb_project: str = Field("hms-eeg", json_schema_extra=NOT_A_RESULT)
@@ -501,6 +546,7 @@ class PlatformConfig(Section):
     ensemble: EnsembleConfig = EnsembleConfig()
     export: ExportConfig = ExportConfig()
     serving: ServingConfig = ServingConfig()
+    operations: OperationsConfig = OperationsConfig()
     logging: LoggingConfig = LoggingConfig()
     #: The YAML file this config was read from (provenance only; relative roots resolve against the working
     #: directory, not against this file).
