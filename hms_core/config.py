@@ -522,6 +522,124 @@ class OperationsConfig(Section):
     )
 
 
+# --- monitoring: the prediction log and the daily drift / quality assets (hms_core.monitoring) -------------------
+class MonitoringLogConfig(Section):
+    """The prediction log (``hms_core.monitoring.log.PredictionLog``): how it writes, never what a model does."""
+
+    store_identifiers: bool = Field(
+        False,
+        json_schema_extra=NOT_A_RESULT,
+        description="Keep record names / ids a caller passes (file names, eeg_id, patient_id); off = dropped.",
+    )
+    queue_rows: int = Field(
+        100_000,
+        ge=1,
+        json_schema_extra=NOT_A_RESULT,
+        description="Most rows waiting for the background writer; beyond it new rows are dropped and counted.",
+    )
+    flush_rows: int = Field(2000, ge=1, json_schema_extra=NOT_A_RESULT, description="Write once this many wait.")
+    flush_interval_s: float = Field(
+        5.0, gt=0, json_schema_extra=NOT_A_RESULT, description="Write at least this often while rows wait."
+    )
+    min_free_mb: float = Field(
+        100.0,
+        ge=0,
+        json_schema_extra=NOT_A_RESULT,
+        description="Stop writing (rows stay queued, /ready reports it) when the disk has less free space.",
+    )
+
+
+class DriftConfig(Section):
+    """``prediction_drift``: each logged day against the training distribution stored in the package."""
+
+    n_bins: int = Field(10, ge=2, le=50, description="Quantile bins of the reference per feature (PSI).")
+    reference_sample: int = Field(
+        2000, ge=50, description="Training values kept per feature in the reference for the KS test."
+    )
+    psi_warn: float = Field(0.1, gt=0, description="Population stability index of a feature: warn at or above.")
+    psi_error: float = Field(0.25, gt=0, description="PSI at or above which a feature has drifted (error).")
+    ks_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="Family-wise level of the two-sample KS tests (Bonferroni over the features): a feature "
+        "counts as drifted only when its PSI is over a threshold and its KS p-value is below ks_alpha / n_features.",
+    )
+    max_error_features: int = Field(
+        0, ge=0, description="The drift check fails (ERROR) when more features than this have drifted."
+    )
+    min_windows: int | None = Field(
+        None,
+        ge=1,
+        description="Windows a day needs before drift is judged; null = the size at which an unshifted day's PSI "
+        "stays under psi_warn (hms_core.monitoring.drift.min_windows_for_psi). Fewer: the check warns.",
+    )
+    features: list[str] | None = Field(
+        None, description="Monitored features; null = hms_core.monitoring.log.monitored_feature_columns()."
+    )
+
+
+class QualityConfig(Section):
+    """``prediction_quality``: KL and calibration of a day's windows once expert votes for them arrive."""
+
+    labels_dir: str = Field(
+        "monitoring/labels",
+        description="Folder (under the workspace) where CSVs of expert votes are dropped: window_id + the six "
+        "*_vote columns.",
+    )
+    min_labelled: int = Field(20, ge=1, description="Labelled windows a day needs before quality is judged.")
+    kl_warn_ratio: float = Field(
+        1.25, gt=0, description="Warn when the day's KL exceeds the reference (out-of-fold) KL times this."
+    )
+    kl_error_ratio: float = Field(1.5, gt=0, description="Fail (ERROR) above the reference KL times this.")
+    ece_warn: float = Field(0.1, gt=0, lt=1, description="Warn when the top-label ECE reaches this.")
+    ece_error: float = Field(0.2, gt=0, lt=1, description="Fail (ERROR) when the top-label ECE reaches this.")
+
+
+class MonitoringConfig(Section):
+    enabled: bool = Field(True, json_schema_extra=NOT_A_RESULT, description="Build the monitoring assets.")
+    root: str = Field(
+        "monitoring",
+        json_schema_extra=NOT_A_RESULT,
+        description="Folder (under the workspace) of the prediction log (predictions/) and the daily reports.",
+    )
+    start_date: str = Field(
+        "2026-12-01", json_schema_extra=NOT_A_RESULT, description="First day of the daily partitions (YYYY-MM-DD)."
+    )
+    request_retraining: bool = Field(
+        True,
+        json_schema_extra=NOT_A_RESULT,
+        description="A drift or quality check that fails with ERROR marks its evaluation retrain=true, which "
+        "the operations automation turns into the retraining cascade; false: the checks only report.",
+    )
+    log: MonitoringLogConfig = MonitoringLogConfig()
+    drift: DriftConfig = DriftConfig()
+    quality: QualityConfig = QualityConfig()
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> MonitoringConfig:
+        from datetime import date
+
+        if self.drift.psi_warn >= self.drift.psi_error:
+            raise ValueError(
+                f"monitoring.drift.psi_warn ({self.drift.psi_warn}) must be below psi_error ({self.drift.psi_error})"
+            )
+        q = self.quality
+        if q.kl_warn_ratio >= q.kl_error_ratio:
+            raise ValueError(
+                f"monitoring.quality.kl_warn_ratio ({q.kl_warn_ratio}) must be below kl_error_ratio ({q.kl_error_ratio})"
+            )
+        if q.ece_warn >= q.ece_error:
+            raise ValueError(f"monitoring.quality.ece_warn ({q.ece_warn}) must be below ece_error ({q.ece_error})")
+        try:
+            date.fromisoformat(self.start_date)
+        except ValueError:
+            raise ValueError(
+                f"monitoring.start_date must be a date such as '2026-12-01', got {self.start_date!r}"
+            ) from None
+        return self
+
+
 # --- logging: where runs are recorded, never what they produce ------------------------------------------------
 class LoggingConfig(Section):
     wandb_project: str = Field("hms-eeg", json_schema_extra=NOT_A_RESULT)
@@ -547,6 +665,7 @@ class PlatformConfig(Section):
     export: ExportConfig = ExportConfig()
     serving: ServingConfig = ServingConfig()
     operations: OperationsConfig = OperationsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = LoggingConfig()
     #: The YAML file this config was read from (provenance only; relative roots resolve against the working
     #: directory, not against this file).
