@@ -6,6 +6,8 @@
     hms demo-data --out DIR --patients N --seed S
     hms validate --data DIR
     hms inspect RECORD.edf|RECORD.parquet
+    hms serve [--package PATH] [--host H] [--port P]
+    hms predict FILE... [--package PATH] [--out CSV]
     hms ui
     hms config
     hms submit [--file submission.csv] [--message TEXT]
@@ -311,6 +313,61 @@ def inspect(
         "n_features": int(out["features"].width) if out.get("features") is not None else 0,
     }
     typer.echo(json.dumps(summary, indent=None if as_json else 2, default=str))
+
+
+@app.command()
+def serve(
+    package: Annotated[
+        Path | None,
+        typer.Option("--package", help="Deployment package folder; default serving.package or latest."),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Bind address; default serving.host (127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port; default serving.port (8000).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve predictions over HTTP (FastAPI + uvicorn): POST /predict and /predict/batch; GET /health, /ready,
+    /metadata and the OpenAPI docs at /docs."""
+    from hms_core.serving.commands import package_errors
+    from hms_core.serving.commands import serve as run_service
+
+    cfg = _load(config)
+    try:
+        run_service(cfg, None if package is None else str(package), host, port)
+    except package_errors() as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="HMS EEG parquet, EDF/BDF or JSON recordings.")],
+    package: Annotated[
+        Path | None,
+        typer.Option("--package", help="Deployment package folder; default serving.package or latest."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV with one row per 10-s window.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Predict recordings offline through the service's code path: the same numbers as POST /predict (JSON on
+    stdout, or one CSV row per window with --out). Exit 1 when a file could not be scored (named on stderr)."""
+    from hms_core.serving.commands import package_errors, predict_to_csv
+
+    cfg = _load(config)
+    try:
+        results, errors = predict_to_csv(cfg, [str(f) for f in files], None if package is None else str(package),
+                                         None if out is None else str(out))  # fmt: skip
+    except package_errors() as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    if out is None:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
+    else:
+        typer.echo(f"wrote {sum(len(r.windows) for r in results)} windows of {len(results)} file(s) to {out}")
+    for name, err in errors:
+        typer.echo(f"{name}: {err.message}", err=True)
+    raise typer.Exit(1 if errors else 0)
 
 
 @app.command()

@@ -1,0 +1,134 @@
+"""What ``hms serve`` and ``hms predict`` do (the CLI bodies stay thin): find the package, open the prediction log,
+run uvicorn, or predict files offline through the service's own :class:`~hms_core.serving.predictor.Predictor`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hms_core.serving.errors import ServingError
+from hms_core.serving.predictor import Predictor, RecordingResult, result_columns, result_rows
+
+if TYPE_CHECKING:
+    from hms_core.config import PlatformConfig
+
+__all__ = ["PackageNotFound", "open_prediction_log", "package_errors", "predict_to_csv", "resolve_package", "serve", "write_csv"]
+
+_log = logging.getLogger(__name__)
+#: Folder of the deployment packages under the workspace, and the name of the pointer to the newest one.
+DEPLOYMENTS_DIR = "models/deployments"
+LATEST = "latest"
+
+
+class PackageNotFound(FileNotFoundError):
+    """No deployment package where one was looked for; the message says where and how to build one."""
+
+
+def resolve_package(cfg: PlatformConfig, package: str | os.PathLike[str] | None = None) -> Path:
+    """``package`` (relative to the working directory), else ``serving.package`` (relative to the workspace root),
+    else the ``latest`` pointer under ``<root>/models/deployments`` (a symlink to the version folder, or a file
+    naming it), else the newest version folder there (one with a manifest.json)."""
+    if package is not None or cfg.serving.package is not None:
+        path = Path(package).expanduser().resolve() if package is not None else cfg.path(cfg.serving.package)
+        if not path.is_dir():
+            raise PackageNotFound(f"deployment package folder '{path}' does not exist.")
+        return path
+    root = cfg.path(DEPLOYMENTS_DIR)
+    latest = root / LATEST
+    if latest.is_dir():
+        return latest.resolve()
+    if latest.is_file():
+        name = latest.read_text(encoding="utf-8").strip()
+        target = root / name
+        if name and "/" not in name and "\\" not in name and target.is_dir():
+            return target
+        raise PackageNotFound(f"'{latest}' names '{name}', which is not a package folder in {root}.")
+    versions = sorted(
+        (p for p in root.glob("*") if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime
+    )
+    if versions:
+        return versions[-1]
+    raise PackageNotFound(
+        f"no deployment package under '{root}': build one with `hms run --stage export`, or pass --package PATH."
+    )
+
+
+def package_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "no usable package" (the CLI exits 2 on them, naming the file)."""
+    errors: tuple[type[BaseException], ...] = (PackageNotFound, ValueError, OSError)
+    try:
+        from hms_core.export import PackageError
+
+        errors = (*errors, PackageError)
+    except ImportError:
+        pass
+    return errors
+
+
+def open_prediction_log(cfg: PlatformConfig) -> Any | None:
+    """The workspace's :class:`hms_core.monitoring.log.PredictionLog`, or None when logging is off or unavailable."""
+    if not cfg.serving.log_predictions:
+        return None
+    try:
+        from hms_core.monitoring.log import PredictionLog
+
+        return PredictionLog.from_config(cfg)
+    except Exception as e:  # noqa: BLE001 - predictions go on without the log; the warning says why
+        _log.warning("prediction log unavailable, predictions are not logged: %s: %s", type(e).__name__, e)
+        return None
+
+
+def serve(cfg: PlatformConfig, package: str | None, host: str | None, port: int | None) -> None:
+    """Run the service under uvicorn (one process; concurrency is ``serving.max_concurrency`` threads)."""
+    import uvicorn
+
+    from hms_core.serving.app import create_app
+
+    settings = cfg.serving
+    path = resolve_package(cfg, package)
+    app = create_app(path, settings, prediction_log=open_prediction_log(cfg))
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info", server_header=False)
+
+
+def write_csv(results: Sequence[RecordingResult], out: str | os.PathLike[str]) -> Path:
+    """One row per window of every result (:func:`~hms_core.serving.predictor.result_columns`), atomically."""
+    from hms_core.io import atomic_path
+
+    out = Path(out)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=result_columns())
+        writer.writeheader()
+        for res in results:
+            writer.writerows(result_rows(res.to_dict()))
+    return out
+
+
+def predict_to_csv(
+    cfg: PlatformConfig, files: Sequence[str | os.PathLike[str]], package: str | None, out: str | None
+) -> tuple[list[RecordingResult], list[tuple[str, ServingError]]]:
+    """``hms predict``: each file through the service's path (the CSV rows equal the service's JSON windows).
+
+    Returns the results and, for the files that could not be scored, (file, error naming the problem)."""
+    path = resolve_package(cfg, package)
+    predictor = Predictor.from_path(path, cfg.serving)
+    log = open_prediction_log(cfg)
+    if log is not None:
+        predictor.attach_log(log, "predict")
+    results, errors = [], []
+    try:
+        for f in files:
+            try:
+                results.extend(predictor.predict_files([f]))
+            except ServingError as e:
+                errors.append((str(f), e))
+    finally:
+        if log is not None:
+            log.close()
+    if out is not None:
+        write_csv(results, out)
+    return results, errors
