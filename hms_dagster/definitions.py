@@ -16,8 +16,9 @@ from hms_dagster.assets.ensemble import build_ensemble_assets
 from hms_dagster.assets.foundation import build_foundation_assets
 from hms_dagster.assets.models import build_model_assets
 from hms_dagster.assets.preprocessing import build_preprocessing_assets
-from hms_dagster.resources import CONFIG_HASH_TAG, build_resources
-from hms_dagster.sensors import build_automation
+from hms_dagster.automation import apply_automation, automation_sensor
+from hms_dagster.resources import CONFIG_HASH_TAG, build_executor, build_resources
+from hms_dagster.sensors import build_sensors
 from hms_dagster.stages import all_stage_jobs
 
 
@@ -29,14 +30,16 @@ def build_definitions(cfg: PlatformConfig) -> dg.Definitions:
         *build_model_assets(cfg),
     ]
     assets += build_ensemble_assets(cfg)
+    # declarative automation, set here for every stage's assets (hms_dagster.automation)
+    assets, automated = apply_automation(cfg, assets)
     jobs = {j.name: j.job({CONFIG_HASH_TAG: cfg.config_hash}) for j in all_stage_jobs(cfg)}
-    sensors, schedules = build_automation(cfg, jobs)
+    sensors = [*build_sensors(cfg, jobs), automation_sensor(cfg, automated)]
     return dg.Definitions(
         assets=assets,
         jobs=list(jobs.values()),
         sensors=sensors,
-        schedules=schedules,
         resources=build_resources(cfg),
+        executor=build_executor(cfg, assets),
     )
 
 

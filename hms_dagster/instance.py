@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from hms_core.config import CONFIG_ENV_VAR, PlatformConfig
+from hms_dagster.deployment import storage_yaml
 
 DAGSTER_YAML = """\
 # Written by hms on first use; edit freely (docs.dagster.io, "dagster.yaml reference").
@@ -73,7 +74,7 @@ def prepare_instance(cfg: PlatformConfig) -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     yaml_path = home / "dagster.yaml"
     if not yaml_path.exists():
-        yaml_path.write_text(DAGSTER_YAML)
+        yaml_path.write_text(DAGSTER_YAML + storage_yaml(cfg))
     return dg.DagsterInstance.from_config(str(home))
 
 

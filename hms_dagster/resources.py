@@ -9,6 +9,7 @@ file is never read again during a run. A long-lived UI picks up edits when the c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -58,6 +59,16 @@ class WorkspaceResource(dg.ConfigurableResource):
             )
 
 
+@contextlib.contextmanager
+def no_retry_on(*errors: type[BaseException]):
+    """Inside a step with a retry policy: ``errors`` (bad data, no credentials) fail the step at once, as a
+    ``dagster.Failure`` that is not retried, with the original message and the original error as its cause."""
+    try:
+        yield
+    except errors as e:
+        raise dg.Failure(description=f"{type(e).__name__}: {e}", allow_retries=False) from e
+
+
 def progress_logger(context, label: str, unit: str = "", every_s: float = 5.0):
     """A ``progress(done, total)`` callback for hms_core functions: logs to the run at most every ``every_s``."""
     last = [0.0]
@@ -89,6 +100,26 @@ def training_loggers(workspace: WorkspaceResource, job: Any, run_tags: dict[str,
 
     return build_loggers(workspace.config, job.run_name, {**job.tags, **run_tags}, group=job.model,
                          state_dir=job.out_dir)  # fmt: skip
+
+
+def gpu_steps(assets: list) -> list[str]:
+    """The step keys (op names) of the assets in the ``gpu`` pool: every torch training, pretraining included."""
+    from hms_dagster.instance import TRAINING_POOL
+
+    return sorted(a.op.name for a in assets if isinstance(a, dg.AssetsDefinition) and a.op.pool == TRAINING_POOL)
+
+
+def build_executor(cfg: PlatformConfig, assets: list) -> dg.ExecutorDefinition | None:
+    """``operations.executor``: None (Dagster's multiprocess default) or ``k8s_job_executor``, one pod per step,
+    with the GPU requests of :func:`hms_dagster.deployment.gpu_step_config` on the :func:`gpu_steps` of ``assets``
+    (its other settings come from the run launcher of ``deploy/dagster.yaml``)."""
+    if cfg.operations.executor != "k8s":
+        return None
+    from dagster_k8s import k8s_job_executor
+
+    from hms_dagster.deployment import executor_config
+
+    return k8s_job_executor.configured(executor_config(cfg, gpu_steps(assets)), name="k8s_job_executor")
 
 
 def build_resources(cfg: PlatformConfig) -> dict[str, Any]:

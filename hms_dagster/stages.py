@@ -88,13 +88,25 @@ class StageJob:
     asset_keys: tuple[str, ...]
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    #: The asset group the job selects (less ``exclude``); ``asset_keys`` is then what the group holds, checked
+    #: by tests/hms_dagster/test_definitions.py. None: the job selects ``asset_keys``.
+    group: str | None = None
+    exclude: tuple[str, ...] = ()
+
+    def selection(self) -> dg.AssetSelection:
+        import dagster as dg
+
+        if self.group is None:
+            return dg.AssetSelection.assets(*self.asset_keys)
+        sel = dg.AssetSelection.groups(self.group)
+        return sel - dg.AssetSelection.assets(*self.exclude) if self.exclude else sel
 
     def job(self, extra_tags: dict[str, str] | None = None) -> dg.UnresolvedAssetJobDefinition:
         import dagster as dg
 
         return dg.define_asset_job(
             self.name,
-            selection=dg.AssetSelection.assets(*self.asset_keys),
+            selection=self.selection(),
             description=self.description,
             tags={"hms/job": self.name, **self.tags, **(extra_tags or {})},
         )
@@ -103,19 +115,20 @@ class StageJob:
 def stage_plan(cfg: PlatformConfig) -> dict[str, list[StageJob]]:
     models = tuple(model_asset_key(m) for m in cfg.enabled_models())
     plan: dict[str, list[StageJob]] = {
-        DATA: [StageJob(DATA_JOB, False, (RAW_DATASET, LABELS, FOLDS), "Resolve, validate and fold the raw dataset.")],
+        DATA: [StageJob(DATA_JOB, False, (RAW_DATASET, LABELS, FOLDS), "Resolve, validate and fold the raw dataset.",
+                        group=DATA)],
         PREPROCESSING: [
             StageJob(TEST_PREPROCESSING_JOB, False, (TEST_WINDOWS,), "Preprocess the test set."),
             StageJob(PREPROCESSING_JOB, True, tuple(preprocessing_asset_keys(cfg)),
-                     "Windows, spectrograms and features of one fold."),
+                     "Windows, spectrograms and features of one fold.", group=PREPROCESSING, exclude=(TEST_WINDOWS,)),
         ],
         FOUNDATION: [StageJob(FOUNDATION_JOB, False, (FOUNDATION_ENCODER,),
-                              "Pretrain the EEG foundation encoder on every recording (no labels).")]
+                              "Pretrain the EEG foundation encoder on every recording (no labels).", group=FOUNDATION)]
         if cfg.foundation.enabled else [],
         MODELS: [StageJob(MODELS_JOB, True, models, "Train every enabled classifier on one fold.",
-                          {"dagster/max_retries": "1"})] if models else [],
+                          {"dagster/max_retries": "1"}, group=MODELS)] if models else [],
         ENSEMBLE: [StageJob(ENSEMBLE_JOB, False, tuple(ensemble_asset_keys(cfg)),
-                            "Blend every fold of every member: ensemble, report, submission, registry.")]
+                            "Blend every fold of every member: ensemble, report, submission, registry.", group=ENSEMBLE)]
         if ensemble_asset_keys(cfg) else [],
         EXPORT: [],
     }  # fmt: skip

@@ -8,10 +8,11 @@ from hms_core import folds as folds_lib
 from hms_core import labels as labels_lib
 from hms_core.constants import HIGH_VOTE_THRESHOLD
 from hms_core.io import write_parquet, write_text
-from hms_core.raw import ensure_raw_dataset
+from hms_core.raw import RawDataUnavailableError, RefusedToDeleteError, ensure_raw_dataset
 from hms_core.synthetic.generator import GENERATOR_VERSION
 from hms_core.validation import DataValidationError, validate_raw_dir
-from hms_dagster.resources import WorkspaceResource, progress_logger, require_input
+from hms_dagster.automation import io_retry_policy
+from hms_dagster.resources import WorkspaceResource, no_retry_on, progress_logger, require_input
 from hms_dagster.stages import DATA, FOLDS, LABELS, RAW_DATASET
 
 GROUP = DATA
@@ -60,6 +61,7 @@ def build_data_assets(cfg) -> list:
         # the generator's version too: a generated set from an older generator is regenerated; real data keeps its
         # fingerprint (the data version), so nothing downstream goes stale when only the generator changed
         code_version=f"{code_version(cfg, RAW_KEYS)}-gen{GENERATOR_VERSION}",
+        retry_policy=io_retry_policy(cfg),  # the download and the file reads
         description="The raw HMS competition folder (local, Kaggle download, or generated synthetic data), "
         "validated file by file.",
         check_specs=[
@@ -70,10 +72,11 @@ def build_data_assets(cfg) -> list:
     def raw_dataset(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
         cfg = workspace.config
         t0 = time.perf_counter()
-        raw = ensure_raw_dataset(cfg, progress=progress_logger(context, "raw data"))
-        report = validate_raw_dir(raw.path, check_files=cfg.dataset.check_files)
-        if not report.ok:
-            raise DataValidationError(report)
+        with no_retry_on(DataValidationError, RawDataUnavailableError, RefusedToDeleteError):  # a retry can't fix
+            raw = ensure_raw_dataset(cfg, progress=progress_logger(context, "raw data"))
+            report = validate_raw_dir(raw.path, check_files=cfg.dataset.check_files)
+            if not report.ok:
+                raise DataValidationError(report)
         flat = _flatten(report.summary)
         meta = {
             "path": dg.MetadataValue.path(str(raw.path)),

@@ -10,6 +10,7 @@ import dagster as dg
 
 from hms_core.config import PlatformConfig
 from hms_core.constants import HIGH_VOTE_THRESHOLD
+from hms_dagster.automation import io_retry_policy
 from hms_dagster.resources import WorkspaceResource, progress_logger
 from hms_dagster.stages import (
     ENSEMBLE,
@@ -129,6 +130,7 @@ def build_ensemble_assets(cfg: PlatformConfig) -> list:
     if SUBMISSION in keys:
 
         @dg.asset(name=SUBMISSION, group_name=GROUP, deps=[ENSEMBLE_MODEL], code_version=code, kinds={"csv"},
+                  retry_policy=io_retry_policy(cfg),
                   description="submission.csv in the exact Kaggle format (validated before it is written); "
                   "`hms submit` uploads it.")  # fmt: skip
         def submission(workspace: WorkspaceResource):
@@ -146,7 +148,7 @@ def build_ensemble_assets(cfg: PlatformConfig) -> list:
 
         @dg.asset(name=REGISTERED_ENSEMBLE, group_name=GROUP,
                   deps=[ENSEMBLE_MODEL, EVALUATION_REPORT, *([SUBMISSION] if SUBMISSION in keys else [])],
-                  code_version=code, kinds={"mlflow"},
+                  code_version=code, kinds={"mlflow"}, retry_policy=io_retry_policy(cfg),
                   description="A new version of the ensemble in the MLflow model registry (metrics, config, lineage).")  # fmt: skip
         def registered_ensemble(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
             import json

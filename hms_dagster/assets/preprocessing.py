@@ -10,6 +10,7 @@ import dagster as dg
 
 from hms_core.partition import CHECK_NAMES
 from hms_dagster.assets.data import FOLDS_KEYS, LABELS_KEYS
+from hms_dagster.automation import io_retry_policy
 from hms_dagster.partitions import fold_index, fold_partitions
 from hms_dagster.resources import WorkspaceResource, progress_logger, require_input
 from hms_dagster.stages import (
@@ -107,6 +108,7 @@ def build_preprocessing_assets(cfg) -> list:
         specs=specs,
         check_specs=check_specs,
         partitions_def=fold_partitions(cfg),
+        retry_policy=io_retry_policy(cfg),  # reads the raw recordings, writes the fold's arrays
         description="Filter, montage, artifact handling, scaling, spectrograms and features for one fold.",
     )
     def preprocess_fold(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
@@ -141,6 +143,7 @@ def build_preprocessing_assets(cfg) -> list:
         deps=[LABELS, RAW_DATASET],
         code_version=code_version(cfg, TEST_WINDOWS_KEYS),
         kinds={"numpy"},
+        retry_policy=io_retry_policy(cfg),
         description="The test set preprocessed exactly like the training windows (for test predictions).",
     )
     def test_windows(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
