@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from hms_core.constants import SFREQ, SPECTROGRAM_TYPES
+from hms_core.scanning.config import ScanConfig
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "config"
 PROFILES = ("tiny", "demo", "full")
@@ -666,6 +667,7 @@ class PlatformConfig(Section):
     serving: ServingConfig = ServingConfig()
     operations: OperationsConfig = OperationsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    scan: ScanConfig = ScanConfig()
     logging: LoggingConfig = LoggingConfig()
     #: The YAML file this config was read from (provenance only; relative roots resolve against the working
     #: directory, not against this file).

@@ -1,0 +1,107 @@
+"""The ``scan:`` section: continuous-EEG review of hours-long recordings (:mod:`hms_core.scanning`).
+
+Windows of ``stride_s`` seconds apart are judged on their 10-s labelled segment with the 50-s context around it,
+exactly as a training row; keys that only change how fast or in how much memory a scan runs (chunk length, batch
+size, threads) are marked :data:`~hms_core.config.NOT_A_RESULT`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hms_core.constants import SFREQ
+from hms_core.scanning.events import EventConfig
+
+__all__ = ["DistillConfig", "ScanConfig"]
+
+#: ``Field(json_schema_extra=...)`` of keys that change speed or memory only (same dict as hms_core.config's).
+_SPEED_ONLY = {"affects_results": False}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DistillConfig(_Section):
+    """The scanning model distilled from the ensemble (:mod:`hms_core.scanning.distill`): a small CNN on the
+    chain-averaged log STFT of each 10-s segment, trained on the ensemble's probabilities (no labels)."""
+
+    window_size: int = Field(400, ge=64, description="STFT window (samples; 400 = 2 s, 0.5 Hz bins).")
+    hop: int = Field(100, ge=10, description="STFT hop (samples); scan.stride_s must be a multiple of it.")
+    freq_min: float = Field(0.5, gt=0, description="Lowest STFT bin kept (Hz).")
+    freq_max: float = Field(20.0, gt=0, description="Highest STFT bin kept (Hz).")
+    channels: int = Field(16, ge=4, description="Width of the CNN's first convolution.")
+    epochs: int = Field(40, ge=1, description="Passes over the distillation windows.")
+    batch_size: int = Field(256, ge=8)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    stride_s: float = Field(2.0, gt=0, description="Window stride over the training recordings (teacher windows).")
+    max_windows: int | None = Field(20000, ge=50, description="Cap on teacher windows (a seeded subset).")
+    holdout_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Patients held out to measure the KL between ensemble and distilled model."
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.freq_min >= self.freq_max or self.freq_max > SFREQ / 2:
+            raise ValueError(f"freq_min ({self.freq_min}) must be below freq_max ({self.freq_max}) <= {SFREQ / 2}")
+        return self
+
+
+class ScanConfig(_Section):
+    recordings_dir: str = Field(
+        "recordings", description="Folder the scan asset's sensor watches (relative to workspace.root)."
+    )
+    out_dir: str = Field(
+        "scans", description="Where the scan asset writes <recording>/ outputs (relative to root)."
+    )
+    package: str | None = Field(
+        None,
+        description="Deployment package folder; null = the newest under <root>/models/deployments, else the "
+        "workspace's trained ensemble.",
+    )
+    engine: Literal["auto", "ensemble", "distilled"] = Field(
+        "auto", description="auto: the distilled scanning model when present, else every engine of the ensemble."
+    )
+    precision: Literal["fp32", "int8", "best"] = Field("fp32", description="Package engines the ensemble runs.")
+    stride_s: float = Field(2.0, gt=0, description="Seconds between consecutive 10-s windows (SPaRCNet: 2).")
+    max_missing_channels: int | None = Field(
+        None, ge=0, le=19,
+        description="A window with more bad (missing, flat, disconnected, popping) channels is not evaluated; "
+        "null = the package's max_missing_channels (4 without one).",
+    )  # fmt: skip
+    filter_pad_s: float = Field(
+        20.0, ge=0, description="Signal read beyond each chunk so the zero-phase filter has settled (s)."
+    )
+    strip_seconds: float = Field(
+        30.0, gt=0, description="Columns of the hemisphere spectrogram under the timeline (s per column)."
+    )
+    strip_freq_max: float = Field(20.0, gt=0, le=SFREQ / 2, description="Top of the hemisphere spectrogram (Hz).")
+    chunk_s: float = Field(
+        900.0, ge=60, json_schema_extra=_SPEED_ONLY, description="Seconds of windows processed per chunk (memory)."
+    )
+    batch_size: int = Field(128, ge=1, json_schema_extra=_SPEED_ONLY, description="Windows per engine call.")
+    threads: int = Field(
+        2, ge=1, json_schema_extra=_SPEED_ONLY, description="torch / onnxruntime threads of a scan."
+    )
+    events: EventConfig = EventConfig()
+    distill: DistillConfig = DistillConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ScanConfig:
+        stride = self.stride_s * SFREQ
+        if abs(stride - round(stride)) > 1e-6 or round(stride) % (SFREQ // 4):
+            raise ValueError(f"stride_s ({self.stride_s}) must be a multiple of 0.25 s")
+        if round(stride) % self.distill.hop:
+            raise ValueError(
+                f"stride_s ({self.stride_s} s = {round(stride)} samples) must be a multiple of distill.hop "
+                f"({self.distill.hop} samples), so windows share the distilled model's STFT frames"
+            )
+        return self
+
+    @property
+    def stride_samples(self) -> int:
+        return round(self.stride_s * SFREQ)

@@ -1,0 +1,366 @@
+"""Scan a long recording into a class-probability timeline: :func:`scan_recording`.
+
+The recording is read in chunks of ``scan.chunk_s`` seconds of windows (plus the 50-s context and
+``scan.filter_pad_s`` of filter margin on either side), so memory is bounded by the chunk whatever the file's
+length. Each chunk goes through the continuous front end (:mod:`hms_core.scanning.frontend`); its windows, one
+10-s segment every ``scan.stride_s`` seconds with the 50-s context around it, are judged for quality and the
+evaluable ones classified in batches of ``scan.batch_size``:
+
+- ``engine="ensemble"``: the deployment package's engines (or the workspace's trained ensemble) on the exact
+  per-window inputs of training and serving (:func:`~hms_core.scanning.frontend.window_batch`);
+- ``engine="distilled"``: the scanning model distilled from that ensemble (:mod:`hms_core.scanning.distill`) on
+  STFT frames shared by all overlapping windows.
+
+A window is **not evaluated** (``evaluated=False``, probabilities NaN, never zeros) when its 50-s context runs past
+the recording (``edge``), it has no EEG signal (``nan``), or more channels than ``max_missing_channels`` cannot be
+judged in its segment: the reason is the commonest cause among them (``missing_channels``, ``flat``,
+``disconnected``, ``artifact`` for electrode pops).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hms_core.config import PlatformConfig, PreprocessingConfig
+from hms_core.constants import CLASSES, EEG_CHANNELS, SFREQ
+from hms_core.eeg_io import RecordError
+from hms_core.scanning.config import ScanConfig
+from hms_core.scanning.frontend import (
+    AMP_BLOCK,
+    WindowQuality,
+    context_start,
+    distill_inputs,
+    frame_power,
+    hemisphere_columns,
+    prepare_chunk,
+    window_batch,
+    window_quality,
+    window_span,
+)
+from hms_core.scanning.predictors import (
+    DISTILLED_DIR,
+    DistilledModel,
+    PackageEnsemble,
+    Prediction,
+    WorkspaceEnsemble,
+    entropy,
+    load_distilled,
+)
+from hms_core.signal import bipolar_quality
+
+__all__ = [
+    "ENGINES",
+    "EXTRA_COLUMNS",
+    "ScanResult",
+    "Scanner",
+    "load_scanner",
+    "scan_reader",
+    "scan_recording",
+]
+
+ENGINES: tuple[str, ...] = ("ensemble", "distilled")
+#: Timeline columns the engine adds to the contract's (hms_core.scanning.events.TIMELINE_COLUMNS).
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "window", "disagreement", "n_bad_channels", "n_flat", "n_disconnected", "n_missing", "n_pops",
+    "nan_fraction", "clipped_fraction",
+)  # fmt: skip
+#: Causes of a bad channel in the order ties are broken, and the timeline's reason for each.
+_CAUSES: tuple[tuple[str, str], ...] = (
+    ("missing", "missing_channels"), ("flat", "flat"), ("noisy", "disconnected"), ("popping", "artifact"),
+)  # fmt: skip
+#: Chunk starts are multiples of this many samples (artifact blocks, 1-s amplitude blocks, STFT hops).
+_ALIGN = AMP_BLOCK
+
+
+# --- which engines classify the windows -----------------------------------------------------------------------
+@dataclass
+class Scanner:
+    """The engines a scan can use, resolved from a package or a workspace."""
+
+    preprocessing: PreprocessingConfig
+    version: str
+    max_missing_channels: int
+    ensemble_factory: Callable[[], Any] | None
+    distilled: DistilledModel | None
+    source: Path
+    _ensemble: Any = field(default=None, repr=False)
+
+    @property
+    def ensemble(self) -> Any:
+        if self._ensemble is None:
+            if self.ensemble_factory is None:
+                raise FileNotFoundError(f"{self.source}: no ensemble engines to run")
+            self._ensemble = self.ensemble_factory()
+        return self._ensemble
+
+    def choose(self, engine: str) -> Any:
+        """The predictor for ``engine`` (auto | ensemble | distilled); a clear error when it is not there."""
+        if engine == "auto":
+            engine = "distilled" if self.distilled is not None else "ensemble"
+        if engine == "distilled":
+            if self.distilled is None:
+                raise FileNotFoundError(
+                    f"{self.source} has no distilled scanning model ({DISTILLED_DIR}/model.onnx); build it with "
+                    f"`hms scan --distill` or scan with --engine ensemble"
+                )
+            return self.distilled
+        if engine != "ensemble":
+            from hms_core.checks import invalid_value
+
+            raise invalid_value("engine", engine, ["auto", *ENGINES])
+        return self.ensemble
+
+
+def newest_package(cfg: PlatformConfig) -> Path | None:
+    """The newest deployment package under ``<root>/models/deployments`` (a folder holding manifest.json)."""
+    base = Path(cfg.models_dir) / "deployments"
+    found = sorted((p for p in base.glob("*") if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def load_scanner(package: Any, scan: ScanConfig, platform: PlatformConfig | None = None) -> Scanner:
+    """Resolve the engines of a scan. ``package``: a deployment package (object or folder), or None for
+    ``scan.package`` / the newest package of ``platform``'s workspace, else that workspace's trained ensemble."""
+    if package is None and scan.package:
+        package = Path(scan.package)
+        if platform is not None and not package.is_absolute():
+            package = platform.root / package
+    if package is None and platform is not None:
+        package = newest_package(platform)
+    if package is not None:
+        if isinstance(package, (str, os.PathLike)):
+            from hms_core.export import load_package
+
+            package = load_package(package, verify=True)
+        ens = PackageEnsemble(package, scan.precision)
+        distilled = load_distilled(Path(package.path) / DISTILLED_DIR, ens.preprocessing, scan.threads,
+                                   ens.max_missing_channels, ens.version)  # fmt: skip
+        return Scanner(ens.preprocessing, ens.version, ens.max_missing_channels, lambda: ens, distilled,
+                       Path(package.path))  # fmt: skip
+    if platform is None:
+        raise ValueError("scan needs a deployment package or a platform config whose workspace holds an ensemble")
+    folder = platform.root / DISTILLED_DIR
+    from hms_core.ensemble.build import ENSEMBLE_FILE
+
+    if not (platform.ensemble_dir / ENSEMBLE_FILE).is_file():
+        raise FileNotFoundError(
+            f"no deployment package under {Path(platform.models_dir) / 'deployments'} and no trained ensemble at "
+            f"{platform.ensemble_dir / ENSEMBLE_FILE}: run `hms run --stage all` (or pass --package PATH)"
+        )
+    version = f"workspace:{platform.root}"
+    distilled = load_distilled(folder, platform.preprocessing, scan.threads, 4, version)
+    return Scanner(platform.preprocessing, version, 4, lambda: WorkspaceEnsemble(platform, scan.threads),
+                   distilled, platform.root)  # fmt: skip
+
+
+# --- the scan ---------------------------------------------------------------------------------------------------
+def _take(q: WindowQuality, idx: np.ndarray) -> WindowQuality:
+    return WindowQuality(**{f.name: getattr(q, f.name)[idx] for f in fields(q)})
+
+
+def _reasons(q: WindowQuality, edge: np.ndarray, max_missing: int) -> tuple[np.ndarray, np.ndarray]:
+    """(evaluated (W,), reason (W,) str) from the segment's channel flags."""
+    bad = q.bad_segment
+    counts = np.stack([
+        (q.missing | q.long_gaps).sum(1), (q.flat_seg & ~q.missing).sum(1),
+        (q.noisy_seg & ~q.missing & ~q.flat_seg).sum(1), (q.popping_seg & ~q.missing).sum(1),
+    ], 1)  # fmt: skip
+    reason = np.array([_CAUSES[i][1] for i in counts.argmax(1)], dtype=object)
+    ok = bad.sum(1) <= max_missing
+    reason[ok] = ""
+    reason[q.missing.all(1)] = "nan"
+    reason[edge] = "edge"
+    return reason == "", reason
+
+
+def scan_reader(
+    reader: Any,
+    predictor: Any,
+    scan: ScanConfig,
+    max_missing_channels: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pd.DataFrame, Any]:
+    """Timeline and hemisphere spectrogram of a recording opened for streaming (``duration_s``, ``read(a, b)``).
+
+    ``predictor``: a :class:`~hms_core.scanning.predictors.DistilledModel` or an ensemble predictor
+    (``predict(BatchOutput)``); ``progress(done, total)`` is called after each chunk."""
+    from hms_core.scanning.plots import HemisphereSpectrogram
+
+    pp: PreprocessingConfig = predictor.preprocessing
+    dcfg = scan.distill
+    n_total = round(reader.duration_s * SFREQ)
+    stride, seg_len = scan.stride_samples, pp.eeg.segment_length
+    n_win = (n_total - seg_len) // stride + 1 if n_total >= seg_len else 0
+    seg_starts = np.arange(n_win, dtype=np.int64) * stride
+    before, after = window_span(pp)
+    edge = (seg_starts - before < 0) | (seg_starts + after > n_total)
+    per_chunk = max(int(scan.chunk_s * SFREQ) // stride, 1)
+    pad = round(scan.filter_pad_s * SFREQ)
+    n_frames = seg_len // dcfg.hop
+    probs = np.full((n_win, len(CLASSES)), np.nan)
+    disagreement = np.full(n_win, np.nan)
+    evaluated = np.zeros(n_win, bool)
+    reason = np.full(n_win, "", dtype=object)
+    counts = {k: np.zeros(n_win, np.int16) for k in ("n_bad_channels", "n_flat", "n_disconnected", "n_missing",
+                                                     "n_pops")}  # fmt: skip
+    nan_frac = np.zeros(n_win, np.float32)
+    clip_frac = np.zeros(n_win, np.float32)
+    col = round(scan.strip_seconds * SFREQ)
+    n_cols = max(-(-n_total // col), 1)
+    strip_sum: np.ndarray | None = None
+    strip_n = np.zeros(n_cols, np.int64)
+    freqs = np.zeros(0)
+    for k0 in range(0, n_win, per_chunk):
+        k1 = min(k0 + per_chunk, n_win)
+        lo = max(int(seg_starts[k0]) - before - pad, 0) // _ALIGN * _ALIGN
+        hi = min(int(seg_starts[k1 - 1]) + after + pad, n_total)
+        raw = reader.read(lo / SFREQ, hi / SFREQ)
+        if raw.shape[0] < hi - lo:  # a file shorter than its header says: the rest is missing
+            raw = np.concatenate([raw, np.full((hi - lo - raw.shape[0], raw.shape[1]), np.nan, np.float32)])
+        chunk = prepare_chunk(raw[: hi - lo], lo, pp)
+        del raw
+        ctx = context_start(seg_starts[k0:k1], pp)
+        q = window_quality(chunk, ctx, pp)
+        ok, why = _reasons(q, edge[k0:k1], max_missing_channels)
+        evaluated[k0:k1], reason[k0:k1] = ok, why
+        counts["n_bad_channels"][k0:k1] = q.bad_segment.sum(1)
+        counts["n_flat"][k0:k1] = (q.flat_seg & ~q.missing).sum(1)
+        counts["n_disconnected"][k0:k1] = q.noisy_seg.sum(1)
+        counts["n_missing"][k0:k1] = (q.missing | q.long_gaps).sum(1)
+        counts["n_pops"][k0:k1] = q.popping_seg.sum(1)
+        nan_frac[k0:k1] = q.nan_fraction.mean(1)
+        clip_frac[k0:k1] = q.clipped_fraction.mean(1)
+        # STFT frames over this chunk's segments (the hemisphere spectrogram; the distilled model's input)
+        f_lo = int(seg_starts[k0])
+        f_hi = int(seg_starts[k1 - 1]) + seg_len
+        fp = frame_power(chunk, dcfg, f_lo, f_hi)
+        cols, valid, freqs = hemisphere_columns(fp, scan.strip_freq_max)
+        centres = fp.first * dcfg.hop + dcfg.hop // 2 + valid * dcfg.hop
+        own_end = int(seg_starts[k1]) if k1 < n_win else n_total
+        keep = (centres >= (int(seg_starts[k0]) if k0 else 0)) & (centres < own_end)
+        if strip_sum is None:
+            strip_sum = np.zeros((2, len(freqs), n_cols))
+        ci = np.minimum(centres[keep] // col, n_cols - 1)
+        np.add.at(strip_sum, (slice(None), slice(None), ci), cols[:, :, valid[keep]])
+        np.add.at(strip_n, ci, 1)
+        todo = np.flatnonzero(ok)
+        for b0 in range(0, len(todo), scan.batch_size):
+            b = todo[b0 : b0 + scan.batch_size]
+            qb = _take(q, b)
+            if isinstance(predictor, DistilledModel):
+                bip_ok = bipolar_quality(qb.ref_ok, pp.eeg.include_central_chain)
+                spec, scal = distill_inputs(fp, seg_starts[k0 + b], n_frames, bip_ok, dcfg)
+                pred: Prediction = predictor.predict_inputs(spec, scal)
+            else:
+                pred = predictor.predict(window_batch(chunk, ctx[b], qb, pp))
+            probs[k0 + b] = pred.probs
+            disagreement[k0 + b] = pred.disagreement
+        del chunk, fp
+        if progress is not None:
+            progress(k1, n_win)
+    tl = pd.DataFrame({"window": np.arange(n_win), "start_s": seg_starts / SFREQ,
+                       "end_s": (seg_starts + seg_len) / SFREQ})  # fmt: skip
+    for j, c in enumerate(CLASSES):
+        tl[c] = probs[:, j]
+    tl["entropy"] = np.where(evaluated, entropy(np.nan_to_num(probs)), np.nan)
+    tl["evaluated"] = evaluated
+    tl["reason"] = reason.astype(str)
+    tl["disagreement"] = disagreement
+    for k, v in counts.items():
+        tl[k] = v
+    tl["nan_fraction"] = nan_frac
+    tl["clipped_fraction"] = clip_frac
+    spectrogram = None
+    if strip_sum is not None and n_win:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            power = np.log10(strip_sum / strip_n + 1e-6).astype(np.float32)
+        power[:, :, strip_n == 0] = np.nan
+        times = (np.arange(n_cols) + 0.5) * col / SFREQ
+        spectrogram = HemisphereSpectrogram(times_s=times, freqs_hz=np.asarray(freqs), power=power)
+    return tl, spectrogram
+
+
+@dataclass
+class ScanResult:
+    path: Path
+    duration_s: float
+    start_datetime: dt.datetime | None
+    channels_found: tuple[str, ...]
+    channels_missing: tuple[str, ...]
+    engine: str
+    package_version: str
+    seconds: float
+    timeline: pd.DataFrame = field(repr=False)
+    spectrogram: Any = field(repr=False)
+    outputs: Any = field(default=None, repr=False)
+
+    @property
+    def realtime_factor(self) -> float:
+        """Recording seconds scanned per wall-clock second."""
+        return self.duration_s / max(self.seconds, 1e-9)
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.timeline)
+
+    @property
+    def n_evaluated(self) -> int:
+        return int(self.timeline["evaluated"].sum())
+
+
+def scan_recording(
+    path: str | os.PathLike[str],
+    package: Any,
+    cfg: ScanConfig,
+    out_dir: str | os.PathLike[str] | None,
+    *,
+    platform: PlatformConfig | None = None,
+    scanner: Scanner | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """Scan one recording and (with ``out_dir``) write its outputs (timeline.csv/parquet, events.tsv, events.edf,
+    summary.json, timeline.png via :func:`hms_core.scanning.outputs.write_scan_outputs`).
+
+    ``package``: a deployment package (object or folder) or None (see :func:`load_scanner`; ``platform`` is the
+    workspace to fall back on). Raises :class:`~hms_core.eeg_io.RecordError` naming the file for a file that cannot
+    be scanned (truncated, wrong rate, no EEG channels, length 0, shorter than one window)."""
+    from hms_core.recording import open_recording
+
+    t0 = time.perf_counter()
+    scanner = scanner or load_scanner(package, cfg, platform)
+    predictor = scanner.choose(cfg.engine)
+    max_missing = scanner.max_missing_channels if cfg.max_missing_channels is None else cfg.max_missing_channels
+    path = Path(path)
+    with open_recording(path, min_eeg_channels=len(EEG_CHANNELS) - max_missing) as rec:
+        seg_s = scanner.preprocessing.eeg.segment_length / SFREQ
+        if rec.duration_s < seg_s:
+            raise RecordError(
+                f"EEG recording '{path}' lasts {rec.duration_s:g} s; a scan needs at least one {seg_s:g}-s window."
+            )
+        tl, spectrogram = scan_reader(rec, predictor, cfg, max_missing, progress)
+        duration, start = float(rec.duration_s), rec.start_datetime
+        found, missing = tuple(rec.channels), tuple(rec.missing)
+    seconds = time.perf_counter() - t0
+    res = ScanResult(
+        path, duration, start, found, missing, predictor.kind, scanner.version, seconds, tl, spectrogram
+    )
+    if out_dir is not None:
+        from hms_core.scanning.outputs import write_scan_outputs
+
+        meta = {
+            "engine": res.engine, "package_version": res.package_version, "stride_s": cfg.stride_s,
+            "scan_seconds": round(seconds, 3), "realtime_factor": round(res.realtime_factor, 1),
+            "channels_missing": list(missing), "n_windows": res.n_windows, "n_evaluated": res.n_evaluated,
+        }  # fmt: skip
+        res.outputs = write_scan_outputs(out_dir, tl, cfg.events, recording=str(path), duration_s=duration,
+                                         start_datetime=start, spectrogram=spectrogram, meta=meta)  # fmt: skip
+    return res

@@ -1,0 +1,171 @@
+"""What classifies the scanner's windows: the deployment package's engines, a workspace's trained ensemble (before a
+package is exported), or the distilled scanning model.
+
+The first two take the per-window :class:`~hms_core.preprocess.BatchOutput` (``needs_batch``); the distilled model
+takes the front end's shared STFT frames (:func:`hms_core.scanning.frontend.distill_inputs`). Every predictor
+returns :class:`Prediction` (probabilities in :data:`~hms_core.constants.CLASSES` order and the members'
+disagreement, NaN where there are no members).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hms_core.config import PlatformConfig, PreprocessingConfig
+from hms_core.constants import CLASSES
+from hms_core.preprocess import BatchOutput
+
+__all__ = ["DISTILLED_DIR", "Prediction", "WorkspaceEnsemble", "entropy", "load_distilled", "mean_kl_to"]
+
+#: Folder (inside a deployment package, or ``<root>/scanning`` for a workspace) of the distilled scanning model.
+DISTILLED_DIR = "scanning"
+DEFAULT_MAX_MISSING = 4
+
+
+@dataclass
+class Prediction:
+    probs: np.ndarray  # (B, 6)
+    disagreement: np.ndarray  # (B,) members' mean KL to the blend; NaN without members
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(-1)
+
+
+def mean_kl_to(members: dict[str, np.ndarray], blend: np.ndarray) -> np.ndarray:
+    """Mean over members of KL(member || blend), per row."""
+    if not members:
+        return np.full(len(blend), np.nan)
+    q = np.clip(blend, 1e-12, 1.0)
+    kls = [(np.clip(m, 1e-12, 1) * np.log(np.clip(m, 1e-12, 1) / q)).sum(-1) for m in members.values()]
+    return np.mean(kls, axis=0)
+
+
+class WorkspaceEnsemble:
+    """A workspace's trained ensemble (every fold of every kept member, the fitted combiner and calibrator) as a
+    predictor over :class:`BatchOutput`, with the inputs :mod:`hms_core.training.inputs` builds from a partition.
+    It stands for the deployment package until one is exported (torch, not ONNX)."""
+
+    kind = "ensemble"
+    needs_batch = True
+
+    def __init__(self, cfg: PlatformConfig, threads: int = 2) -> None:
+        import torch
+
+        from hms_core.ensemble.build import load_ensemble
+        from hms_core.training.predict import load_trained
+
+        torch.set_num_threads(threads)
+        self.ensemble = load_ensemble(cfg.ensemble_dir)
+        self.preprocessing: PreprocessingConfig = cfg.preprocessing
+        self.version = f"workspace:{cfg.root}@{self.ensemble.doc.get('created', cfg.config_hash)}"
+        self.max_missing_channels = DEFAULT_MAX_MISSING
+        self.path = Path(cfg.ensemble_dir)
+        self.models: dict[str, list[Any]] = {}
+        for name in self.ensemble.members:
+            folds = sorted((Path(cfg.models_dir) / name).glob("fold_*"))
+            self.models[name] = [load_trained(f) for f in folds if (f / "final" / "config.json").is_file()]
+            if not self.models[name]:
+                raise FileNotFoundError(f"{Path(cfg.models_dir) / name} holds no trained fold (final/config.json)")
+
+    def _member(self, models: list[Any], out: BatchOutput) -> np.ndarray:
+        import torch
+
+        from hms_core.training.inputs import build_spectrogram_image
+
+        probs = []
+        for m in models:
+            if m.input_kind == "features":
+                x = out.features.select(m.config["feature_names"]).to_numpy().astype(np.float32)
+                probs.append(m.model.predict_proba(x))
+                continue
+            spec = m.input_spec
+            if spec.kind == "raw":
+                sl = slice(None) if spec.use_context else self.preprocessing.eeg.segment_slice
+                x = torch.from_numpy(np.nan_to_num(np.ascontiguousarray(out.bipolar[:, : spec.n_chans, sl])))
+            else:
+                x = build_spectrogram_image({t: out.spectrograms[t] for t in spec.spectrograms}, spec.spectrograms,
+                                            spec.tile)  # fmt: skip
+            x = x.to(torch.float16).float()  # the partitions store float16: the same rounding as training
+            with torch.no_grad():
+                p = torch.softmax(m.model(x).float(), 1)
+                if m.config["training"].get("flip_tta", True):
+                    p = 0.5 * (p + torch.softmax(m.model(m.model.flip_input(x)).float(), 1))
+            probs.append(p.numpy().astype(np.float64))
+        p = np.mean(probs, axis=0)
+        return p / p.sum(1, keepdims=True)
+
+    def predict(self, out: BatchOutput) -> Prediction:
+        members = {name: self._member(models, out) for name, models in self.models.items()}
+        blend = self.ensemble.predict(members)
+        return Prediction(blend, mean_kl_to(members, blend))
+
+
+class PackageEnsemble:
+    """The deployment package's engines (:meth:`hms_core.export.DeploymentPackage.predict_batch`)."""
+
+    kind = "ensemble"
+    needs_batch = True
+
+    def __init__(self, pkg: Any, precision: str = "fp32") -> None:
+        self.pkg = pkg
+        self.precision = precision
+        self.preprocessing: PreprocessingConfig = pkg.preprocessing
+        self.version = str(pkg.version)
+        self.max_missing_channels = int(getattr(pkg, "max_missing_channels", DEFAULT_MAX_MISSING))
+        self.path = Path(pkg.path)
+
+    def predict(self, out: BatchOutput) -> Prediction:
+        res = self.pkg.predict_batch(out, precision=self.precision)
+        dis = getattr(res, "disagreement", None)
+        return Prediction(np.asarray(res.probs, np.float64),
+                          np.asarray(dis, np.float64) if dis is not None else np.full(len(res.probs), np.nan))  # fmt: skip
+
+
+class DistilledModel:
+    """The distilled scanning model: ``model.onnx`` + ``distill.json`` in a :data:`DISTILLED_DIR` folder."""
+
+    kind = "distilled"
+    needs_batch = False
+
+    def __init__(self, folder: str | os.PathLike[str], preprocessing: PreprocessingConfig, threads: int = 2,
+                 max_missing_channels: int = DEFAULT_MAX_MISSING, version: str = "") -> None:  # fmt: skip
+        import onnxruntime as ort
+
+        from hms_core.scanning.config import DistillConfig
+
+        self.path = Path(folder)
+        self.meta = json.loads((self.path / "distill.json").read_text())
+        self.dcfg = DistillConfig.model_validate(self.meta["config"])
+        self.n_frames = int(self.meta["n_frames"])
+        if list(self.meta.get("classes", CLASSES)) != list(CLASSES):
+            raise ValueError(f"{self.path / 'distill.json'}: classes {self.meta['classes']} != {list(CLASSES)}")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        self.preprocessing = preprocessing
+        self.max_missing_channels = max_missing_channels
+        self.version = version or self.meta.get("teacher", "")
+
+    def predict_inputs(self, spec: np.ndarray, scalars: np.ndarray) -> Prediction:
+        (logits,) = self.session.run(None, {"spec": spec, "scalars": scalars})
+        z = logits - logits.max(1, keepdims=True)
+        p = np.exp(z.astype(np.float64))
+        p /= p.sum(1, keepdims=True)
+        return Prediction(p, np.full(len(p), np.nan))
+
+
+def load_distilled(folder: Path, preprocessing: PreprocessingConfig, threads: int, max_missing: int,
+                   version: str) -> DistilledModel | None:  # fmt: skip
+    """The distilled model in ``folder`` when it holds one, else None."""
+    if (folder / "model.onnx").is_file() and (folder / "distill.json").is_file():
+        return DistilledModel(folder, preprocessing, threads, max_missing, version)
+    return None
