@@ -44,6 +44,7 @@ import pandas as pd
 
 from hms_core.checks import check_range
 from hms_core.constants import CHAIN_NAMES, CLASSES
+from hms_core.ensemble.uncertainty import entropy
 
 if TYPE_CHECKING:
     from hms_core.config import PlatformConfig
@@ -106,11 +107,6 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def _entropy(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-15, 1.0)
-    return -(p * np.log(q)).sum(axis=1)
-
-
 def prediction_rows(
     probs: np.ndarray,
     batch: Any | None = None,
@@ -155,7 +151,7 @@ def prediction_rows(
         "latency_s": np.full(b, float(latency_s)),
         "n_windows": np.full(b, b, dtype=np.int32),
         "predicted_class": [CLASSES[k] for k in p.argmax(axis=1)],
-        "entropy": _entropy(p),
+        "entropy": entropy(p),
         "disagreement": np.full(b, np.nan) if disagreement is None else np.asarray(disagreement, np.float64),
     }
     for k, c in enumerate(PROB_COLUMNS):
