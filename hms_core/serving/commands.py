@@ -17,12 +17,19 @@ from hms_core.serving.predictor import Predictor, RecordingResult, result_column
 if TYPE_CHECKING:
     from hms_core.config import PlatformConfig
 
-__all__ = ["PackageNotFound", "open_prediction_log", "package_errors", "predict_to_csv", "resolve_package", "serve", "write_csv"]
+__all__ = [
+    "PackageNotFound",
+    "open_prediction_log",
+    "package_errors",
+    "predict_to_csv",
+    "resolve_package",
+    "serve",
+    "write_csv",
+]
 
 _log = logging.getLogger(__name__)
-#: Folder of the deployment packages under the workspace, and the name of the pointer to the newest one.
+#: Folder of the deployment packages under the workspace (its ``latest.json`` names the newest one).
 DEPLOYMENTS_DIR = "models/deployments"
-LATEST = "latest"
 
 
 class PackageNotFound(FileNotFoundError):
@@ -31,31 +38,19 @@ class PackageNotFound(FileNotFoundError):
 
 def resolve_package(cfg: PlatformConfig, package: str | os.PathLike[str] | None = None) -> Path:
     """``package`` (relative to the working directory), else ``serving.package`` (relative to the workspace root),
-    else the ``latest`` pointer under ``<root>/models/deployments`` (a symlink to the version folder, or a file
-    naming it), else the newest version folder there (one with a manifest.json)."""
+    else the package ``<root>/models/deployments/latest.json`` points at (:func:`hms_core.export.latest_package`)."""
     if package is not None or cfg.serving.package is not None:
         path = Path(package).expanduser().resolve() if package is not None else cfg.path(cfg.serving.package)
         if not path.is_dir():
             raise PackageNotFound(f"deployment package folder '{path}' does not exist.")
         return path
     root = cfg.path(DEPLOYMENTS_DIR)
-    latest = root / LATEST
-    if latest.is_dir():
-        return latest.resolve()
-    if latest.is_file():
-        name = latest.read_text(encoding="utf-8").strip()
-        target = root / name
-        if name and "/" not in name and "\\" not in name and target.is_dir():
-            return target
-        raise PackageNotFound(f"'{latest}' names '{name}', which is not a package folder in {root}.")
-    versions = sorted(
-        (p for p in root.glob("*") if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime
-    )
-    if versions:
-        return versions[-1]
-    raise PackageNotFound(
-        f"no deployment package under '{root}': build one with `hms run --stage export`, or pass --package PATH."
-    )
+    from hms_core.export import PackageError, latest_package
+
+    try:
+        return latest_package(root)
+    except PackageError as e:
+        raise PackageNotFound(f"{e}; or pass --package PATH.") from None
 
 
 def package_errors() -> tuple[type[BaseException], ...]:

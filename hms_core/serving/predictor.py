@@ -158,7 +158,11 @@ class Predictor:
                 f"package {package.path} needs the Kaggle 10-min spectrogram as an input, which an EEG upload does "
                 "not carry; export a package whose members read EEG only."
             )
-        ecfg = package.preprocessing.eeg
+        #: read once: the package's properties parse its package.json on every access
+        self.preprocessing = package.preprocessing
+        self.layout = package.layout
+        self.max_missing_channels = int(package.max_missing_channels)
+        ecfg = self.preprocessing.eeg
         #: lowest input rate whose Nyquist frequency covers the package's band-pass
         self.min_sampling_rate = 2.0 * float(ecfg.filter_high)
         self._log_sink: Any = None
@@ -225,7 +229,7 @@ class Predictor:
 
     def check(self, rec: Recording) -> None:
         """Refuse a recording missing more EEG channels than the package allows (422 naming them)."""
-        allowed = int(self.pkg.max_missing_channels)
+        allowed = self.max_missing_channels
         if len(rec.missing) > allowed:
             raise Unprocessable(
                 f"'{rec.source}' lacks {len(rec.missing)} of the {len(EEG_CHANNELS)} EEG channels "
@@ -239,7 +243,7 @@ class Predictor:
         """Per-window results of one recording (raises :class:`~hms_core.serving.errors.ServingError`)."""
         t0 = time.perf_counter()
         self.check(rec)
-        plan = plan_windows(rec.n_times, self.pkg.layout, rec.source, self.settings.max_windows)
+        plan = plan_windows(rec.n_times, self.layout, rec.source, self.settings.max_windows)
         starts, ends = plan.segment_start_s, plan.segment_end_s
         probs, disagreement, entropy = [], [], []
         quality: dict[str, list[np.ndarray]] = {}
@@ -249,7 +253,7 @@ class Predictor:
             t = time.perf_counter()
             ids = [f"{rec.source} window {i}" for i in range(sl.start, sl.stop)]
             try:
-                out = process_windows(windows, self.pkg.preprocessing, ids)
+                out = process_windows(windows, self.preprocessing, ids)
             except RecordError as e:
                 raise Unprocessable(str(e), field="data") from None
             t1 = time.perf_counter()
@@ -265,7 +269,7 @@ class Predictor:
                 feats.append(out.features)
         p, ent, dis = np.concatenate(probs), np.concatenate(entropy), np.concatenate(disagreement)
         wq = {k: np.concatenate(v) for k, v in quality.items()}
-        allowed = int(self.pkg.max_missing_channels)
+        allowed = self.max_missing_channels
         results = []
         for i in range(plan.n_windows):
             q = {k: _plain(wq[k][i]) for k in QUALITY_FIELDS if k in wq}
@@ -339,36 +343,37 @@ class Predictor:
     def metadata(self) -> dict[str, Any]:
         """Package version, classes, members, preprocessing and the model card's summary (``/metadata``)."""
         pkg = self.pkg
-        members = []
-        for m in getattr(pkg, "members", None) or []:
-            if isinstance(m, dict):
-                members.append({k: m.get(k) for k in ("name", "folds") if k in m})
-            else:
-                members.append({"name": getattr(m, "name", str(m)), "folds": list(getattr(m, "folds", []) or [])})
-        card = getattr(pkg, "model_card_summary", None)
-        if card is None:
-            card_path = Path(pkg.path) / "model_card.md"
-            text = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
-            card = _card_summary(text)
+        meta = getattr(pkg, "meta", {}) or {}
+        members = [
+            {"name": m.get("name"), "folds": list(m.get("folds", [])), "precisions": sorted(m.get("engines", {}))}
+            for m in meta.get("members", [])
+        ]
+        card_path = Path(pkg.path) / "model_card.md"
+        card = _card_summary(card_path.read_text(encoding="utf-8")) if card_path.is_file() else ""
         return {
             "package_version": str(pkg.version),
             "package_path": Path(pkg.path).name,
             "classes": list(pkg.classes),
             "members": members,
-            "max_missing_channels": int(pkg.max_missing_channels),
+            "combiner": {
+                k: meta.get("combiner", {}).get(k) for k in ("name", "members") if k in meta.get("combiner", {})
+            },
+            "data_version": meta.get("data_version"),
+            "metrics": meta.get("metrics"),
+            "max_missing_channels": self.max_missing_channels,
             "precision": self.settings.precision,
-            "preprocessing": pkg.preprocessing.model_dump(mode="json"),
+            "preprocessing": self.preprocessing.model_dump(mode="json"),
             "layout": {
-                "context_length": pkg.layout.context_length,
-                "segment_start": pkg.layout.segment_start,
-                "segment_length": pkg.layout.segment_length,
-                "sfreq": pkg.layout.sfreq,
+                "context_length": self.layout.context_length,
+                "segment_start": self.layout.segment_start,
+                "segment_length": self.layout.segment_length,
+                "sfreq": self.layout.sfreq,
             },
             "input": {
                 "kinds": ["hms_parquet", "edf", "bdf", "json"],
                 "sampling_rate_range_hz": list(self.sampling_rate_range),
-                "min_samples": pkg.layout.context_length,
-                "window_s": pkg.layout.segment_length / SFREQ,
+                "min_samples": self.layout.context_length,
+                "window_s": self.layout.segment_length / SFREQ,
             },
             "model_card": card,
         }
