@@ -29,7 +29,15 @@ from hms_core.io import atomic_path, write_json, write_parquet, write_text
 from hms_core.scanning.events import EVENT_TYPES, EventConfig, detect_events, validate_timeline
 from hms_core.scanning.plots import HemisphereSpectrogram, plot_scan
 
-__all__ = ["OUTPUT_FILES", "WORST_STRETCH_H", "ScanOutputs", "summarize", "write_events_edf", "write_scan_outputs"]
+__all__ = [
+    "NO_EVENTS_TEXT",
+    "OUTPUT_FILES",
+    "WORST_STRETCH_H",
+    "ScanOutputs",
+    "summarize",
+    "write_events_edf",
+    "write_scan_outputs",
+]
 
 #: Output name -> file name in the recording's output folder.
 OUTPUT_FILES: dict[str, str] = {
@@ -40,6 +48,8 @@ OUTPUT_FILES: dict[str, str] = {
     "summary": "summary.json",
     "plot": "timeline.png",
 }
+#: The single annotation of a recording without events.
+NO_EVENTS_TEXT = "hms scan: no events detected"
 #: Length of the "worst stretch" of the summary (hours).
 WORST_STRETCH_H = 12.0
 _BIN_S = 60.0  # the summary's time grid (burden per hour, worst stretch) in seconds
@@ -144,13 +154,17 @@ def summarize(
 def write_events_edf(
     target: str | os.PathLike[str], events: pd.DataFrame, start_datetime: dt.datetime | None = None
 ) -> Path:
-    """An annotation-only EDF+ of the events (text ``"<eventType> p=<confidence>"``), atomically."""
+    """An annotation-only EDF+ of the events (text ``"<eventType> p=<confidence>"``), atomically.
+
+    A recording without events gets one annotation at 0 s, :data:`NO_EVENTS_TEXT` (an EDF+ needs one)."""
     from edfio import Edf, EdfAnnotation, Recording
 
     anns = [
         EdfAnnotation(float(e.onset), float(e.duration), f"{e.eventType} p={float(e.confidence):.2f}")
         for e in events.itertuples(index=False)
     ]
+    if not anns:  # an EDF+ must hold signals or annotations: say so rather than write no file
+        anns = [EdfAnnotation(0.0, None, NO_EVENTS_TEXT)]
     kwargs: dict[str, Any] = {}
     if start_datetime is not None:
         kwargs = {"starttime": start_datetime.time().replace(microsecond=0),

@@ -144,7 +144,7 @@ def plot_scan(
     axes[-1].set_xlabel("hours from recording start")
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.91, top=0.95 if title else 0.98, bottom=0.06, hspace=0.12)  # no re-draw
     target = Path(target)
     with atomic_path(target, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
