@@ -3,7 +3,8 @@
 Every artifact the platform writes goes through :func:`atomic_path`: the data is written to a temporary file in
 the destination folder and renamed over the target only after it was closed without error, so an interrupted or
 failed write never leaves a half-written file where a complete one is expected, and never clobbers the previous
-good version.
+good version. The renamed file gets the mode an ordinary ``open(..., "w")`` would give it (``0o666`` less the
+process umask), not the private ``0o600`` of a temporary file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; done once, at import, before threads start
+    os.umask(mask)
+    return mask
+
+
+#: Mode of every file written through :func:`atomic_path`.
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it to ``target`` (atomic on POSIX)."""
@@ -31,6 +42,8 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -93,3 +93,22 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path: Path) -> None:
     (tmp_path / "last.pt").write_bytes(buf.getvalue())
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         load_checkpoint(tmp_path / "last.pt")
+
+
+def test_atomic_writes_get_ordinary_permissions_and_keep_the_old_file_on_failure(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from hms_core.io import atomic_path, write_json
+
+    target = write_json(tmp_path / "a.json", {"v": 1})
+    mode = stat.S_IMODE(os.stat(target).st_mode)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask, oct(mode)  # not the 0o600 of a temporary file, never world-writable
+    assert not mode & stat.S_IWOTH
+    with pytest.raises(OSError, match="disk full"), atomic_path(target) as tmp:
+        tmp.write_text('{"v": 2, "trunc')
+        raise OSError(28, "disk full (simulated)")
+    assert target.read_text() == '{\n  "v": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary file left behind
