@@ -22,11 +22,14 @@ telemetry:
   enabled: false
 concurrency:
   pools:
-    default_limit: 1          # the "gpu" pool: one training step at a time on one machine
+    default_limit: {pool_limit}          # the "gpu" pool: {pool_reason}
 run_monitoring:
   enabled: true               # runs whose process died are marked failed
   poll_interval_seconds: 30
 """
+
+#: The pool the torch trainings (and pretraining) claim a slot of.
+TRAINING_POOL = "gpu"
 
 PID_TAG = "hms/pid"
 HOST_TAG = "hms/host"
@@ -67,15 +70,48 @@ def resolve_dagster_home(cfg: PlatformConfig) -> DagsterHome:
     )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def default_pool_limit() -> tuple[int, str]:
+    """The ``gpu`` pool's default limit for a new instance, and why: one training at a time on a CUDA machine
+    (one accelerator), one per usable core on a CPU-only machine (each training runs one torch thread)."""
+    if cuda_available():
+        return 1, "one training at a time on the CUDA device"
+    n = usable_cores()
+    return n, f"no CUDA device: one single-threaded training per usable CPU core ({n})"
+
+
 def prepare_instance(cfg: PlatformConfig) -> dg.DagsterInstance:
     """The persistent instance in :func:`resolve_dagster_home`'s folder (a default ``dagster.yaml`` is written
-    when the folder has none). The process environment is left as it is: :func:`child_env` gives ``hms ui`` its."""
+    when the folder has none, its ``gpu`` pool limit from :func:`default_pool_limit`). The process environment is
+    left as it is: :func:`child_env` gives ``hms ui`` its."""
     home = resolve_dagster_home(cfg).path
     home.mkdir(parents=True, exist_ok=True)
     yaml_path = home / "dagster.yaml"
     if not yaml_path.exists():
-        yaml_path.write_text(DAGSTER_YAML + storage_yaml(cfg))
+        limit, reason = default_pool_limit()
+        yaml_path.write_text(DAGSTER_YAML.format(pool_limit=limit, pool_reason=reason) + storage_yaml(cfg))
     return dg.DagsterInstance.from_config(str(home))
+
+
+def pool_limit(instance: dg.DagsterInstance, pool: str = TRAINING_POOL) -> int | None:
+    """How many steps of ``pool`` may run at once on ``instance``: the limit set on the instance
+    (``dagster instance concurrency set``), else the ``dagster.yaml`` default (a limit Dagster copied from the
+    default follows it when the default changes); None when unlimited."""
+    default = instance.get_concurrency_config().pool_config.default_pool_limit
+    for info in instance.event_log_storage.get_pool_limits():
+        if info.name == pool and not (info.from_default and default is not None):
+            return int(info.limit)
+    return default
 
 
 def child_env(cfg: PlatformConfig) -> dict[str, str]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -11,9 +16,21 @@ import dagster as dg
 from hms_core.checks import check_option, check_range
 from hms_core.config import PlatformConfig
 from hms_dagster.definitions import build_definitions
-from hms_dagster.instance import prepare_instance, reap_interrupted_runs, run_tags
-from hms_dagster.stages import ALL, NOT_BUILT, STAGE_ORDER, StageJob, stage_of_asset, stage_plan
+from hms_dagster.instance import (
+    cuda_available,
+    pool_limit,
+    prepare_instance,
+    reap_interrupted_runs,
+    run_tags,
+    usable_cores,
+)
+from hms_dagster.stages import ALL, MODELS_JOB, NOT_BUILT, STAGE_ORDER, StageJob, stage_of_asset, stage_plan
 from hms_dagster.status import StatusResolver
+
+#: Jobs whose fold runs may run at once, each in its own process, on a machine without a CUDA device: their steps
+#: are single-threaded trainings (``training.torch_threads``, LightGBM ``num_threads``), so one run per core uses
+#: the cores a serial loop leaves idle. Preprocessing already spreads a fold over ``preprocessing.workers``.
+PARALLEL_JOBS = (MODELS_JOB,)
 
 
 class StageNotBuiltError(RuntimeError):
@@ -56,6 +73,8 @@ class RunReport:
     not_built: list[str] = field(default_factory=list)
     failed: tuple[PlannedRun, str, str] | None = None  # (run, run_id, error)
     reaped: list[str] = field(default_factory=list)
+    parallel: int = 1  # fold runs of a PARALLEL_JOBS job run at once (see run_pipeline)
+    pids: dict[str, int] = field(default_factory=dict)  # run_id -> the process that ran it
 
     @property
     def ok(self) -> bool:
@@ -123,6 +142,99 @@ def _error_text(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(msgs) or "run failed (see the run's logs in the Dagster UI)"
 
 
+def parallel_runs(cfg: PlatformConfig, instance: dg.DagsterInstance, requested: int | None = None) -> int:
+    """How many fold runs of a :data:`PARALLEL_JOBS` job run at once. ``requested`` (>= 1) wins; by default one
+    per usable CPU core on a machine without a CUDA device (or with ``training.device: cpu``), capped by the
+    ``gpu`` pool limit of the instance (a run beyond it would only wait for a slot); 1 with a CUDA device."""
+    if requested is not None:
+        check_range("parallel", requested, 1, 1024)
+        return requested
+    if cfg.training.device != "cpu" and cuda_available():
+        return 1
+    limit = pool_limit(instance)
+    return max(1, min(usable_cores(), limit if limit is not None else usable_cores()))
+
+
+def _execute(
+    defs: dg.Definitions, instance: dg.DagsterInstance, pr: PlannedRun, log_level: str
+) -> tuple[bool, str, str, float, int]:
+    """Run one planned run in this process: (success, run_id, error text, seconds, pid)."""
+    t0 = time.perf_counter()
+    result = defs.resolve_job_def(pr.job.name).execute_in_process(
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        instance=instance,
+        partition_key=pr.partition,
+        tags=run_tags(pr.stage),
+        raise_on_error=False,
+    )
+    error = "" if result.success else _error_text(result)
+    return result.success, result.run_id, error, time.perf_counter() - t0, os.getpid()
+
+
+# --- worker processes of parallel fold runs ---------------------------------------------------------------------
+_WORKER: dict[str, object] = {}
+
+
+def _worker_init() -> None:
+    """Each worker dies with the runner (Linux ``PR_SET_PDEATHSIG``): after a ``kill -9`` of ``hms run`` no fold
+    run goes on training unseen, and the next run's reaper marks the runs the workers had started as failed."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the runner died before prctl took effect
+            os._exit(1)
+
+
+def _worker_run(cfg: PlatformConfig, pr: PlannedRun, log_level: str) -> tuple[bool, str, str, float, int]:
+    """One fold run in a worker process: the same definitions (built once per worker from the runner's config
+    object, not re-read from its file) and the same instance folder as the runner."""
+    key = cfg.model_dump_json()
+    if _WORKER.get("key") != key:
+        _WORKER.update(key=key, defs=build_definitions(cfg), instance=prepare_instance(cfg))
+    return _execute(_WORKER["defs"], _WORKER["instance"], pr, log_level)  # type: ignore[arg-type]
+
+
+def _run_parallel(
+    cfg: PlatformConfig,
+    batch: list[PlannedRun],
+    n: int,
+    log_level: str,
+    report: RunReport,
+    emit: Callable[[str, PlannedRun | None, dict], None],
+) -> bool:
+    """Run ``batch`` (fold runs of one job) ``n`` at a time in spawned worker processes (spawn, not fork: the
+    runner holds torch, polars and sqlite state). Stops submitting at the first failure, lets the runs under way
+    finish, and records the first failure. Returns True when every run succeeded."""
+    ctx = multiprocessing.get_context("spawn")
+    todo = list(batch)
+    running: dict[Future, PlannedRun] = {}
+    with ProcessPoolExecutor(max_workers=min(n, len(batch)), mp_context=ctx, initializer=_worker_init) as pool:
+        while todo or running:
+            while todo and len(running) < n and report.failed is None:
+                pr = todo.pop(0)
+                emit("start", pr, {})
+                running[pool.submit(_worker_run, cfg, pr, log_level)] = pr
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                pr = running.pop(fut)
+                try:
+                    ok, run_id, error, secs, pid = fut.result()
+                except BrokenProcessPool as e:  # a worker died (killed, out of memory) before it returned
+                    ok, run_id, error, secs, pid = False, "-", f"the worker process running it died: {e}", 0.0, 0
+                report.pids[run_id] = pid
+                if ok:
+                    report.done.append((pr, run_id, secs))
+                    emit("done", pr, {"run_id": run_id, "seconds": secs})
+                elif report.failed is None:
+                    report.failed = (pr, run_id, error)
+                    emit("fail", pr, {"run_id": run_id, "error": error, "seconds": secs})
+    return report.failed is None
+
+
 def _full_runs(cfg: PlatformConfig, plan: dict[str, list[StageJob]], stage: str) -> list[PlannedRun]:
     return [PlannedRun(stage, j, p) for j in plan[stage] for p in (cfg.fold_names if j.partitioned else [None])]
 
@@ -150,6 +262,7 @@ def run_pipeline(
     on_event: Callable[[str, PlannedRun | None, dict], None] | None = None,
     with_upstream: bool = False,
     require_upstream: bool = True,
+    parallel: int | None = None,
 ) -> RunReport:
     """Materialize ``stage`` (or all stages in order). ``resume`` runs only missing/failed/stale partitions.
 
@@ -158,6 +271,10 @@ def run_pipeline(
     ``with_upstream``, which runs the earlier stages first (every fold, only what is missing, failed or stale).
     ``require_upstream=False`` skips that look-up, for inputs written outside this instance (a benchmark that
     trains in a scratch workspace on another workspace's partitions).
+
+    Fold runs of a :data:`PARALLEL_JOBS` job run ``parallel`` at a time, each in its own process
+    (:func:`parallel_runs`: by default one per usable core without a CUDA device, else 1). Each training seeds
+    itself and runs its own torch threads, so the runs produce the same files in any order or concurrency.
 
     ``on_event(kind, run, info)`` is called with kind in {"plan", "start", "done", "skip", "fail", "not_built"}.
     """
@@ -199,30 +316,39 @@ def run_pipeline(
             ", ".join(needed_by), missing, _stages_to_run_first(cfg, defs, instance, missing)
         )
     emit("plan", None, {"n": len(report.planned)})
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    for pr in report.planned:
-        # Evaluate staleness just before each run: an upstream run earlier in this loop may have changed it.
-        if resume or pr.upstream or (fold is not None and not pr.job.partitioned):
-            resolver = StatusResolver(cfg, defs, instance)
-            if not resolver.needs_run(pr.stage, pr.job.name, pr.job.asset_keys, pr.partition):
-                report.skipped.append(pr)
-                emit("skip", pr, {})
-                continue
-        emit("start", pr, {})
-        t0 = time.perf_counter()
-        job_def = defs.resolve_job_def(pr.job.name)
-        result = job_def.execute_in_process(
-            run_config=run_config,
-            instance=instance,
-            partition_key=pr.partition,
-            tags=run_tags(pr.stage),
-            raise_on_error=False,
-        )
-        secs = time.perf_counter() - t0
-        if not result.success:
-            report.failed = (pr, result.run_id, _error_text(result))
-            emit("fail", pr, {"run_id": result.run_id, "error": report.failed[2], "seconds": secs})
-            return report
-        report.done.append((pr, result.run_id, secs))
-        emit("done", pr, {"run_id": result.run_id, "seconds": secs})
+    report.parallel = parallel_runs(cfg, instance, parallel)
+    i = 0
+    while i < len(report.planned):
+        pr = report.planned[i]
+        # a PARALLEL_JOBS job's fold runs: a batch of consecutive runs of the same job
+        j = i + 1
+        if report.parallel > 1 and pr.job.name in PARALLEL_JOBS and pr.partition is not None:
+            while j < len(report.planned) and report.planned[j].job.name == pr.job.name:
+                j += 1
+        batch = []
+        for cand in report.planned[i:j]:
+            # Evaluate staleness just before each run: an upstream run earlier in this loop may have changed it
+            # (the fold runs of one batch do not read each other).
+            if resume or cand.upstream or (fold is not None and not cand.job.partitioned):
+                resolver = StatusResolver(cfg, defs, instance)
+                if not resolver.needs_run(cand.stage, cand.job.name, cand.job.asset_keys, cand.partition):
+                    report.skipped.append(cand)
+                    emit("skip", cand, {})
+                    continue
+            batch.append(cand)
+        i = j
+        if len(batch) > 1:
+            if not _run_parallel(cfg, batch, report.parallel, log_level, report, emit):
+                return report
+            continue
+        for one in batch:
+            emit("start", one, {})
+            ok, run_id, error, secs, pid = _execute(defs, instance, one, log_level)
+            report.pids[run_id] = pid
+            if not ok:
+                report.failed = (one, run_id, error)
+                emit("fail", one, {"run_id": run_id, "error": error, "seconds": secs})
+                return report
+            report.done.append((one, run_id, secs))
+            emit("done", one, {"run_id": run_id, "seconds": secs})
     return report
