@@ -34,6 +34,7 @@ from hms_core.config import PlatformConfig, PreprocessingConfig
 from hms_core.constants import CLASSES, EEG_CHANNELS, SFREQ
 from hms_core.eeg_io import RecordError
 from hms_core.scanning.config import ScanConfig
+from hms_core.scanning.distill import distilled_dir
 from hms_core.scanning.frontend import (
     AMP_BLOCK,
     WindowQuality,
@@ -47,6 +48,7 @@ from hms_core.scanning.frontend import (
     window_span,
 )
 from hms_core.scanning.predictors import (
+    DEFAULT_MAX_MISSING,
     DISTILLED_DIR,
     DistilledModel,
     PackageEnsemble,
@@ -77,6 +79,8 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 _CAUSES: tuple[tuple[str, str], ...] = (
     ("missing", "missing_channels"), ("flat", "flat"), ("noisy", "disconnected"), ("popping", "artifact"),
 )  # fmt: skip
+#: The teacher version of a workspace's trained ensemble (before a deployment package exists).
+WORKSPACE_VERSION = "workspace-ensemble"
 #: Chunk starts are multiples of this many samples (artifact blocks, 1-s amplitude blocks, STFT hops).
 _ALIGN = AMP_BLOCK
 
@@ -142,13 +146,16 @@ def load_scanner(package: Any, scan: ScanConfig, platform: PlatformConfig | None
 
             package = load_package(package, verify=True)
         ens = PackageEnsemble(package, scan.precision)
-        distilled = load_distilled(Path(package.path) / DISTILLED_DIR, ens.preprocessing, scan.threads,
-                                   ens.max_missing_channels, ens.version)  # fmt: skip
+        # inside the package (when EXPORT ships it) or beside it: <models>/scanning/<package version>
+        distilled = None
+        for folder in (Path(package.path) / DISTILLED_DIR,
+                       distilled_dir(Path(package.path).parent.parent, ens.version)):  # fmt: skip
+            distilled = distilled or load_distilled(folder, ens.preprocessing, scan.threads,
+                                                    ens.max_missing_channels, ens.version)  # fmt: skip
         return Scanner(ens.preprocessing, ens.version, ens.max_missing_channels, lambda: ens, distilled,
                        Path(package.path))  # fmt: skip
     if platform is None:
         raise ValueError("scan needs a deployment package or a platform config whose workspace holds an ensemble")
-    folder = platform.root / DISTILLED_DIR
     from hms_core.ensemble.build import ENSEMBLE_FILE
 
     if not (platform.ensemble_dir / ENSEMBLE_FILE).is_file():
@@ -156,9 +163,10 @@ def load_scanner(package: Any, scan: ScanConfig, platform: PlatformConfig | None
             f"no deployment package under {Path(platform.models_dir) / 'deployments'} and no trained ensemble at "
             f"{platform.ensemble_dir / ENSEMBLE_FILE}: run `hms run --stage all` (or pass --package PATH)"
         )
-    version = f"workspace:{platform.root}"
-    distilled = load_distilled(folder, platform.preprocessing, scan.threads, 4, version)
-    return Scanner(platform.preprocessing, version, 4, lambda: WorkspaceEnsemble(platform, scan.threads),
+    version = WORKSPACE_VERSION
+    folder = distilled_dir(platform.models_dir, version)
+    distilled = load_distilled(folder, platform.preprocessing, scan.threads, DEFAULT_MAX_MISSING, version)
+    return Scanner(platform.preprocessing, version, DEFAULT_MAX_MISSING, lambda: WorkspaceEnsemble(platform, scan.threads),
                    distilled, platform.root)  # fmt: skip
 
 
@@ -188,11 +196,14 @@ def scan_reader(
     scan: ScanConfig,
     max_missing_channels: int,
     progress: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[pd.DataFrame, Any]:
     """Timeline and hemisphere spectrogram of a recording opened for streaming (``duration_s``, ``read(a, b)``).
 
     ``predictor``: a :class:`~hms_core.scanning.predictors.DistilledModel` or an ensemble predictor
-    (``predict(BatchOutput)``); ``progress(done, total)`` is called after each chunk."""
+    (``predict(BatchOutput)``); ``progress(done, total)`` is called after each chunk. ``on_batch(spec, scalars,
+    probs)``: called with every evaluated batch's distilled-model inputs and the predictor's probabilities (the
+    teacher windows of :mod:`hms_core.scanning.distill`)."""
     from hms_core.scanning.plots import HemisphereSpectrogram
 
     pp: PreprocessingConfig = predictor.preprocessing
@@ -262,6 +273,9 @@ def scan_reader(
                 pred: Prediction = predictor.predict_inputs(spec, scal)
             else:
                 pred = predictor.predict(window_batch(chunk, ctx[b], qb, pp))
+                if on_batch is not None:
+                    bip_ok = bipolar_quality(qb.ref_ok, pp.eeg.include_central_chain)
+                    on_batch(*distill_inputs(fp, seg_starts[k0 + b], n_frames, bip_ok, dcfg), pred.probs)
             probs[k0 + b] = pred.probs
             disagreement[k0 + b] = pred.disagreement
         del chunk, fp

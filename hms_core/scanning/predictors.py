@@ -165,7 +165,15 @@ class DistilledModel:
 
 def load_distilled(folder: Path, preprocessing: PreprocessingConfig, threads: int, max_missing: int,
                    version: str) -> DistilledModel | None:  # fmt: skip
-    """The distilled model in ``folder`` when it holds one, else None."""
-    if (folder / "model.onnx").is_file() and (folder / "distill.json").is_file():
-        return DistilledModel(folder, preprocessing, threads, max_missing, version)
-    return None
+    """The distilled model in ``folder`` when it holds one (every SHA-256 of its manifest.json checked), else None."""
+    from hms_core.io import sha256_file
+
+    if not ((folder / "model.onnx").is_file() and (folder / "distill.json").is_file()):
+        return None
+    manifest = folder / "manifest.json"
+    files = json.loads(manifest.read_text()).get("files", {}) if manifest.is_file() else {}
+    for rel in ("model.onnx", "distill.json"):
+        if rel not in files or sha256_file(folder / rel) != files[rel]:
+            raise ValueError(f"{folder / rel} does not match {manifest} (expected sha256 {files.get(rel)}); "
+                             "rebuild the distilled model (`hms scan --distill`)")  # fmt: skip
+    return DistilledModel(folder, preprocessing, threads, max_missing, version)

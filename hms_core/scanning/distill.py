@@ -1,0 +1,285 @@
+"""The scanning model: a small CNN distilled from the ensemble, fast enough for 24-h recordings.
+
+The ensemble runs every fold of every member on per-window inputs (raw segments, four spectrogram types, features);
+at a 2-s stride that is 43,200 windows a day. The distilled model reads one cheap representation that every
+overlapping window shares: the log STFT power of the four double-banana chains over the 10-s segment
+(:func:`hms_core.scanning.frontend.distill_inputs`: Hann ``distill.window_size``, hop ``distill.hop``,
+``freq_min``-``freq_max`` Hz, standardised per window, plus the window's mean and spread of log power).
+
+Teacher windows: the training recordings (``train_eegs``; no labels are read) scanned with the scanner itself,
+every ``distill.stride_s`` seconds, classified by the ensemble engine (the deployment package's, or the workspace
+ensemble before one exists). The student is trained on the teacher's probabilities (KL(teacher || student), with
+the label-preserving left/right flip as augmentation) on the windows of ``1 - holdout_fraction`` of the patients;
+its agreement with the ensemble, the mean KL(ensemble || distilled) and the top-class agreement on the held-out
+patients' windows, is recorded in ``distill.json`` beside ``model.onnx``.
+
+Where it is stored: ``<root>/models/scanning/<teacher version>/`` (``model.onnx``, ``distill.json``,
+``manifest.json`` with their SHA-256 and the teacher package's manifest digest). The deployment package itself is
+never edited: a verified package stays as EXPORT wrote it, and the scanner finds the model by the package version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hms_core.config import PlatformConfig
+from hms_core.constants import CLASSES, SFREQ
+from hms_core.io import atomic_path, sha256_file, write_json
+from hms_core.scanning.config import ScanConfig
+
+__all__ = ["DistillResult", "TeacherWindows", "distill", "distilled_dir", "teacher_windows", "train_student"]
+
+MODEL_FILE = "model.onnx"
+META_FILE = "distill.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def distilled_dir(models_dir: str | Path, teacher_version: str) -> Path:
+    """``<models_dir>/scanning/<teacher version>`` (the version made safe as a folder name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher_version).strip("_") or "teacher"
+    return Path(models_dir) / "scanning" / safe
+
+
+@dataclass
+class ArrayRecording:
+    """An in-memory recording (n, 20) at 200 Hz with the streaming reader's interface."""
+
+    data: np.ndarray
+
+    @property
+    def duration_s(self) -> float:
+        return self.data.shape[0] / SFREQ
+
+    def read(self, start_s: float, stop_s: float) -> np.ndarray:
+        return self.data[max(round(start_s * SFREQ), 0) : round(stop_s * SFREQ)]
+
+
+@dataclass
+class TeacherWindows:
+    spec: np.ndarray  # (N, 4, F, T) float32
+    scalars: np.ndarray  # (N, 2)
+    probs: np.ndarray  # (N, 6) the ensemble's probabilities
+    patient: np.ndarray  # (N,) patient ids
+    seconds: float
+
+
+def _training_recordings(cfg: PlatformConfig) -> list[tuple[Path, int]]:
+    """(parquet path, patient id) of every training EEG of the raw data set (train.csv; labels unread)."""
+    import polars as pl
+
+    csv = cfg.raw_dir / "train.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv} does not exist: distillation scans the training recordings it lists")
+    ids = pl.read_csv(csv, columns=["eeg_id", "patient_id"]).unique("eeg_id").sort("eeg_id")
+    return [(cfg.raw_dir / "train_eegs" / f"{e}.parquet", int(p)) for e, p in ids.iter_rows()]
+
+
+def teacher_windows(cfg: PlatformConfig, scanner: Any, scan: ScanConfig,
+                    progress: Callable[[int, int], None] | None = None) -> TeacherWindows:  # fmt: skip
+    """Scan the training recordings (a seeded order, until ``distill.max_windows``) with the ensemble engine and
+    keep every evaluated window's distilled-model input and the ensemble's probabilities."""
+    from hms_core.eeg_io import read_hms_eeg
+    from hms_core.scanning.engine import scan_reader
+
+    dcfg = scan.distill
+    t0 = time.perf_counter()
+    recs = _training_recordings(cfg)
+    order = np.random.default_rng(dcfg.seed).permutation(len(recs))
+    sub = scan.model_copy(update={"stride_s": dcfg.stride_s})
+    ens = scanner.ensemble
+    max_missing = scanner.max_missing_channels if scan.max_missing_channels is None else scan.max_missing_channels
+    parts: dict[str, list[np.ndarray]] = {"spec": [], "scalars": [], "probs": [], "patient": []}
+    n = 0
+    for i, j in enumerate(order):
+        path, patient = recs[j]
+
+        def keep(spec: np.ndarray, scal: np.ndarray, probs: np.ndarray, patient: int = patient) -> None:
+            parts["spec"].append(spec)
+            parts["scalars"].append(scal)
+            parts["probs"].append(probs)
+            parts["patient"].append(np.full(len(probs), patient, np.int64))
+
+        scan_reader(ArrayRecording(read_hms_eeg(path, missing_channels="flag")), ens, sub, max_missing,
+                    on_batch=keep)  # fmt: skip
+        n = sum(len(p) for p in parts["probs"])
+        if progress is not None:
+            progress(i + 1, len(order))
+        if dcfg.max_windows is not None and n >= dcfg.max_windows:
+            break
+    if not n:
+        raise ValueError(f"no evaluable window in the {len(recs)} training recordings of {cfg.raw_dir}")
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    if dcfg.max_windows is not None and n > dcfg.max_windows:
+        keep_idx = np.sort(np.random.default_rng(dcfg.seed).choice(n, dcfg.max_windows, replace=False))
+        out = {k: v[keep_idx] for k, v in out.items()}
+    return TeacherWindows(out["spec"], out["scalars"], out["probs"], out["patient"], time.perf_counter() - t0)
+
+
+def build_student(n_freqs: int, n_frames: int, channels: int) -> Any:
+    """The scanning CNN: two conv blocks over (frequency, time) with the 4 chains as input channels, mean over
+    time, then a small head that also reads the window's log-power mean and spread. Outputs logits (B, 6)."""
+    import torch
+    from torch import nn
+
+    class ScanNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            c = channels
+            self.conv = nn.Sequential(
+                nn.Conv2d(4, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.MaxPool2d((2, 1)),
+            )  # fmt: skip
+            n_f = n_freqs // 4
+            self.head = nn.Sequential(nn.Linear(2 * c * n_f + 2, 64), nn.ReLU(), nn.Dropout(0.1),
+                                      nn.Linear(64, len(CLASSES)))  # fmt: skip
+
+        def forward(self, spec: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+            z = self.conv(spec).mean(-1).flatten(1)
+            return self.head(torch.cat([z, scalars], 1))
+
+    return ScanNet()
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    p, q = np.clip(p, 1e-12, 1), np.clip(q, 1e-12, 1)
+    return (p * np.log(p / q)).sum(-1)
+
+
+def _predict(model: Any, spec: np.ndarray, scal: np.ndarray) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(spec), 1024):
+            out.append(torch.softmax(model(torch.from_numpy(spec[i : i + 1024]),
+                                           torch.from_numpy(scal[i : i + 1024])), 1).numpy())  # fmt: skip
+    return np.concatenate(out).astype(np.float64)
+
+
+def train_student(tw: TeacherWindows, scan: ScanConfig) -> tuple[Any, dict[str, Any]]:
+    """Fit the student on the non-held-out patients' windows; returns it and its agreement figures."""
+    import torch
+
+    from hms_core.training.inputs import CHAIN_FLIP_ORDER
+
+    dcfg = scan.distill
+    torch.manual_seed(dcfg.seed)
+    rng = np.random.default_rng(dcfg.seed)
+    patients = np.unique(tw.patient)
+    n_hold = max(1, round(dcfg.holdout_fraction * len(patients))) if len(patients) > 1 else 0
+    held = set(rng.permutation(patients)[:n_hold].tolist())
+    test = np.isin(tw.patient, list(held))
+    train = ~test if test.any() and (~test).any() else np.ones(len(test), bool)
+    model = build_student(tw.spec.shape[2], tw.spec.shape[3], dcfg.channels)
+    opt = torch.optim.AdamW(model.parameters(), lr=dcfg.learning_rate, weight_decay=dcfg.weight_decay)
+    idx = np.flatnonzero(train)
+    steps = dcfg.epochs * max(1, -(-len(idx) // dcfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=dcfg.learning_rate, total_steps=steps)
+    spec, scal = torch.from_numpy(tw.spec), torch.from_numpy(tw.scalars)
+    target = torch.from_numpy(tw.probs.astype(np.float32))
+    flip = torch.tensor(CHAIN_FLIP_ORDER)
+    t0 = time.perf_counter()
+    model.train()
+    for _ in range(dcfg.epochs):
+        rng.shuffle(idx)
+        for b0 in range(0, len(idx), dcfg.batch_size):
+            b = torch.from_numpy(idx[b0 : b0 + dcfg.batch_size])
+            if len(b) < 2:  # batch norm needs two windows
+                continue
+            swap = torch.rand(len(b)) < 0.5  # the label-preserving left/right flip
+            x = torch.where(swap[:, None, None, None], spec[b][:, flip], spec[b])
+            logp = torch.log_softmax(model(x, scal[b]), 1)
+            loss = torch.nn.functional.kl_div(logp, target[b], reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched.last_epoch + 1 < steps:
+                sched.step()
+    p = _predict(model, tw.spec, tw.scalars)
+    kl = _kl(tw.probs, p)
+    agree = p.argmax(1) == tw.probs.argmax(1)
+    prior = tw.probs[train].mean(0)
+    metrics = {
+        "windows": len(tw.probs), "train_windows": int(train.sum()), "heldout_windows": int(test.sum()),
+        "patients": len(patients), "heldout_patients": sorted(int(x) for x in held),
+        "kl_heldout": float(kl[test].mean()) if test.any() else None,
+        "kl_train": float(kl[train].mean()),
+        "top1_agreement_heldout": float(agree[test].mean()) if test.any() else None,
+        "kl_heldout_constant_prior": float(_kl(tw.probs[test], prior[None]).mean()) if test.any() else None,
+        "train_seconds": round(time.perf_counter() - t0, 2), "teacher_seconds": round(tw.seconds, 2),
+    }  # fmt: skip
+    return model, metrics
+
+
+def export_student(model: Any, spec_shape: tuple[int, ...], path: Path) -> float:
+    """ONNX export (TorchScript exporter, dynamic batch) and the max |p_onnx - p_torch| on random inputs."""
+    import onnxruntime as ort
+    import torch
+
+    model.eval()
+    rng = np.random.default_rng(0)
+    spec = rng.standard_normal((8, *spec_shape)).astype(np.float32)
+    scal = rng.standard_normal((8, 2)).astype(np.float32)
+    with atomic_path(path, suffix=".tmp.onnx") as tmp:
+        torch.onnx.export(
+            model, (torch.from_numpy(spec), torch.from_numpy(scal)), str(tmp), input_names=["spec", "scalars"],
+            output_names=["logits"], dynamic_axes={"spec": {0: "batch"}, "scalars": {0: "batch"},
+                                                   "logits": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(None, {"spec": spec, "scalars": scal})
+    with torch.no_grad():
+        ref = model(torch.from_numpy(spec), torch.from_numpy(scal)).numpy()
+    return float(np.abs(logits - ref).max())
+
+
+@dataclass
+class DistillResult:
+    folder: Path
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def distill(cfg: PlatformConfig, package: Any = None, progress: Callable[[int, int], None] | None = None,
+            log: Callable[[str], None] | None = None) -> DistillResult:  # fmt: skip
+    """Teacher windows -> student -> ``<root>/models/scanning/<teacher version>/`` (see the module docstring)."""
+    from hms_core.scanning.engine import load_scanner
+
+    say = log or (lambda _m: None)
+    scan = cfg.scan
+    scanner = load_scanner(package, scan, cfg)
+    tw = teacher_windows(cfg, scanner, scan, progress)
+    say(f"teacher: {len(tw.probs)} windows of {len(np.unique(tw.patient))} patients in {tw.seconds:.1f} s")
+    model, metrics = train_student(tw, scan)
+    folder = distilled_dir(cfg.models_dir, scanner.version)
+    folder.mkdir(parents=True, exist_ok=True)
+    parity = export_student(model, tw.spec.shape[1:], folder / MODEL_FILE)
+    teacher_manifest = Path(scanner.source) / "manifest.json"
+    meta = {
+        "format": 1, "classes": list(CLASSES), "teacher": scanner.version, "teacher_path": str(scanner.source),
+        "teacher_manifest_sha256": sha256_file(teacher_manifest) if teacher_manifest.is_file() else None,
+        "config": scan.distill.model_dump(mode="json"), "n_frames": int(tw.spec.shape[-1]),
+        "n_freqs": int(tw.spec.shape[2]), "preprocessing": scanner.preprocessing.model_dump(mode="json"),
+        "metrics": metrics, "onnx_max_abs_logit_diff": parity,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }  # fmt: skip
+    write_json(folder / META_FILE, meta)
+    write_json(folder / MANIFEST_FILE, {"format": 1, "files": {f: sha256_file(folder / f)
+                                                                for f in (MODEL_FILE, META_FILE)}})  # fmt: skip
+    say(f"distilled model: held-out KL vs ensemble {metrics['kl_heldout']}, top-1 agreement "
+        f"{metrics['top1_agreement_heldout']} -> {folder}")  # fmt: skip
+    return DistillResult(folder, metrics, meta)
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / META_FILE).read_text())

@@ -1,0 +1,171 @@
+"""The scanning engine: continuous preprocessing against the per-window path, window grid, windows that cannot be
+judged, bounded reads, and a scan end to end on a short EDF written with pyEDFlib (clinical channel names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hms_core.config import load_config
+from hms_core.constants import CLASSES, SFREQ
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+#: Clinical (TUH-style) labels of the 19 EEG channels and the EKG, as a hospital EDF names them.
+LABELS = [f"EEG {c}-REF" for c in ("Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz", "Pz", "Fp2", "F4",
+                                    "C4", "P4", "F8", "T4", "T6", "O2")] + ["EKG1"]  # fmt: skip
+DURATION_S = 240
+FLAT = (100, 130)  # every channel held at 0 (a disconnected headbox)
+DISCONNECTED = (170, 190)  # every channel saturated with electrode noise
+
+
+def write_edf(path: Path, duration_s: int = DURATION_S, seed: int = 0) -> Path:
+    import pyedflib
+
+    rng = np.random.default_rng(seed)
+    n = duration_s * SFREQ
+    t = np.arange(n) / SFREQ
+    slow = np.cumsum(rng.normal(0, 1, n))
+    slow -= np.convolve(slow, np.ones(400) / 400, "same")
+    sigs = []
+    for i in range(len(LABELS)):
+        x = 20 * np.sin(2 * np.pi * (9 + i % 3) * t + i) + 0.8 * slow + rng.normal(0, 8, n)
+        x[FLAT[0] * SFREQ : FLAT[1] * SFREQ] = 0.0
+        x[DISCONNECTED[0] * SFREQ : DISCONNECTED[1] * SFREQ] = rng.normal(
+            0, 2000, (DISCONNECTED[1] - DISCONNECTED[0]) * SFREQ
+        )
+        sigs.append(np.clip(x, -3200, 3200))
+    w = pyedflib.EdfWriter(str(path), len(LABELS), file_type=pyedflib.FILETYPE_EDFPLUS)
+    w.setSignalHeaders([{"label": lab, "dimension": "uV", "sample_frequency": SFREQ, "physical_max": 3200,
+                         "physical_min": -3200, "digital_max": 32767, "digital_min": -32768} for lab in LABELS])  # fmt: skip
+    w.writeSamples(sigs)
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def edf(tmp_path_factory) -> Path:
+    return write_edf(tmp_path_factory.mktemp("scan") / "icu_recording.edf")
+
+
+@pytest.fixture(scope="module")
+def signal(edf) -> np.ndarray:
+    from hms_core.recording import open_recording
+
+    with open_recording(edf) as rec:
+        return rec.read(0, rec.duration_s)
+
+
+def test_continuous_front_end_matches_process_windows_in_the_window_interior(signal):
+    from hms_core.preprocess import process_windows
+    from hms_core.scanning.frontend import context_start, prepare_chunk, window_batch, window_quality
+
+    pp = load_config("tiny").preprocessing
+    seg = np.array([30, 36]) * SFREQ  # clean windows; 36 s is off the STFT hop grid of the window at 30 s
+    ctx = context_start(seg, pp)
+    chunk = prepare_chunk(signal, 0, pp)  # one filter pass over the whole recording
+    cont = window_batch(chunk, ctx, window_quality(chunk, ctx, pp), pp)
+    ref = process_windows(np.stack([signal[c : c + 10000] for c in ctx]), pp)
+    sl = pp.eeg.segment_slice
+    # scaled model input: the per-window path's quantiles include its own 50-s edge transients, hence 5 %
+    iqr_units = np.abs(cont.bipolar[:, :, sl] - ref.bipolar[:, :, sl])
+    assert iqr_units.max() < 0.05, iqr_units.max()
+    for name, s in ref.spectrograms.items():
+        assert np.abs(cont.spectrograms[name] - s).max() < 0.02, name
+    fa, fb = cont.features.to_numpy(), ref.features.to_numpy()
+    assert np.allclose(fa, fb, rtol=0.01, atol=1e-3)
+    assert cont.quality.all() and ref.quality.all()
+    # the filtered microvolts themselves agree to far below the EEG noise in the interior
+    raw_pp = pp.model_copy(deep=True)
+    raw_pp.eeg.scaling = "none"
+    raw_pp.spectrogram.types = ["stft"]
+    a = window_batch(prepare_chunk(signal, 0, raw_pp), ctx, window_quality(chunk, ctx, raw_pp), raw_pp, False)
+    b = process_windows(np.stack([signal[c : c + 10000] for c in ctx]), raw_pp, compute_features=False)
+    interior = slice(5 * SFREQ, 45 * SFREQ)
+    assert np.abs(a.bipolar[..., interior] - b.bipolar[..., interior]).max() < 0.01 * b.bipolar.std()
+
+
+def test_flat_disconnected_and_edge_windows_are_not_evaluated(signal):
+    from hms_core.scanning.engine import _reasons
+    from hms_core.scanning.frontend import context_start, prepare_chunk, window_quality, window_span
+
+    pp = load_config("tiny").preprocessing
+    stride = 2 * SFREQ
+    seg = np.arange(0, (DURATION_S - 10) * SFREQ + 1, stride)
+    before, after = window_span(pp)
+    edge = (seg - before < 0) | (seg + after > DURATION_S * SFREQ)
+    chunk = prepare_chunk(signal, 0, pp)
+    ok, why = _reasons(window_quality(chunk, context_start(seg, pp), pp), edge, 4)
+    start = seg / SFREQ
+    inside = lambda span: (start >= span[0]) & (start + 10 <= span[1])
+    assert (edge == ((start < 20) | (start > DURATION_S - 30))).all() and set(why[edge]) == {"edge"}
+    assert set(why[inside(FLAT)]) == {"flat"}
+    assert set(why[inside(DISCONNECTED)]) == {"disconnected"}
+    clean = ~edge & ((start + 10 <= FLAT[0] - 2) | (start >= DISCONNECTED[1] + 2)) & ~inside(DISCONNECTED)
+    clean &= (start >= FLAT[1] + 2) | (start + 10 <= FLAT[0] - 2)
+    assert clean.sum() > 20 and ok[clean].all()
+
+
+def test_stride_must_fit_the_block_and_hop_grid():
+    from hms_core.scanning.config import ScanConfig
+
+    assert ScanConfig(stride_s=1.0).stride_samples == 200
+    with pytest.raises(ValueError, match="multiple of 0.25 s"):
+        ScanConfig(stride_s=0.3)
+    with pytest.raises(ValueError, match="distill.hop"):
+        ScanConfig(stride_s=0.75, distill={"hop": 100})
+
+
+def test_scan_grid_outputs_and_bounded_reads(trained_workspace, edf, tmp_path, monkeypatch):
+    import hms_core.recording
+    from hms_core.scanning.engine import scan_recording
+    from hms_core.scanning.events import validate_timeline
+
+    reads = []
+    opened = hms_core.recording.open_recording
+
+    def counting_open(*args, **kwargs):
+        rec = opened(*args, **kwargs)
+        read = rec.read
+        rec.read = lambda a, b: reads.append(b - a) or read(a, b)
+        return rec
+
+    monkeypatch.setattr(hms_core.recording, "open_recording", counting_open)
+    cfg = trained_workspace.cfg
+    scan = cfg.scan.model_copy(update={"engine": "ensemble", "stride_s": 6.0, "chunk_s": 60.0})
+    res = scan_recording(edf, None, scan, tmp_path / "out", platform=cfg)
+    tl = validate_timeline(res.timeline)
+    n = int((DURATION_S - 10) // 6) + 1
+    assert len(tl) == n and np.allclose(tl["start_s"], 6.0 * np.arange(n))
+    assert np.allclose(tl["end_s"] - tl["start_s"], 10)
+    ev = tl["evaluated"].to_numpy()
+    probs = tl[list(CLASSES)].to_numpy()
+    assert np.isnan(probs[~ev]).all() and np.allclose(probs[ev].sum(1), 1.0) and ev.sum() >= 10
+    assert (tl.loc[~ev, "reason"] != "").all() and (tl.loc[ev, "reason"] == "").all()
+    assert {"edge", "flat", "disconnected"} <= set(tl["reason"])
+    assert np.isfinite(tl.loc[ev, "disagreement"]).all() and res.engine == "ensemble" and res.realtime_factor > 0
+    for name in ("timeline_csv", "timeline_parquet", "events", "annotations", "summary", "plot"):
+        assert res.outputs.paths[name].is_file(), name
+    # memory stays bounded: every read is one chunk of windows plus the 50-s context and the filter margin
+    assert len(reads) >= 3 and max(reads) <= scan.chunk_s + 50 + 2 * scan.filter_pad_s + 1
+
+
+def test_chunk_edges_do_not_show(signal):
+    """A window prepared from a chunk that starts just a filter margin before its context equals the same window
+    prepared from the whole recording."""
+    from hms_core.scanning.frontend import context_start, prepare_chunk, window_batch, window_quality
+
+    pp = load_config("tiny").preprocessing
+    pp.spectrogram.types = ["stft"]
+    ctx = context_start(np.array([60 * SFREQ]), pp)
+    whole = prepare_chunk(signal, 0, pp)
+    lo = int(ctx[0]) - 20 * SFREQ
+    part = prepare_chunk(signal[lo : int(ctx[0]) + 10000 + 20 * SFREQ], lo, pp)
+    a = window_batch(whole, ctx, window_quality(whole, ctx, pp), pp, False)
+    b = window_batch(part, ctx, window_quality(part, ctx, pp), pp, False)
+    assert (
+        np.abs(a.bipolar - b.bipolar).max() < 1e-3
+        and np.abs(a.spectrograms["stft"] - b.spectrograms["stft"]).max() < 0.01
+    )
