@@ -385,9 +385,10 @@ class ExportConfig(Section):
     deployment package under ``<root>/models/deployments/<version>/`` that runs with numpy + onnxruntime alone."""
 
     enabled: bool = Field(True, json_schema_extra=NOT_A_RESULT, description="Build the export assets.")
-    members: list[str] | None = Field(
-        None, description="Members to export; null = the members the fitted ensemble kept (all of them are needed "
-        "to reproduce it, a subset is refused)."
+    members: Literal["all", "kept"] | list[str] = Field(
+        "all", description="Members in the package: all = every ensemble member (the kept ones make the blend, every "
+        "one is reported per window and in the disagreement), kept = only those the blend uses, or a list that "
+        "includes every kept member."
     )
     precisions: list[Precision] = Field(
         default_factory=lambda: ["fp32", "int8"], min_length=1,

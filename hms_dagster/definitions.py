@@ -13,6 +13,7 @@ import dagster as dg
 from hms_core.config import PlatformConfig, load_config
 from hms_dagster.assets.data import build_data_assets
 from hms_dagster.assets.ensemble import build_ensemble_assets
+from hms_dagster.assets.export import build_export_assets
 from hms_dagster.assets.foundation import build_foundation_assets
 from hms_dagster.assets.models import build_model_assets
 from hms_dagster.assets.preprocessing import build_preprocessing_assets
@@ -30,6 +31,7 @@ def build_definitions(cfg: PlatformConfig) -> dg.Definitions:
         *build_model_assets(cfg),
     ]
     assets += build_ensemble_assets(cfg)
+    assets += build_export_assets(cfg)
     # declarative automation, set here for every stage's assets (hms_dagster.automation)
     assets, automated = apply_automation(cfg, assets)
     jobs = {j.name: j.job({CONFIG_HASH_TAG: cfg.config_hash}) for j in all_stage_jobs(cfg)}

@@ -28,9 +28,7 @@ STAGE_ORDER = (DATA, PREPROCESSING, FOUNDATION, MODELS, ENSEMBLE, EXPORT)
 ALL = "all"
 
 #: Stages whose assets do not exist yet. The runner says so instead of pretending to run them.
-NOT_BUILT: dict[str, str] = {
-    EXPORT: "ONNX/TensorRT export, the prediction service and inference benchmarks",
-}
+NOT_BUILT: dict[str, str] = {}
 
 # --- asset keys -----------------------------------------------------------------------------------------------
 RAW_DATASET = "raw_dataset"
@@ -46,6 +44,8 @@ EVALUATION_REPORT = "evaluation_report"
 SUBMISSION = "submission"
 REGISTERED_ENSEMBLE = "registered_ensemble"
 FOUNDATION_ENCODER = "foundation_encoder"
+ONNX_ENGINES = "onnx_engines"
+DEPLOYMENT_PACKAGE = "deployment_package"
 
 # --- jobs -----------------------------------------------------------------------------------------------------
 DATA_JOB = "data_job"
@@ -54,6 +54,7 @@ PREPROCESSING_JOB = "preprocessing_job"
 MODELS_JOB = "models_job"
 ENSEMBLE_JOB = "ensemble_job"
 FOUNDATION_JOB = "foundation_job"
+EXPORT_JOB = "export_job"
 
 
 def model_asset_key(name: str) -> str:
@@ -71,6 +72,14 @@ def ensemble_asset_keys(cfg: PlatformConfig) -> list[str]:
     if cfg.ensemble.register_model and cfg.mlflow_uri is not None:
         keys.append(REGISTERED_ENSEMBLE)
     return keys
+
+
+def export_asset_keys(cfg: PlatformConfig) -> list[str]:
+    """The export stage's assets (``export.enabled``): the ONNX engines and the deployment package; none without
+    an ensemble (the package reproduces it)."""
+    if not cfg.export.enabled or ENSEMBLE_MODEL not in ensemble_asset_keys(cfg):
+        return []
+    return [ONNX_ENGINES, DEPLOYMENT_PACKAGE]
 
 
 def preprocessing_asset_keys(cfg: PlatformConfig) -> list[str]:
@@ -130,7 +139,10 @@ def stage_plan(cfg: PlatformConfig) -> dict[str, list[StageJob]]:
         ENSEMBLE: [StageJob(ENSEMBLE_JOB, False, tuple(ensemble_asset_keys(cfg)),
                             "Blend every fold of every member: ensemble, report, submission, registry.", group=ENSEMBLE)]
         if ensemble_asset_keys(cfg) else [],
-        EXPORT: [],
+        EXPORT: [StageJob(EXPORT_JOB, False, tuple(export_asset_keys(cfg)),
+                          "Export every fold model to ONNX (parity-gated) and build the deployment package.",
+                          group=EXPORT)]
+        if export_asset_keys(cfg) else [],
     }  # fmt: skip
     return plan
 

@@ -42,10 +42,11 @@ def test_unknown_profile_is_a_clear_error():
     assert out.exit_code == 2 and "does not exist" in out.output and "tiny" in out.output
 
 
-def test_not_built_stage_says_so(tiny_config):
-    out = runner.invoke(app, ["run", "--stage", "export", "--config", str(tiny_config)])
+def test_not_built_stage_says_so(tmp_path):
+    path = write_config(tmp_path, export={"enabled": False})  # a stage with no enabled assets
+    out = runner.invoke(app, ["run", "--stage", "export", "--config", str(path)])
     assert out.exit_code == 3
-    assert "not built yet" in out.output
+    assert "not built yet" in out.output and "no enabled assets" in out.output
 
 
 def test_bad_fold_is_rejected(tiny_config):
@@ -60,7 +61,7 @@ def test_status_on_a_fresh_workspace_is_all_missing(tiny_config):
     states = {(a["asset"], a["partition"]): a["state"] for a in data["assets"]}
     assert states[("raw_dataset", None)] == "missing"
     assert states[("eeg_windows", "fold_0")] == "missing"
-    assert data["stages"]["export"] == "not built"
+    assert data["stages"]["export"] == "incomplete"
     assert data["stages"]["data"] == "incomplete"
 
 

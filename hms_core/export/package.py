@@ -1,0 +1,572 @@
+"""The export stage on files: every fold model of every packaged member to ONNX, gated by parity, then the package.
+
+:func:`export_engines` (the ``onnx_engines`` asset) writes into ``<root>/models/export/``: for each member and fold
+the fp32 engine (dynamo exporter first with ``export.exporter: auto``, the TorchScript exporter where dynamo fails
+or fails parity) and, for torch members, the int8 engine (dynamic for recurrent/attention models, static calibrated
+on the fold's training windows for CNNs); each measured on the fold's held-out validation windows against torch
+(:meth:`~hms_core.training.predict.TrainedModel.predict`, flip TTA included) with inputs built by the runtime
+(:func:`hms_core.export.runtime.member_inputs`), so the parity covers the numpy input building too. An fp32 engine
+over ``export.fp32_tolerance`` (max abs probability difference) or an int8 one over ``export.int8_kl_tolerance``
+(mean KL(torch || int8)) is not deployed; ``engines.json`` says why.
+
+:func:`build_package` (the ``deployment_package`` asset) copies the deployable engines into a new version folder
+with ``package.json``, the config, the model card, the drift reference and the SHA-256 manifest, moves it into
+place in one rename, points ``latest.json`` at it, and checks it against the torch ensemble on the test partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from hms_core.config import PlatformConfig
+from hms_core.constants import CLASSES, KAGGLE_SPECTROGRAM
+from hms_core.export.runtime import (
+    CARD_FILE,
+    DEPLOYMENTS_DIR,
+    FORMAT,
+    LATEST_FILE,
+    MANIFEST_FILE,
+    PACKAGE_FILE,
+    PackageError,
+    kl_rows,
+    load_package,
+    make_session,
+    member_inputs,
+    package_files,
+    run_probs,
+)
+from hms_core.io import sha256_file, write_json, write_text
+from hms_core.partition import PartitionError
+
+__all__ = ["ENGINES_FILE", "EXPORT_DIR", "EnginesResult", "PackageResult", "batch_from_partition", "build_package",
+           "export_engines", "package_members", "tensorrt_status"]  # fmt: skip
+
+EXPORT_DIR = "export"
+ENGINES_FILE = "engines.json"
+REFERENCE_DIR = "reference"
+
+
+def batch_from_partition(part: Any, rows: np.ndarray | None = None) -> SimpleNamespace:
+    """Rows of a processed partition shaped like a :class:`hms_core.preprocess.BatchOutput` (bipolar,
+    spectrograms, features), as stored: what a model trained on the partition read."""
+    rows = np.arange(len(part)) if rows is None else np.asarray(rows)
+    specs = {t: np.asarray(part.array(f"spec_{t}")[rows]) for t in part.layout.spectrogram_types
+             if part.has(f"spec_{t}")}  # fmt: skip
+    feats = None
+    try:
+        feats = part.features().iloc[rows].reset_index(drop=True)
+    except PartitionError:  # a partition without features.parquet: members reading features then say so
+        feats = None
+    return SimpleNamespace(bipolar=np.asarray(part.array("bipolar")[rows]), spectrograms=specs, features=feats)
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """Whether TensorRT fp16 engines can be built here, and why not."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, ("the tensorrt Python package is not installed (optional GPU extra; its wheel downloads from "
+                       "NVIDIA's index)")  # fmt: skip
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "tensorrt imports but no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        return False, (f"onnxruntime has no TensorrtExecutionProvider (providers: {ort.get_available_providers()}); "
+                       "install onnxruntime-gpu")  # fmt: skip
+    return True, f"TensorRT on {torch.cuda.get_device_name(0)}"
+
+
+def package_members(cfg: PlatformConfig, kept: list[str]) -> list[str]:
+    """The members the package holds (``export.members``): every ensemble member, the kept ones, or a list that
+    includes every kept member."""
+    names = cfg.ensemble_members()
+    sel = cfg.export.members
+    if sel == "all":
+        return list(names)
+    if sel == "kept":
+        return list(kept)
+    unknown = [m for m in sel if m not in names]
+    lacking = [m for m in kept if m not in sel]
+    if unknown or lacking:
+        raise ValueError(
+            f"Invalid value for the 'export.members' parameter: {sel}. It must be a subset of the ensemble members "
+            f"{names} that includes every member the ensemble kept {kept}"
+            + (f" (unknown: {unknown})" if unknown else "")
+            + (f" (missing kept: {lacking})" if lacking else "")
+        )
+    return [m for m in names if m in sel]
+
+
+# --- engines --------------------------------------------------------------------------------------------------
+@dataclass
+class EnginesResult:
+    out_dir: Path
+    doc: dict[str, Any]  # engines.json
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed_kept_fp32(self) -> list[str]:
+        """``member/fold`` of the blend whose fp32 engine is not deployable: the package cannot reproduce it."""
+        kept = set(self.doc["kept"])
+        return [f"{r['member']}/{r['fold']}" for r in self.records
+                if r["precision"] == "fp32" and r["member"] in kept and not r["deployed"]]  # fmt: skip
+
+
+def _latency_ms(session: Any, x: np.ndarray, runs: int) -> float:
+    session.run(["probs"], {"x": x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(["probs"], {"x": x})
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def _calibration_inputs(
+    cfg: PlatformConfig, member: dict[str, Any], fold: str, layout: dict[str, Any]
+) -> np.ndarray:
+    """Up to ``export.calibration_windows`` inputs from the fold's training partitions (every other fold)."""
+    from hms_core.partition import load_partition
+
+    want, xs = cfg.export.calibration_windows, []
+    others = [f for f in cfg.fold_names if f != fold]
+    per = -(-want // max(len(others), 1))
+    for f in others:
+        part = load_partition(cfg.processed_dir / "windows" / f)
+        rows = np.linspace(0, len(part) - 1, min(per, len(part))).round().astype(int)
+        xs.append(member_inputs(member, batch_from_partition(part, np.unique(rows)), layout))
+    return np.concatenate(xs)[:want]
+
+
+def _torch_reference(tm: Any, part: Any, rows: np.ndarray) -> np.ndarray:
+    """What :meth:`TrainedModel.predict` gives for ``rows`` of ``part`` (the same code, on a row subset)."""
+    from hms_core.training.data import RowDataset
+    from hms_core.training.inputs import feature_matrix
+    from hms_core.training.predict import predict_torch
+
+    if tm.input_kind == "features":
+        return tm.model.predict_proba(feature_matrix(part, tm.config["feature_names"])[rows])
+    pairs = np.stack([np.zeros(len(rows), np.int64), rows.astype(np.int64)], axis=1)
+    ds = RowDataset([part], pairs, tm.input_spec, with_targets=False)
+    return predict_torch(tm.model, ds, 64, tm.device, tm.config["training"].get("flip_tta", True))
+
+
+def _member_entry(tm: Any, name: str) -> dict[str, Any]:
+    kind = tm.input_kind
+    return {"name": name, "input_kind": kind, "input_spec": None if tm.input_spec is None else tm.input_spec.to_dict(),
+            "feature_names": list(tm.config.get("feature_names") or []) if kind == "features" else [],
+            "flip_tta": bool(tm.config.get("training", {}).get("flip_tta", True)) if kind != "features" else False}  # fmt: skip
+
+
+def _parity(session: Any, x: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    p = run_probs(session, x)
+    return float(np.abs(p - ref).max()), float(kl_rows(ref, p).mean())
+
+
+def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> EnginesResult:  # fmt: skip
+    """Every engine of the module docstring into ``<root>/models/export/`` (cleared first), with
+    ``engines.json``: one record per (member, fold, precision) with exporter, parity, size, latency, deployed or
+    why not."""
+    import torch
+
+    from hms_core.ensemble.build import load_ensemble
+    from hms_core.export.onnx_export import (
+        TTAProbs,
+        export_lightgbm,
+        export_torch,
+        optimise,
+        quant_mode,
+        quantize,  # fmt: skip
+    )
+    from hms_core.partition import load_partition
+    from hms_core.training.predict import load_trained
+
+    say = log or (lambda msg: None)
+    e = cfg.export
+    ens = load_ensemble(cfg.ensemble_dir)
+    members = package_members(cfg, ens.members)
+    out = cfg.models_dir / EXPORT_DIR
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    threads = e.intra_op_threads
+    torch.set_num_threads(max(threads, 1))
+    trt_ok, trt_reason = tensorrt_status() if e.tensorrt else (False, "export.tensorrt is false")
+    records: list[dict[str, Any]] = []
+    entries: dict[str, dict[str, Any]] = {}
+    layout: dict[str, Any] | None = None
+    total, done = len(members) * len(cfg.fold_names), 0
+    for name in members:
+        exporter_ok: str | None = None  # the exporter that passed on an earlier fold of this member
+        for fold in cfg.fold_names:
+            tm = load_trained(cfg.models_dir / name / fold)
+            val = load_partition(cfg.processed_dir / "windows" / fold)
+            fold_layout = val.layout.to_dict()
+            if layout is None:
+                layout = fold_layout
+            elif fold_layout != layout:
+                raise PackageError(f"{val.path}: its layout differs from fold {cfg.fold_names[0]}'s; one package "
+                                   "needs one preprocessing (re-run `hms run --stage preprocessing`)")  # fmt: skip
+            entry = entries.setdefault(name, _member_entry(tm, name))
+            rows = np.arange(min(e.parity_windows, len(val)))
+            x = member_inputs(entry, batch_from_partition(val, rows), layout)
+            ref = _torch_reference(tm, val, rows)
+            d = out / name
+            d.mkdir(exist_ok=True)
+            base = {"member": name, "fold": fold, "parity_windows": len(rows)}
+            # fp32
+            tried: list[str] = []
+            rec: dict[str, Any] = {**base, "precision": "fp32", "deployed": False}
+            if tm.input_kind == "features":
+                order = ["onnxmltools"]
+            elif e.exporter == "auto":
+                order = [exporter_ok] if exporter_ok else ["dynamo", "torchscript"]
+                if exporter_ok == "dynamo":
+                    order.append("torchscript")
+            else:
+                order = [e.exporter]
+            raw = d / f"{fold}.fp32.raw.onnx"
+            for exp in order:
+                t0 = time.perf_counter()
+                try:
+                    if exp == "onnxmltools":
+                        export_lightgbm(tm.model.booster, len(entry["feature_names"]), raw)
+                    else:
+                        export_torch(TTAProbs(tm.model, entry["flip_tta"]), x, raw, exp, e.opset)
+                    path = optimise(raw, d / f"{fold}.fp32.onnx", e.graph_optimization)
+                    sess = make_session(path, threads, ["CPUExecutionProvider"])
+                    err, kl = _parity(sess, x, ref)
+                except Exception as ex:  # noqa: BLE001 - an exporter fails in its own ways: record it, try the next
+                    tried.append(f"{exp}: {type(ex).__name__}: {str(ex).splitlines()[0][:300] if str(ex) else ''}")
+                    continue
+                secs = time.perf_counter() - t0
+                rec.update(exporter=exp, max_abs_diff=err, kl=kl, export_seconds=round(secs, 2), path=str(path))
+                if err <= e.fp32_tolerance:
+                    rec.update(deployed=True, size_bytes=path.stat().st_size,
+                               latency_ms_b1=_latency_ms(sess, x[:1], e.benchmark_runs))  # fmt: skip
+                    exporter_ok = exp if exp != "onnxmltools" else None
+                    break
+                tried.append(f"{exp}: parity {err:.2e} > fp32_tolerance {e.fp32_tolerance:g}")
+            if tried:
+                rec["attempts"] = tried
+            if not rec["deployed"]:
+                rec["reason"] = "; ".join(tried) or "no exporter tried"
+            records.append(rec)
+            say(f"{name} {fold} fp32: " + (f"{rec['exporter']} parity {rec['max_abs_diff']:.1e}" if rec["deployed"]
+                                           else f"not deployed ({rec['reason']})"))  # fmt: skip
+            # int8
+            if "int8" in e.precisions:
+                rec8: dict[str, Any] = {**base, "precision": "int8", "deployed": False}
+                if tm.input_kind == "features":
+                    rec8["reason"] = (
+                        "not applicable: a tree ensemble compares thresholds, it has no matmuls to quantise"
+                    )
+                elif not rec["deployed"]:
+                    rec8["reason"] = "no deployable fp32 export to quantise"
+                else:
+                    mode = quant_mode(tm.model)
+                    rec8["mode"] = mode
+                    try:
+                        calib = _calibration_inputs(cfg, entry, fold, layout) if mode == "static" else None
+                        q = quantize(raw, d / f"{fold}.int8.q.onnx", mode, calib)
+                        path8 = optimise(q, d / f"{fold}.int8.onnx", e.graph_optimization)
+                        q.unlink(missing_ok=True)
+                        sess8 = make_session(path8, threads, ["CPUExecutionProvider"])
+                        err8, kl8 = _parity(sess8, x, ref)
+                        rec8.update(max_abs_diff=err8, kl=kl8, path=str(path8), exporter=rec["exporter"],
+                                    calibration_windows=0 if calib is None else len(calib))  # fmt: skip
+                        if kl8 <= e.int8_kl_tolerance:
+                            rec8.update(deployed=True, size_bytes=path8.stat().st_size,
+                                        latency_ms_b1=_latency_ms(sess8, x[:1], e.benchmark_runs))  # fmt: skip
+                        else:
+                            rec8["reason"] = (
+                                f"mean KL(torch || int8) {kl8:.2e} > int8_kl_tolerance {e.int8_kl_tolerance:g}"
+                            )
+                            path8.unlink(missing_ok=True)
+                    except Exception as ex:  # noqa: BLE001 - recorded: the engine is not deployed
+                        rec8["reason"] = f"quantisation failed: {type(ex).__name__}: {str(ex)[:300]}"
+                records.append(rec8)
+            raw.unlink(missing_ok=True)
+            records.append({**base, "precision": "fp16_tensorrt", "deployed": False,
+                            **(_tensorrt_engine(d, fold, rec, x, ref, e) if trt_ok and rec["deployed"]
+                               else {"reason": trt_reason if not trt_ok else "no deployable fp32 engine"})})  # fmt: skip
+            done += 1
+            if progress:
+                progress(done, total)
+    doc = {
+        "format": FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"), "members": members,
+        "kept": ens.members, "folds": cfg.fold_names, "layout": layout, "entries": entries,
+        "tolerances": {"fp32_max_abs": e.fp32_tolerance, "int8_mean_kl": e.int8_kl_tolerance},
+        "tensorrt": {"available": trt_ok, "reason": trt_reason}, "records": records,
+        "ensemble_sha256": sha256_file(cfg.ensemble_dir / "ensemble.json"), "torch": torch.__version__,
+    }  # fmt: skip
+    write_json(out / ENGINES_FILE, doc)
+    return EnginesResult(out, doc, records)
+
+
+def _tensorrt_engine(d: Path, fold: str, rec: dict[str, Any], x: np.ndarray, ref: np.ndarray, e: Any) -> dict:
+    """A TensorRT fp16 engine of the fp32 export (onnxruntime's TensorRT provider, engine cached next to it),
+    measured like the others; kept beside the package's CPU engines, used on a GPU with ``providers``."""
+    import onnxruntime as ort
+
+    cache = d / f"{fold}.trt"
+    cache.mkdir(exist_ok=True)
+    opts = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
+    try:
+        sess = ort.InferenceSession(
+            rec["path"], providers=[("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
+        )
+        p = run_probs(sess, x)
+        kl = float(kl_rows(ref, p).mean())
+        return {"kl": kl, "max_abs_diff": float(np.abs(p - ref).max()), "cache": str(cache),
+                "latency_ms_b1": _latency_ms(sess, x[:1], e.benchmark_runs),
+                "reason": "measured; TensorRT engines are cached per GPU and not part of the CPU package"}  # fmt: skip
+    except Exception as ex:  # noqa: BLE001 - recorded: the engine is not deployed
+        return {"reason": f"TensorRT build failed: {type(ex).__name__}: {str(ex)[:300]}"}
+
+
+# --- package --------------------------------------------------------------------------------------------------
+@dataclass
+class PackageResult:
+    path: Path
+    version: str
+    meta: dict[str, Any]
+    checks: dict[str, Any]
+    manifest_files: int
+    total_bytes: int
+
+
+def _version(engines_doc: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(engines_doc, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest}"
+
+
+def _fmt_ci(m: dict[str, Any], key: str) -> str:
+    lo, hi = m.get(f"{key}_low"), m.get(f"{key}_high")
+    v = m.get(key)
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" + (f" (95 % CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else "")
+
+
+def model_card(meta: dict[str, Any], metrics: dict[str, Any], cfg: PlatformConfig) -> str:
+    ens = metrics.get("ensemble", {})
+    lines = [
+        f"# HMS EEG classifier: deployment package {meta['version']}", "",
+        "## Intended use",
+        "Research decision support: the six-class distribution (" + ", ".join(CLASSES) + ") that expert raters "
+        "would vote for a 10-s EEG segment centred in a 50-s window (HMS Harmful Brain Activity Classification "
+        "protocol: 19 referential channels of the 10-20 system + EKG, 200 Hz, double-banana bipolar montage).",
+        "It is not a diagnostic device: every prediction is for review by a clinician reading the EEG.", "",
+        "## Data", f"- profile `{cfg.profile}`, data version {json.dumps(meta['data_version'])}",
+        (f"- {metrics.get('n_rows', 'n/a')} labelled windows of {metrics.get('n_patients', 'n/a')} patients, "
+        f"{cfg.dataset.n_folds} patient-grouped folds"), "",
+        "## Model",
+        f"- members: {', '.join(m['name'] for m in meta['members'])}; blend: `{meta['combiner']['kind']}` over "
+        f"{', '.join(meta['combiner']['members'])}" + (", calibrated (temperature + per-class bias)"
+                                                       if meta.get("calibration") else ""),
+        ("- each member is the mean over its fold models; ONNX engines (fp32, int8 where it passed) run with "
+        "numpy + onnxruntime"), "",
+        "## Metrics (nested cross-validation, patient-bootstrap 95 % intervals)",
+        f"- KL divergence, all windows: {_fmt_ci(ens, 'kl')}",
+        f"- KL divergence, windows with >= 10 votes: {_fmt_ci(ens, 'kl_high_votes')}",
+        f"- best single member `{metrics.get('best_member')}`: KL {metrics.get('best_member_kl', float('nan')):.3f}",
+        f"- accuracy (top class vs top vote): {ens.get('accuracy', float('nan')):.3f}", "",
+        "## Engines and parity",
+        (f"- fp32 engines deployed only if max |p_onnx - p_torch| <= {cfg.export.fp32_tolerance:g} on held-out "
+        f"windows; int8 only if mean KL(torch || int8) <= {cfg.export.int8_kl_tolerance:g}"),
+        (f"- package vs torch ensemble on the test partition: max abs difference "
+        f"{meta.get('parity', {}).get('fp32_max_abs_vs_torch', float('nan')):.2e}"), "",
+        "## Limits",
+        f"- recordings missing more than {meta['max_missing_channels']} of the 19 EEG channels are refused",
+        ("- trained on the data above only: other montages, sampling rates (resampled to 200 Hz), neonatal EEG, "
+        "or populations not in the training data are out of scope; intervals are from few patients when the "
+        "profile is small (demo/tiny profiles use synthetic EEG and say nothing about real performance)"),
+        "- predictions are per 10-s window; long recordings are scanned window by window",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _reference(cfg: PlatformConfig, dest: Path) -> tuple[str | None, str]:
+    """The monitoring reference (``hms_core.monitoring.reference``) into ``dest``; (relpath or None, note)."""
+    try:
+        from hms_core.monitoring.reference import reference_from_workspace
+    except ImportError as ex:
+        return None, f"hms_core.monitoring.reference is not available ({ex})"
+    reference_from_workspace(cfg).save(dest)
+    return REFERENCE_DIR, "hms_core.monitoring.reference.reference_from_workspace"
+
+
+def _test_parity(cfg: PlatformConfig, pkg: Any, engines: EnginesResult) -> dict[str, Any]:
+    """The package against the torch ensemble on the test partition: every member's fold models through
+    ``TrainedModel.predict`` averaged over folds, blended by ``load_ensemble`` (and against the ensemble's own
+    ``test_pred.parquet``); fp32 max abs difference and the KL of the ``best`` precision to torch."""
+    import pandas as pd
+
+    from hms_core.ensemble.build import TEST_FILE, load_ensemble
+    from hms_core.partition import load_partition
+    from hms_core.training.job import TEST_PARTITION
+    from hms_core.training.predict import PRED_COLUMNS, load_trained
+
+    test_dir = cfg.processed_dir / "windows" / TEST_PARTITION
+    part = load_partition(test_dir)
+    batch = batch_from_partition(part)
+    member_probs = {}
+    for name in pkg.member_names:
+        acc = [load_trained(cfg.models_dir / name / f).predict(part) for f in cfg.fold_names]
+        mean = np.mean(acc, axis=0)
+        member_probs[name] = mean / mean.sum(axis=1, keepdims=True)
+    torch_ens = load_ensemble(cfg.ensemble_dir).predict(member_probs)
+    fp32 = pkg.predict_batch(batch, "fp32")
+    best = pkg.predict_batch(batch, "best")
+    out = {"test_rows": len(part), "fp32_max_abs_vs_torch": float(np.abs(fp32.probs - torch_ens).max()),
+           "best_kl_vs_torch": float(kl_rows(torch_ens, best.probs).mean()),
+           "best_max_abs_vs_torch": float(np.abs(best.probs - torch_ens).max()),
+           "best_precision": best.precision}  # fmt: skip
+    tp = cfg.ensemble_dir / TEST_FILE
+    if tp.is_file() and "eeg_id" in part.index.columns:
+        t = pd.read_parquet(tp).set_index("eeg_id")
+        ids = part.index["eeg_id"].to_numpy()
+        if set(ids) <= set(t.index):
+            out["fp32_max_abs_vs_test_pred"] = float(
+                np.abs(fp32.probs - t.loc[ids, list(PRED_COLUMNS)].to_numpy()).max()
+            )
+    return out
+
+
+def build_package(
+    cfg: PlatformConfig, engines: EnginesResult, log: Callable[[str], None] | None = None
+) -> PackageResult:
+    """The versioned package of the module docstring from ``engines`` (see :func:`export_engines`)."""
+    from hms_core.ensemble.build import METRICS_FILE, load_ensemble
+
+    say = log or (lambda msg: None)
+    doc = engines.doc
+    if engines.failed_kept_fp32:
+        raise PackageError(f"no deployable fp32 engine for {engines.failed_kept_fp32} (members the blend uses): "
+                           f"see {engines.out_dir / ENGINES_FILE}; the package would not reproduce the ensemble")  # fmt: skip
+    ens = load_ensemble(cfg.ensemble_dir)
+    if doc["ensemble_sha256"] != sha256_file(cfg.ensemble_dir / "ensemble.json"):
+        raise PackageError(f"{cfg.ensemble_dir / 'ensemble.json'} changed since the engines were exported "
+                           f"({engines.out_dir / ENGINES_FILE}); re-run the export stage")  # fmt: skip
+    version = _version(doc)
+    deployments = cfg.models_dir / DEPLOYMENTS_DIR
+    tmp = deployments / f".tmp-{version}"
+    final = deployments / version
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    members = []
+    names = [m for m in doc["members"] if all(r["deployed"] for r in engines.records
+                                              if r["member"] == m and r["precision"] == "fp32")]  # fmt: skip
+    left_out = {m: "an fp32 engine failed parity (engines.json)" for m in doc["members"] if m not in names}
+    for name in names:
+        entry = dict(doc["entries"][name])
+        entry["folds"] = list(doc["folds"])
+        entry["engines"], entry["skipped"], entry["exporter"], entry["parity"] = {}, {}, {}, {}
+        for r in (r for r in engines.records if r["member"] == name):
+            prec = r["precision"]
+            if prec == "fp16_tensorrt":
+                continue
+            if r["deployed"]:
+                rel = f"engines/{name}/{r['fold']}.{prec}.onnx"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(r["path"], tmp / rel)
+                entry["engines"].setdefault(prec, {})[r["fold"]] = rel
+                entry["parity"].setdefault(prec, {})[r["fold"]] = {
+                    "max_abs_diff": r["max_abs_diff"],
+                    "kl": r["kl"],
+                }
+                entry["exporter"][r["fold"]] = r.get("exporter")
+            else:
+                entry["skipped"].setdefault(prec, {})[r["fold"]] = r.get("reason", "")
+        if len(entry["engines"].get("int8", {})) != len(entry["folds"]):
+            entry["engines"].pop("int8", None)  # int8 is used only where every fold of the member has one
+        members.append(entry)
+    metrics_path = cfg.ensemble_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    ref_rel, ref_note = _reference(cfg, tmp / REFERENCE_DIR)
+    layout = doc["layout"]
+    uses_kaggle = any(KAGGLE_SPECTROGRAM in (m["input_spec"] or {}).get("spectrograms", []) for m in members)
+    meta: dict[str, Any] = {
+        "format": FORMAT, "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "classes": list(CLASSES), "preprocessing": cfg.preprocessing.model_dump(mode="json"), "layout": layout,
+        "members": members, "left_out": left_out, "combiner": ens.combiner.to_dict(),
+        "calibration": ens.calibrator.to_dict() if ens.calibrator else None,
+        "max_missing_channels": cfg.export.max_missing_channels, "requires_kaggle_spectrogram": uses_kaggle,
+        "data_version": ens.doc.get("lineage", {}).get("data_version", {}),
+        "metrics": {k: metrics.get(k) for k in ("ensemble_kl", "ensemble_kl_high_votes", "best_member",
+                                                 "best_member_kl", "gain_vs_best", "chosen_combiner")}
+        | {"ensemble": {k: v for k, v in metrics.get("ensemble", {}).items() if not isinstance(v, dict)}},
+        "reference": ref_rel, "reference_source": ref_note, "threads": cfg.export.intra_op_threads,
+        "tensorrt": doc["tensorrt"], "tolerances": doc["tolerances"], "config_hash": cfg.config_hash,
+    }  # fmt: skip
+    write_json(tmp / PACKAGE_FILE, meta)
+    write_text(tmp / "config.yaml", cfg.to_yaml())
+    # a first, private check on the unfinished folder: the parity figures go into the card and package.json
+    write_manifest(tmp, version)
+    parity = _test_parity(cfg, load_package(tmp), engines)
+    meta["parity"] = parity
+    write_json(tmp / PACKAGE_FILE, meta)
+    write_text(tmp / CARD_FILE, model_card(meta, metrics, cfg))
+    write_manifest(tmp, version)
+    os.replace(tmp, final)
+    write_json(deployments / LATEST_FILE, {"version": version, "path": version})
+    pkg = load_package(final)  # what a consumer does: every SHA-256 verified
+    files = package_files(final)
+    say(f"package {version}: {len(files)} files, fp32 vs torch {parity['fp32_max_abs_vs_torch']:.1e}")
+    return PackageResult(
+        final, version, pkg.meta, parity, len(files), sum((final / f).stat().st_size for f in files)
+    )
+
+
+def write_manifest(path: Path, version: str) -> Path:
+    files = {rel: sha256_file(path / rel) for rel in package_files(path)}
+    return write_json(path / MANIFEST_FILE, {"format": FORMAT, "version": version, "files": files})
+
+
+def load_engines(cfg: PlatformConfig) -> EnginesResult:
+    """The engines the ``onnx_engines`` asset wrote (``<root>/models/export/engines.json``)."""
+    out = cfg.models_dir / EXPORT_DIR
+    path = out / ENGINES_FILE
+    if not path.is_file():
+        raise PackageError(f"{path} does not exist: run the onnx_engines asset first (`hms run --stage export`)")
+    doc = json.loads(path.read_text())
+    return EnginesResult(out, doc, list(doc["records"]))
+
+
+def recheck_int8(cfg: PlatformConfig, engines: EnginesResult) -> list[str]:
+    """Every deployed int8 engine read back from disk against its fold's fp32 engine on the parity windows:
+    ``member/fold (KL)`` of those over ``export.int8_kl_tolerance`` (the int8 gate, re-measured on the files)."""
+    from hms_core.partition import load_partition
+
+    e, layout, bad = cfg.export, engines.doc["layout"], []
+    by_key = {(r["member"], r["fold"], r["precision"]): r for r in engines.records}
+    for r in engines.records:
+        if r["precision"] != "int8" or not r["deployed"]:
+            continue
+        val = load_partition(cfg.processed_dir / "windows" / r["fold"])
+        rows = np.arange(min(e.parity_windows, len(val)))
+        x = member_inputs(engines.doc["entries"][r["member"]], batch_from_partition(val, rows), layout)
+        p32 = run_probs(make_session(by_key[(r["member"], r["fold"], "fp32")]["path"], e.intra_op_threads), x)
+        p8 = run_probs(make_session(r["path"], e.intra_op_threads), x)
+        kl = float(kl_rows(p32, p8).mean())
+        if not kl <= e.int8_kl_tolerance:
+            bad.append(f"{r['member']}/{r['fold']} ({kl:.2e})")
+    return bad
