@@ -351,17 +351,47 @@ class _BatchJob:
     partial: str
 
 
+def _npy_layout(path: Path) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """Data offset, dtype and shape of the .npy file at ``path`` (its header only)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            mm = np.load(path, mmap_mode="r")
+            return mm.offset, mm.dtype, mm.shape
+        if fortran:
+            raise ValueError(f"'{path}' is stored in Fortran order; the partition writer expects C order.")
+        return f.tell(), dtype, shape
+
+
+def _as_storage(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` as a C-contiguous array of ``dtype``. float32 -> float16 goes through torch's vectorised cast
+    (4x faster than numpy's here, bit-identical: both round to nearest even, overflow to inf)."""
+    if dtype == np.float16 and arr.dtype == np.float32:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float16).numpy()
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
 def _write_rows(path: Path, b0: int, arr: np.ndarray) -> None:
     """Write ``arr`` as rows ``b0 ...`` of the .npy file at ``path`` in place (dtype of the file)."""
-    mm = np.load(path, mmap_mode="r")
-    offset, dtype, row_shape = mm.offset, mm.dtype, mm.shape[1:]
-    del mm
-    data = np.ascontiguousarray(arr, dtype=dtype)
+    offset, dtype, shape = _npy_layout(path)
+    row_shape = shape[1:]
+    data = _as_storage(arr, dtype)
     if data.shape[1:] != row_shape:
         raise ValueError(f"Rows for '{path}' have shape {data.shape[1:]}, expected {row_shape}.")
-    with open(path, "r+b") as f:
-        f.seek(offset + b0 * int(np.prod(row_shape)) * dtype.itemsize)
-        f.write(data.tobytes())
+    fd = os.open(path, os.O_WRONLY)
+    try:  # one positioned write from the array's own buffer (no bytes copy)
+        view, pos = memoryview(data).cast("B"), offset + b0 * int(np.prod(row_shape)) * dtype.itemsize
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+    finally:
+        os.close(fd)
 
 
 def _run_batch(
