@@ -17,6 +17,7 @@ from hms_dagster.assets.export import build_export_assets
 from hms_dagster.assets.foundation import build_foundation_assets
 from hms_dagster.assets.models import build_model_assets
 from hms_dagster.assets.preprocessing import build_preprocessing_assets
+from hms_dagster.assets.scan import build_scan_definitions
 from hms_dagster.automation import apply_automation, automation_sensor
 from hms_dagster.resources import CONFIG_HASH_TAG, build_executor, build_resources
 from hms_dagster.sensors import build_sensors
@@ -34,8 +35,14 @@ def build_definitions(cfg: PlatformConfig) -> dg.Definitions:
     assets += build_export_assets(cfg)
     # declarative automation, set here for every stage's assets (hms_dagster.automation)
     assets, automated = apply_automation(cfg, assets)
+    # the scan stage: recordings as dynamic partitions, driven by its folder sensor (not by automation)
+    defined = {k.to_user_string() for a in assets for k in a.keys}
+    scan_assets, scan_jobs, scan_sensors = build_scan_definitions(cfg, defined)
+    assets += scan_assets
     jobs = {j.name: j.job({CONFIG_HASH_TAG: cfg.config_hash}) for j in all_stage_jobs(cfg)}
     sensors = [*build_sensors(cfg, jobs), automation_sensor(cfg, automated)]
+    jobs.update(scan_jobs)
+    sensors += scan_sensors
     return dg.Definitions(
         assets=assets,
         jobs=list(jobs.values()),

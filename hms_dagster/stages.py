@@ -26,6 +26,8 @@ EXPORT = "export"
 STAGE_ORDER = (DATA, PREPROCESSING, FOUNDATION, MODELS, ENSEMBLE, EXPORT)
 #: ``hms run --stage all``: every built stage in order.
 ALL = "all"
+#: Group of the scan assets (not a stage of ``hms run``: the folder sensor or ``hms scan`` runs a recording).
+SCAN = "scan"
 
 #: Stages whose assets do not exist yet. The runner says so instead of pretending to run them.
 NOT_BUILT: dict[str, str] = {}
@@ -44,6 +46,8 @@ EVALUATION_REPORT = "evaluation_report"
 SUBMISSION = "submission"
 REGISTERED_ENSEMBLE = "registered_ensemble"
 FOUNDATION_ENCODER = "foundation_encoder"
+SCAN_TIMELINE = "scan_timeline"  # scan (dynamic partitions RECORDINGS_PARTITIONS)
+RECORDINGS_PARTITIONS = "recordings"  # scan: one partition per file of scan.recordings_dir
 ONNX_ENGINES = "onnx_engines"
 DEPLOYMENT_PACKAGE = "deployment_package"
 
@@ -54,6 +58,8 @@ PREPROCESSING_JOB = "preprocessing_job"
 MODELS_JOB = "models_job"
 ENSEMBLE_JOB = "ensemble_job"
 FOUNDATION_JOB = "foundation_job"
+SCAN_JOB = "scan_job"
+SCAN_SENSOR = "scan_recordings_sensor"
 EXPORT_JOB = "export_job"
 
 

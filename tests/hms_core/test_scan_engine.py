@@ -22,6 +22,8 @@ DISCONNECTED = (170, 190)  # every channel saturated with electrode noise
 
 
 def write_edf(path: Path, duration_s: int = DURATION_S, seed: int = 0) -> Path:
+    """A 19-channel + EKG EDF+ at 200 Hz: 9-11 Hz rhythm, slow drift and noise; when long enough, every channel flat
+    over FLAT and saturated with electrode noise over DISCONNECTED."""
     import pyedflib
 
     rng = np.random.default_rng(seed)
@@ -32,10 +34,11 @@ def write_edf(path: Path, duration_s: int = DURATION_S, seed: int = 0) -> Path:
     sigs = []
     for i in range(len(LABELS)):
         x = 20 * np.sin(2 * np.pi * (9 + i % 3) * t + i) + 0.8 * slow + rng.normal(0, 8, n)
-        x[FLAT[0] * SFREQ : FLAT[1] * SFREQ] = 0.0
-        x[DISCONNECTED[0] * SFREQ : DISCONNECTED[1] * SFREQ] = rng.normal(
-            0, 2000, (DISCONNECTED[1] - DISCONNECTED[0]) * SFREQ
-        )
+        if duration_s >= FLAT[1]:
+            x[FLAT[0] * SFREQ : FLAT[1] * SFREQ] = 0.0
+        if duration_s >= DISCONNECTED[1]:
+            a, b = DISCONNECTED[0] * SFREQ, DISCONNECTED[1] * SFREQ
+            x[a:b] = rng.normal(0, 2000, b - a)
         sigs.append(np.clip(x, -3200, 3200))
     w = pyedflib.EdfWriter(str(path), len(LABELS), file_type=pyedflib.FILETYPE_EDFPLUS)
     w.setSignalHeaders([{"label": lab, "dimension": "uV", "sample_frequency": SFREQ, "physical_max": 3200,

@@ -1,0 +1,82 @@
+"""The scan stage in Dagster: the folder sensor adds each new recording once (cursor + run keys), and the
+``scan_timeline`` asset materializes one dynamic partition with its plot, burden table and paths as metadata."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dagster as dg
+import pytest
+
+from tests.hms_core.test_scan_engine import write_edf
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _settled(path):
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    return path
+
+
+def _scan_cfg(cfg, tmp_path):
+    scan = {"recordings_dir": str(tmp_path / "recordings"), "out_dir": str(tmp_path / "scans"), "engine": "ensemble",
+            "stride_s": 10.0}  # fmt: skip
+    return cfg.model_copy(update={"scan": cfg.scan.model_copy(update=scan)})
+
+
+def test_sensor_adds_each_new_recording_once(tmp_path):
+    from hms_core.config import load_config
+    from hms_dagster.assets.scan import build_scan_sensor
+    from hms_dagster.stages import RECORDINGS_PARTITIONS, SCAN_TIMELINE
+
+    cfg = _scan_cfg(load_config("tiny"), tmp_path)
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    job = dg.define_asset_job("scan_job", selection=[SCAN_TIMELINE])
+    sensor = build_scan_sensor(cfg, job)
+    with dg.instance_for_test() as inst:
+        assert sensor(dg.build_sensor_context(instance=inst)).skip_reason
+        _settled(write_edf(folder / "bed1.edf", duration_s=60))
+        (folder / "notes.txt").write_text("not a recording")
+        (folder / "copying.edf").write_bytes(b"0" * 10)  # modified just now: may still be copying in
+        res = sensor(dg.build_sensor_context(instance=inst))
+        assert [r.partition_key for r in res.run_requests] == ["bed1.edf"]
+        assert res.dynamic_partitions_requests[0].partition_keys == ["bed1.edf"]
+        inst.add_dynamic_partitions(RECORDINGS_PARTITIONS, ["bed1.edf"])
+        # the same folder again, with the cursor: nothing new
+        again = sensor(dg.build_sensor_context(instance=inst, cursor=res.cursor))
+        assert again.skip_reason and not again.run_requests
+        # a second recording: only it is requested and added
+        _settled(folder / "copying.edf")
+        _settled(write_edf(folder / "bed2.edf", duration_s=60))
+        later = sensor(dg.build_sensor_context(instance=inst, cursor=res.cursor))
+        assert sorted(r.partition_key for r in later.run_requests) == ["bed2.edf", "copying.edf"]
+        assert sorted(later.dynamic_partitions_requests[0].partition_keys) == ["bed2.edf", "copying.edf"]
+        assert len({r.run_key for r in [*res.run_requests, *later.run_requests]}) == 3
+
+
+def test_scan_asset_materializes_a_recording_partition(trained_workspace, tmp_path):
+    from hms_dagster.assets.scan import build_scan_definitions
+    from hms_dagster.resources import WorkspaceResource
+    from hms_dagster.stages import ENSEMBLE_MODEL, RECORDINGS_PARTITIONS
+
+    cfg = _scan_cfg(trained_workspace.cfg, tmp_path)
+    (tmp_path / "recordings").mkdir()
+    write_edf(tmp_path / "recordings" / "bed1.edf", duration_s=120)
+    assets, jobs, sensors = build_scan_definitions(cfg, {ENSEMBLE_MODEL})
+    with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions(RECORDINGS_PARTITIONS, ["bed1.edf"])
+        res = dg.materialize(assets, partition_key="bed1.edf", instance=inst,
+                             resources={"workspace": WorkspaceResource.from_config(cfg)})  # fmt: skip
+        assert res.success
+        mat = res.asset_materializations_for_node("scan_timeline")[0]
+        meta = mat.metadata
+        assert "data:image/png;base64," in meta["timeline"].value
+        assert "| Seizure |" in meta["burden"].value
+        assert meta["windows"].value == 12 and 0 < meta["windows_evaluated"].value < 12
+        for name in ("timeline_csv", "events", "annotations", "summary", "plot"):
+            assert os.path.isfile(meta[f"path_{name}"].value), name
+        assert str(tmp_path / "scans" / "bed1") in meta["path_summary"].value
+    assert len(jobs) == 1 and sensors[0].name == "scan_recordings_sensor"
