@@ -438,6 +438,22 @@ def submit(
     typer.echo(f"submitted {path} to {competition}: {answer}")
 
 
+@app.command()
+def monitor(
+    day: Annotated[
+        str | None, typer.Option("--day", help="UTC day YYYY-MM-DD of logged predictions; default yesterday.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Drift and quality of one day of logged predictions (prediction_drift, prediction_quality) through Dagster;
+    exit 1 when a check fails with ERROR."""
+    from hms_dagster.assets.monitoring import monitor_cli
+
+    code, text = monitor_cli(_load(config), day)
+    typer.echo(text, err=code == 2)
+    raise typer.Exit(code)
+
+
 @app.command("config")
 def show_config(config: ConfigOpt = None) -> None:
     """Print the resolved, validated configuration."""

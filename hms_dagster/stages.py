@@ -26,6 +26,8 @@ EXPORT = "export"
 STAGE_ORDER = (DATA, PREPROCESSING, FOUNDATION, MODELS, ENSEMBLE, EXPORT)
 #: ``hms run --stage all``: every built stage in order.
 ALL = "all"
+#: Group of the daily monitoring assets (not a stage of ``hms run``: ``hms monitor`` runs a day).
+MONITORING = "monitoring"
 #: Group of the scan assets (not a stage of ``hms run``: the folder sensor or ``hms scan`` runs a recording).
 SCAN = "scan"
 
@@ -46,6 +48,10 @@ EVALUATION_REPORT = "evaluation_report"
 SUBMISSION = "submission"
 REGISTERED_ENSEMBLE = "registered_ensemble"
 FOUNDATION_ENCODER = "foundation_encoder"
+PREDICTION_DRIFT = "prediction_drift"  # monitoring (daily partitions)
+PREDICTION_QUALITY = "prediction_quality"  # monitoring (daily partitions)
+DRIFT_CHECK = "drift_within_limits"  # check of PREDICTION_DRIFT
+QUALITY_CHECK = "quality_within_limits"  # check of PREDICTION_QUALITY
 SCAN_TIMELINE = "scan_timeline"  # scan (dynamic partitions RECORDINGS_PARTITIONS)
 RECORDINGS_PARTITIONS = "recordings"  # scan: one partition per file of scan.recordings_dir
 ONNX_ENGINES = "onnx_engines"
@@ -58,6 +64,7 @@ PREPROCESSING_JOB = "preprocessing_job"
 MODELS_JOB = "models_job"
 ENSEMBLE_JOB = "ensemble_job"
 FOUNDATION_JOB = "foundation_job"
+MONITORING_JOB = "monitoring_job"
 SCAN_JOB = "scan_job"
 SCAN_SENSOR = "scan_recordings_sensor"
 EXPORT_JOB = "export_job"
