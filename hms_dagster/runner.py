@@ -31,6 +31,7 @@ from hms_dagster.status import StatusResolver
 #: are single-threaded trainings (``training.torch_threads``, LightGBM ``num_threads``), so one run per core uses
 #: the cores a serial loop leaves idle. Preprocessing already spreads a fold over ``preprocessing.workers``.
 PARALLEL_JOBS = (MODELS_JOB,)
+PARALLEL_ENV_VAR = "HMS_PARALLEL_RUNS"
 
 
 class StageNotBuiltError(RuntimeError):
@@ -143,9 +144,15 @@ def _error_text(result: dg.ExecuteInProcessResult) -> str:
 
 
 def parallel_runs(cfg: PlatformConfig, instance: dg.DagsterInstance, requested: int | None = None) -> int:
-    """How many fold runs of a :data:`PARALLEL_JOBS` job run at once. ``requested`` (>= 1) wins; by default one
-    per usable CPU core on a machine without a CUDA device (or with ``training.device: cpu``), capped by the
-    ``gpu`` pool limit of the instance (a run beyond it would only wait for a slot); 1 with a CUDA device."""
+    """How many fold runs of a :data:`PARALLEL_JOBS` job run at once. ``requested`` (>= 1) wins, then
+    ``$HMS_PARALLEL_RUNS`` (``HMS_PARALLEL_RUNS=1 hms run ...`` runs one after another); by default one per usable
+    CPU core on a machine without a CUDA device (or with ``training.device: cpu``), capped by the ``gpu`` pool
+    limit of the instance (a run beyond it would only wait for a slot); 1 with a CUDA device."""
+    env = os.environ.get(PARALLEL_ENV_VAR, "").strip()
+    if requested is None and env:
+        if not env.isdigit():
+            raise ValueError(f"Invalid value for ${PARALLEL_ENV_VAR}: {env!r}; expected a whole number >= 1.")
+        requested = int(env)
     if requested is not None:
         check_range("parallel", requested, 1, 1024)
         return requested
