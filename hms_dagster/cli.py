@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
@@ -376,27 +374,11 @@ def ui(
     port: Annotated[int, typer.Option("--port")] = 3000,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
 ) -> None:
-    """Start the Dagster UI (and daemon, for sensors and schedules) on the same instance as the CLI."""
-    from hms_dagster.instance import DAGSTER_HOME_ENV_VAR, child_env
+    """Start the Dagster UI (webserver and daemon, for sensors and automation) on the same instance as the CLI;
+    Ctrl-C or SIGTERM stops all of it."""
+    from hms_dagster.ui import serve
 
-    cfg = _load(config)
-    env = child_env(cfg)  # the same DAGSTER_HOME and HMS_CONFIG as this CLI
-    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "hms_dagster.definitions", "-h", host, "-p", str(port)]
-    typer.echo(
-        f"Dagster UI on http://{host}:{port}  (DAGSTER_HOME={env[DAGSTER_HOME_ENV_VAR]}, config={cfg.source_path})"
-    )
-    # A shell that started us in the background may have set SIGINT to ignored, which `dagster dev` children
-    # inherit and then never stop; restore the default handler in the child.
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 (no threads yet)
-    )
-    try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        raise typer.Exit(proc.wait()) from None
+    raise typer.Exit(serve(_load(config), host, port, echo=typer.echo))
 
 
 @app.command()
