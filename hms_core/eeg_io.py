@@ -47,6 +47,7 @@ __all__ = [
     "normalize_channel_name",
     "read_edf",
     "read_hms_eeg",
+    "read_hms_eeg_channels",
     "read_kaggle_spectrogram",
     "read_kaggle_spectrogram_table",
     "resample",
@@ -109,22 +110,29 @@ MISSING_CHANNEL_MODES: tuple[str, ...] = ("error", "flag")
 # --- HMS parquet ----------------------------------------------------------------------------------------------
 def read_hms_eeg(path: str | os.PathLike[str], missing_channels: str = "error") -> np.ndarray:
     """Read ``train_eegs/{eeg_id}.parquet`` as float32 (n_times, 20) in EEG_FILE_COLUMNS order."""
+    return np.ascontiguousarray(read_hms_eeg_channels(path, missing_channels).T)
+
+
+def read_hms_eeg_channels(path: str | os.PathLike[str], missing_channels: str = "error") -> np.ndarray:
+    """:func:`read_hms_eeg` channel-major: float32 (20, n_times) in EEG_FILE_COLUMNS order (the layout the
+    transform works in; each parquet column is one contiguous row, so nothing is interleaved or transposed)."""
     import pyarrow.parquet as pq
 
     check_option("missing_channels", missing_channels, MISSING_CHANNEL_MODES)
     path = Path(path)
     if not path.exists():
         raise RecordError(f"EEG record '{path}' does not exist.")
-    names = pq.read_schema(path).names
+    pf = pq.ParquetFile(path)  # one open for the schema and the data
+    names = pf.schema_arrow.names
     missing = [c for c in EEG_FILE_COLUMNS if c not in names]
     missing_eeg = [c for c in missing if c != EKG_CHANNEL]
     if missing_eeg and missing_channels == "error":
         raise _missing_error(str(path), missing_eeg, names)
     present = [c for c in EEG_FILE_COLUMNS if c in names]
-    table = pq.read_table(path, columns=present, use_threads=False)  # ~15 % less CPU; threads run the batches
-    out = np.full((table.num_rows, len(EEG_FILE_COLUMNS)), np.nan, np.float32)
-    for c in present:
-        out[:, EEG_FILE_COLUMNS.index(c)] = table.column(c).to_numpy(zero_copy_only=False)
+    table = pf.read(columns=present, use_threads=False)  # ~15 % less CPU; threads run the batches
+    out = np.empty((len(EEG_FILE_COLUMNS), table.num_rows), np.float32)
+    for i, c in enumerate(EEG_FILE_COLUMNS):
+        out[i] = table.column(c).to_numpy(zero_copy_only=False) if c in names else np.nan
     return out
 
 

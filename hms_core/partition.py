@@ -408,8 +408,9 @@ def _run_batch(
     t0 = time.perf_counter()
     ids = [f"{Path(job.eeg_dir) / str(e)}.parquet (row {job.b0 + i}, offset {o} s)"
            for i, (e, o) in enumerate(zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"]))]  # fmt: skip
+    # channel-major (B, 20, n_times): the transform's own layout, handed over without a transposing copy
     windows = np.stack(
-        [extract_window(eegs(e), o, rid)
+        [extract_window(eegs(e).T, o, rid).T
          for e, o, rid in zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"], ids)]
     )  # fmt: skip
     kag = None
@@ -419,7 +420,7 @@ def _run_batch(
              for s, o in zip(job.rows["spectrogram_id"], job.rows["spectrogram_label_offset_seconds"])]
         )  # fmt: skip
     secs["read"] = time.perf_counter() - t0
-    out = process_windows(windows, cfg, ids)
+    out = process_windows(windows.transpose(0, 2, 1), cfg, ids, copy=False)
     secs.update(out.seconds)
     t0 = time.perf_counter()
     if kag is not None:
@@ -457,7 +458,7 @@ def build_partition(
     ``cfg.workers`` > 1 processes batches in that many threads (at most two batches per thread in flight, so peak
     memory is bounded by ``workers * batch_size`` windows, whatever N).
     """
-    from hms_core.eeg_io import read_hms_eeg, read_kaggle_spectrogram_table
+    from hms_core.eeg_io import read_hms_eeg_channels, read_kaggle_spectrogram_table
 
     t_start = time.perf_counter()
     eeg_dir, out_dir = Path(eeg_dir), Path(out_dir)
@@ -528,7 +529,9 @@ def build_partition(
         for b0 in todo
     ]  # fmt: skip
     mode = cfg.eeg.missing_channels
-    eegs = _LRU(lambda i: read_hms_eeg(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8 * cfg.workers)
+    eegs = _LRU(
+        lambda i: read_hms_eeg_channels(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8 * cfg.workers
+    )
     spec_tables = (
         _LRU(lambda i: read_kaggle_spectrogram_table(Path(str(spec_dir)) / f"{i}.parquet"), size=4 * cfg.workers)
         if with_kaggle else None

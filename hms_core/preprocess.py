@@ -137,6 +137,8 @@ def process_windows(
     record_ids: Sequence[str] | None = None,
     sfreq: float = SFREQ,
     compute_features: bool | None = None,
+    *,
+    copy: bool = True,
 ) -> BatchOutput:
     """Preprocess B windows shaped (B, n_times, 20) in EEG_FILE_COLUMNS order (microvolts, 200 Hz).
 
@@ -147,6 +149,10 @@ def process_windows(
     Every output is finite and representable in ``cfg.eeg.dtype``: a value that is not (which finite input does
     not produce) is replaced by 0, counted in :attr:`BatchOutput.non_finite`, logged, and its window flagged in the
     ``bad_window`` quality column (so are all-NaN windows kept as zeros).
+
+    ``copy=False`` lets the transform work in the memory of ``windows`` (which it then overwrites) when that is
+    already channel-major float32, i.e. ``windows`` is ``w.transpose(0, 2, 1)`` of a C-contiguous (B, 20, n_times)
+    array ``w``: the partition builder's own read buffer, which saves a transposing copy.
     """
     ecfg = cfg.eeg
     windows = np.asarray(windows)
@@ -171,6 +177,8 @@ def process_windows(
     tm = _Timer()
     with tm("nan"):
         x = np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32)
+        if copy and np.may_share_memory(x, windows):
+            x = x.copy()  # the caller's array stays as it was
         if not np.isfinite(x.sum(dtype=np.float64)):  # +-inf samples are missing data too
             x[np.isinf(x)] = np.nan
         nan = np.isnan(x[:, :N_EEG])

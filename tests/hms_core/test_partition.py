@@ -256,3 +256,16 @@ def test_float16_storage_is_numpy_astype_bit_for_bit(tmp_path: Path) -> None:
     _write_rows(path, 2, rows)
     got = np.load(path)
     assert np.array_equal(got[2:4], rows.astype(np.float16)) and not got[[0, 1, 4]].any()
+
+
+def test_channel_major_reader_is_the_transposed_reader(tmp_path: Path) -> None:
+    """read_hms_eeg_channels (the builder's reader) is read_hms_eeg transposed, missing channels included."""
+    from hms_core.eeg_io import read_hms_eeg, read_hms_eeg_channels
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(rng.normal(size=(300, 20)).astype(np.float32), columns=list(EEG_FILE_COLUMNS))
+    df.drop(columns=["Cz", "EKG"]).iloc[:, ::-1].to_parquet(tmp_path / "1.parquet")
+    ch = read_hms_eeg_channels(tmp_path / "1.parquet", missing_channels="flag")
+    assert ch.shape == (20, 300) and ch.flags.c_contiguous and ch.dtype == np.float32
+    np.testing.assert_array_equal(ch.T, read_hms_eeg(tmp_path / "1.parquet", missing_channels="flag"))
+    assert np.isnan(ch[EEG_FILE_COLUMNS.index("Cz")]).all() and np.isnan(ch[-1]).all()

@@ -130,3 +130,22 @@ def test_outputs_stay_inside_the_storage_dtype() -> None:
     for key in ("referential", "bipolar", "ekg", "spec_stft"):
         assert out[key].dtype == np.float16 and np.isfinite(out[key]).all(), key
     assert not out["window_quality"]["bad_window"]
+
+
+def test_channel_major_input_without_copy_gives_the_same_outputs() -> None:
+    """The builder's path (a transposed view of a channel-major buffer, copy=False) gives exactly what the
+    default path gives, and the default path leaves a caller's channel-major buffer untouched."""
+    cfg = _cfg(types=["stft"])
+    rng = np.random.default_rng(11)
+    w = np.stack([_eeg(rng, 50).T for _ in range(2)])  # (B, 20, n_times) channel-major
+    w[0, 3, 100:150] = np.nan
+    before = w.copy()
+    ref = process_windows(np.ascontiguousarray(w.transpose(0, 2, 1)), cfg)
+    kept = process_windows(w.transpose(0, 2, 1), cfg)
+    assert np.array_equal(w, before, equal_nan=True)
+    fast = process_windows(w.transpose(0, 2, 1), cfg, copy=False)
+    for a, b in ((ref, kept), (ref, fast)):
+        assert np.array_equal(a.bipolar, b.bipolar) and np.array_equal(
+            a.spectrograms["stft"], b.spectrograms["stft"]
+        )
+        assert a.features.equals(b.features)
