@@ -8,6 +8,7 @@
     hms inspect RECORD.edf|RECORD.parquet
     hms serve [--package PATH] [--host H] [--port P]
     hms predict FILE... [--package PATH] [--out CSV]
+    hms scan RECORDING... [--package PATH] [--out DIR] [--engine auto|ensemble|distilled] [--distill]
     hms ui
     hms config
     hms submit [--file submission.csv] [--message TEXT]
@@ -433,6 +434,38 @@ def monitor(
 
     code, text = monitor_cli(_load(config), day)
     typer.echo(text, err=code == 2)
+    raise typer.Exit(code)
+
+
+@app.command()
+def scan(
+    recordings: Annotated[list[Path], typer.Argument(help="EDF/BDF (or any file MNE reads) recordings to scan.")],
+    config: ConfigOpt = None,
+    package: Annotated[
+        Path | None, typer.Option("--package", help="Deployment package folder; default scan.package / newest.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder; default <root>/<scan.out_dir>.")
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="auto | ensemble | distilled (default scan.engine).")
+    ] = None,
+    distill: Annotated[
+        bool, typer.Option("--distill", help="First distil the scanning model from the ensemble (no labels).")
+    ] = False,
+) -> None:
+    """Scan hours-long recordings into a class-probability timeline (10-s windows every scan.stride_s s):
+    timeline.csv/parquet, events.tsv, EDF+ annotations, summary.json and a PNG per recording. Exit code 2 when a
+    file cannot be scanned (the message names it and why)."""
+    from hms_core.scanning.batch import BAD_FILE_EXIT, scan_files
+
+    cfg = _load(config)
+    try:
+        code, _ = scan_files(recordings, cfg, package=package, out_dir=out, engine=engine, distill=distill,
+                             console=_console())  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:  # no package/ensemble, a bad --engine, a package that fails
+        typer.echo(f"hms scan: {e}", err=True)
+        raise typer.Exit(BAD_FILE_EXIT) from None
     raise typer.Exit(code)
 
 

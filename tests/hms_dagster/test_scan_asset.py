@@ -80,3 +80,44 @@ def test_scan_asset_materializes_a_recording_partition(trained_workspace, tmp_pa
             assert os.path.isfile(meta[f"path_{name}"].value), name
         assert str(tmp_path / "scans" / "bed1") in meta["path_summary"].value
     assert len(jobs) == 1 and sensors[0].name == "scan_recordings_sensor"
+
+
+def _write_bad_files(folder):
+    import numpy as np
+    import pyedflib
+
+    good = write_edf(folder / "good.edf", duration_s=60)
+    data = good.read_bytes()
+    (folder / "truncated.edf").write_bytes(data[: len(data) // 2])
+    (folder / "empty.edf").write_bytes(b"")
+
+    def edf(name, labels, sfreq):
+        w = pyedflib.EdfWriter(str(folder / name), len(labels), file_type=pyedflib.FILETYPE_EDFPLUS)
+        w.setSignalHeaders([{"label": lab, "dimension": "uV", "sample_frequency": sfreq, "physical_max": 500,
+                             "physical_min": -500, "digital_max": 32767, "digital_min": -32768} for lab in labels])  # fmt: skip
+        w.writeSamples([np.zeros(60 * sfreq) for _ in labels])
+        w.close()
+
+    edf("no_eeg.edf", ["ECG", "Resp", "SpO2"], 200)
+    edf("wrong_rate.edf", [f"EEG {c}-REF" for c in ("Fp1", "F3", "C3", "P3")], 10)
+    return good
+
+
+def test_hms_scan_writes_every_output_and_names_bad_files(trained_workspace, tmp_path):
+    from typer.testing import CliRunner
+
+    from hms_dagster.cli import app
+
+    good = _write_bad_files(tmp_path)
+    bad = ["truncated.edf", "empty.edf", "no_eeg.edf", "wrong_rate.edf"]
+    args = ["scan", str(good), *(str(tmp_path / b) for b in bad), "--config", str(trained_workspace.config_path),
+            "--out", str(tmp_path / "out"), "--engine", "ensemble"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    for name in ("timeline.csv", "timeline.parquet", "events.tsv", "events.edf", "summary.json", "timeline.png"):
+        assert (tmp_path / "out" / "good" / name).is_file(), name
+    text = " ".join(res.output.split())
+    for b in bad:
+        assert str(tmp_path / b) in text.replace(" ", "") or b in text, b
+    assert "4 of 5 recording(s) could not be scanned" in text
+    assert not (tmp_path / "out" / "truncated").exists()
