@@ -87,6 +87,10 @@ class ScanConfig(_Section):
     threads: int = Field(
         2, ge=1, json_schema_extra=_SPEED_ONLY, description="torch / onnxruntime threads of a scan."
     )
+    log_predictions: bool = Field(
+        True, json_schema_extra=_SPEED_ONLY,
+        description="Append the evaluated windows to the workspace's prediction log (monitoring.log).",
+    )  # fmt: skip
     events: EventConfig = EventConfig()
     distill: DistillConfig = DistillConfig()
 

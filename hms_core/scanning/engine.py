@@ -331,6 +331,27 @@ class ScanResult:
         return int(self.timeline["evaluated"].sum())
 
 
+def _log_predictions(platform: PlatformConfig, res: ScanResult) -> None:
+    """The evaluated windows into the workspace's prediction log (source "scan"), flushed before returning."""
+    from hms_core.monitoring.log import PredictionLog, prediction_rows
+
+    tl = res.timeline
+    ev = tl["evaluated"].to_numpy(bool)
+    if not ev.any():
+        return
+    rows = prediction_rows(
+        tl.loc[ev, list(CLASSES)].to_numpy(), None, package_version=res.package_version,
+        input_kind=res.path.suffix.lstrip(".").lower() or "file", source="scan", latency_s=res.seconds,
+        window_starts=tl.loc[ev, "start_s"].to_numpy(), disagreement=tl.loc[ev, "disagreement"].to_numpy(),
+        precision=res.engine, identifiers={"record_name": res.path.name},
+    )  # fmt: skip
+    log = PredictionLog.from_config(platform)
+    try:
+        log.append(rows)
+    finally:
+        log.close()
+
+
 def scan_recording(
     path: str | os.PathLike[str],
     package: Any,
@@ -377,4 +398,6 @@ def scan_recording(
         }  # fmt: skip
         res.outputs = write_scan_outputs(out_dir, tl, cfg.events, recording=str(path), duration_s=duration,
                                          start_datetime=start, spectrogram=spectrogram, meta=meta)  # fmt: skip
+    if cfg.log_predictions and platform is not None:
+        _log_predictions(platform, res)
     return res
