@@ -76,6 +76,14 @@ def usable_cores() -> int:
 
 
 def cuda_available() -> bool:
+    """Whether torch sees a CUDA device. Without an NVIDIA driver (no ``/proc/driver/nvidia``) or with
+    ``CUDA_VISIBLE_DEVICES`` empty or -1 the answer is no, without importing torch (seconds on a busy machine)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if not Path("/proc/driver/nvidia").exists() or (visible is not None and visible.strip() in ("", "-1")):
+            return False
     import torch
 
     return torch.cuda.is_available()

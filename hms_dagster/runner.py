@@ -74,7 +74,7 @@ class RunReport:
     not_built: list[str] = field(default_factory=list)
     failed: tuple[PlannedRun, str, str] | None = None  # (run, run_id, error)
     reaped: list[str] = field(default_factory=list)
-    parallel: int = 1  # fold runs of a PARALLEL_JOBS job run at once (see run_pipeline)
+    parallel: int = 1  # fold runs of a PARALLEL_JOBS job that ran at once (see parallel_runs)
     pids: dict[str, int] = field(default_factory=dict)  # run_id -> the process that ran it
 
     @property
@@ -323,15 +323,19 @@ def run_pipeline(
             ", ".join(needed_by), missing, _stages_to_run_first(cfg, defs, instance, missing)
         )
     emit("plan", None, {"n": len(report.planned)})
-    report.parallel = parallel_runs(cfg, instance, parallel)
     i = 0
     while i < len(report.planned):
         pr = report.planned[i]
         # a PARALLEL_JOBS job's fold runs: a batch of consecutive runs of the same job
         j = i + 1
-        if report.parallel > 1 and pr.job.name in PARALLEL_JOBS and pr.partition is not None:
-            while j < len(report.planned) and report.planned[j].job.name == pr.job.name:
-                j += 1
+        while (
+            j < len(report.planned) and pr.job.name in PARALLEL_JOBS and report.planned[j].job.name == pr.job.name
+        ):
+            j += 1
+        if j > i + 1:
+            report.parallel = parallel_runs(cfg, instance, parallel)
+            if report.parallel == 1:
+                j = i + 1
         batch = []
         for cand in report.planned[i:j]:
             # Evaluate staleness just before each run: an upstream run earlier in this loop may have changed it

@@ -160,3 +160,32 @@ def test_data_stage_from_a_kaggle_download(tmp_path, monkeypatch):
     assert meta.metadata["source"].value == "kaggle"
     # the next run finds the complete download and does not download again
     assert run_pipeline(cfg, "data").ok and len(calls) == 1
+
+
+def test_parallel_fold_runs_give_the_serial_files(trained_workspace, tmp_path):
+    """The models stage's fold runs in two worker processes write the same predictions, bit for bit, as one after
+    another in the runner's process (each training seeds itself and runs one torch thread)."""
+    import os
+
+    import pandas as pd
+
+    base = trained_workspace.cfg
+    off = {m: {"enabled": m == "resnet1d_gru"} for m in base.models}  # one torch model keeps the test short
+    preds = {}
+    for parallel in (2, 1):
+        cfg = load_config(write_config(
+            tmp_path / f"p{parallel}", models=off, foundation={"enabled": False},
+            dataset={"raw_data_path": str(base.raw_dir), "processed_data_path": str(base.processed_dir)},
+            logging={"mlflow_tracking_uri": None, "wandb_mode": "disabled"},
+        ))  # fmt: skip
+        report = run_pipeline(cfg, "models", parallel=parallel, require_upstream=False)
+        assert report.ok, report.failed
+        assert len(report.done) == len(cfg.fold_names) and report.parallel == parallel
+        pids = set(report.pids.values())
+        assert (len(pids) == 2 and os.getpid() not in pids) if parallel == 2 else pids == {os.getpid()}
+        preds[parallel] = {
+            f.relative_to(cfg.models_dir): pd.read_parquet(f) for f in sorted(cfg.models_dir.rglob("*.parquet"))
+        }
+    assert preds[1].keys() == preds[2].keys() and len(preds[1]) == 2 * len(base.fold_names)  # oof + test
+    for path, frame in preds[1].items():
+        pd.testing.assert_frame_equal(frame, preds[2][path], check_exact=True, obj=str(path))
