@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.signal as ss
 
-from hms_core.checks import check_range, invalid_value
+from hms_core.checks import check_option, check_range, invalid_value
 from hms_core.constants import BIPOLAR_PAIRS, BIPOLAR_PAIRS_WITH_CENTRAL, EEG_CHANNELS, SFREQ
 
 __all__ = [
@@ -137,17 +137,124 @@ def design_filter(
     return sos
 
 
-def apply_filter(x: np.ndarray, sos: np.ndarray, padlen: int | None = None) -> np.ndarray:
-    """Zero-phase (forward-backward) SOS filtering along the last axis, vectorised over all leading axes.
+def apply_filter(x: np.ndarray, sos: np.ndarray, padlen: int | None = None, method: str = "auto") -> np.ndarray:
+    """Zero-phase (forward-backward) SOS filtering along the last axis, vectorised over all leading axes: the
+    output of ``scipy.signal.sosfiltfilt(sos, x, padlen=padlen)`` (odd extension, steady-state initial conditions).
 
-    Runs in float32 when ``x`` is float32 (2-3x faster than float64, error far below EEG noise).
+    float32 input runs in float32 (``method="auto"``/``"fft"``: the same forward-backward filter computed in the
+    frequency domain, see :func:`_fft_filtfilt`; it matches float64 ``sosfiltfilt`` to ~1e-5 of the signal's peak,
+    closer than float32 ``sosfiltfilt`` does, at about half its cost). float64 input, ``method="sos"``, records
+    longer than 2**17 samples and filters whose impulse response outlasts 5000 samples run ``sosfiltfilt``.
     """
+    check_option("method", method, ("auto", "fft", "sos"))
     x = np.asarray(x)
     dtype = np.float32 if x.dtype == np.float32 else np.float64
     n_times = x.shape[-1]
     if padlen is None:
         padlen = min(3 * (2 * len(sos) + 1), n_times - 1)
+    if method != "sos" and dtype == np.float32 and 0 <= padlen < n_times and n_times + 2 * padlen <= 1 << 17:
+        plan = _fft_filter_plan(np.asarray(sos, np.float64).tobytes(), len(sos))
+        if plan is not None:
+            return _fft_filtfilt(x, plan, padlen)
     return ss.sosfiltfilt(sos.astype(dtype), x.astype(dtype, copy=False), axis=-1, padlen=padlen)
+
+
+@dataclass(frozen=True)
+class _FFTFilterPlan:
+    """sosfiltfilt as ``H(1)^2 x0 + G(u) + R(u)``: u = the odd-extended signal minus its first sample, G = the
+    zero-phase |H|^2 filter (a linear convolution, by FFT), R = a rank-(2 n_sections + 1) correction of the last
+    ``tail`` outputs (the backward pass starts from the forward pass's last output, not from its continuation)."""
+
+    tail: int  # samples after which the impulse response is negligible
+    dc: float  # H(1)^2
+    to_state: object  # torch (tail, r): reversed u tail -> forward filter state at the end and its last output
+    from_state: object  # torch (r, tail): that state -> R, in distance-from-the-end order
+    sos: np.ndarray  # float64 sections
+    gains: dict  # n_fft -> torch (n_fft // 2 + 1,) |H|^2 on that FFT grid, filled on first use
+
+
+_SMOOTH_SIZES = np.array(sorted({2**a * 3**b * 5**c for a in range(18) for b in range(4) for c in range(3)}))
+
+
+@lru_cache(maxsize=16)
+def _fft_filter_plan(
+    sos_bytes: bytes, n_sections: int, tol: float = 1e-8, max_tail: int = 5000
+) -> _FFTFilterPlan | None:
+    import torch
+
+    sos = np.frombuffer(sos_bytes, np.float64).reshape(n_sections, 6).copy()
+    imp = np.zeros(3 * max_tail + 2)
+    imp[0] = 1.0
+    h = ss.sosfilt(sos, imp)
+    rest = np.cumsum(np.abs(h)[::-1])[::-1]  # rest[d] = sum |h[d:]|
+    below = np.flatnonzero(rest < tol * rest[0])
+    if not below.size or below[0] > max_tail:
+        return None
+    d = max(int(below[0]), 1)
+    # forward state (and last output) j samples after an impulse, j = 0 .. d-1: from each section's input and
+    # output along the impulse response (transposed direct form II, scipy's state layout)
+    states = []
+    sig = imp[:d]
+    for b0, b1, b2, _, a1, a2 in sos / sos[:, 3:4]:
+        out = ss.lfilter([b0, b1, b2], [1.0, a1, a2], sig)
+        z2 = b2 * sig - a2 * out
+        z1 = b1 * sig - a1 * out + np.concatenate([[0.0], z2[:-1]])
+        states += [z1, z2]
+        sig = out
+    to_state = np.stack([*states, h[:d]], 1)  # (d, 2 n_sections + 1)
+    # R at distance k from the end: y_end * sum_{i > k} h[i] - sum_i h[k + 1 + i] * (free response of the state)[i]
+    dc1 = float(np.prod(sos[:, :3].sum(1) / sos[:, 3:].sum(1)))
+    rows = []
+    for k in range(2 * n_sections):
+        zi = np.zeros(2 * n_sections)
+        zi[k] = 1.0
+        free = ss.sosfilt(sos, np.zeros(2 * d), zi=zi.reshape(n_sections, 2))[0]
+        rows.append(-np.correlate(h[1 : 3 * d + 1], free, "valid")[:d])
+    rows.append(dc1 - np.cumsum(h[:d]))
+    from_state = np.stack(rows)
+    return _FFTFilterPlan(d, dc1 * dc1, torch.from_numpy(to_state.astype(np.float32)),
+                          torch.from_numpy(from_state.astype(np.float32)), sos, {})  # fmt: skip
+
+
+def _fft_gain(plan: _FFTFilterPlan, n_fft: int):
+    import torch
+
+    g = plan.gains.get(n_fft)
+    if g is None:
+        _, resp = ss.sosfreqz(plan.sos, worN=np.arange(n_fft // 2 + 1) * (2 * np.pi / n_fft))
+        g = torch.from_numpy((np.abs(resp) ** 2).astype(np.float32))
+        plan.gains[n_fft] = g  # benign race: every thread computes the same values
+    return g
+
+
+def _fft_filtfilt(x: np.ndarray, plan: _FFTFilterPlan, padlen: int, chunk: int = 256) -> np.ndarray:
+    """``sosfiltfilt`` of float32 ``x`` (..., n) along the last axis through the frequency domain (see
+    :class:`_FFTFilterPlan`): one rfft/irfft pair of length >= n + 2 padlen + tail per row, exact up to the
+    impulse response's tail beyond ``tail`` samples (< 1e-8 of its l1 norm) and float32 rounding."""
+    import torch
+
+    lead, n = x.shape[:-1], x.shape[-1]
+    flat = torch.from_numpy(np.ascontiguousarray(x, np.float32).reshape(-1, n))
+    out = torch.empty_like(flat)
+    big_l = n + 2 * padlen
+    n_fft = int(_SMOOTH_SIZES[np.searchsorted(_SMOOTH_SIZES, big_l + plan.tail)])
+    gain = _fft_gain(plan, n_fft)
+    d = min(plan.tail, big_l)
+    to_state, from_state = plan.to_state[:d], plan.from_state[:, :d]
+    for r0 in range(0, flat.shape[0], chunk):
+        xs = flat[r0 : r0 + chunk]
+        if padlen:  # odd extension, as sosfiltfilt's default padtype
+            ext = torch.cat([2 * xs[:, :1] - xs[:, 1 : padlen + 1].flip(-1), xs,
+                             2 * xs[:, -1:] - xs[:, n - padlen - 1 : n - 1].flip(-1)], -1)  # fmt: skip
+        else:
+            ext = xs.clone()
+        x0 = ext[:, :1].clone()
+        u = ext.sub_(x0)
+        z = torch.fft.irfft(torch.fft.rfft(u, n_fft).mul_(gain), n_fft)
+        corr = (u[:, big_l - d :].flip(-1) @ to_state) @ from_state  # distance order
+        z[:, big_l - d : big_l].add_(corr.flip(-1))
+        torch.add(z[:, padlen : padlen + n], x0, alpha=plan.dc, out=out[r0 : r0 + chunk])
+    return out.numpy().reshape(*lead, n)
 
 
 # --- artifacts ------------------------------------------------------------------------------------------------
