@@ -49,6 +49,7 @@ class _Channel:
     sfreq: float
     n_samples: int
     scale: float  # physical unit -> microvolts
+    raw_index: int = -1  # EDF/BDF: index in the file header, annotation signals included
 
 
 @dataclass
@@ -106,7 +107,7 @@ class RecordingReader:
         if self._handle is None:
             raise RecordError(f"EEG recording '{self.path}' is closed.")
         if self.backend == "pyedflib":
-            return self._handle.readSignal(ch.index, start, stop - start).astype(np.float64, copy=False)
+            return self._handle.samples(ch.raw_index, start, stop)
         return self._handle.get_data(picks=[ch.index], start=start, stop=stop)[0]
 
     def read(self, start_s: float, stop_s: float) -> np.ndarray:
@@ -121,14 +122,13 @@ class RecordingReader:
             )
         a = max(0, round(start_s * self.sfreq))
         b = min(self.n_times, round(stop_s * self.sfreq))
-        out = np.full((max(b - a, 0), len(EEG_FILE_COLUMNS)), np.nan, np.float32)
+        out = np.full((len(EEG_FILE_COLUMNS), max(b - a, 0)), np.nan, np.float32)  # channel-major: row writes
         if b <= a:
-            return out
+            return out.T
         for ch in self._chans:
-            col = EEG_FILE_COLUMNS.index(ch.name)
             sig = self._resampled(ch, a, b)
-            out[: len(sig), col] = sig
-        return out
+            out[EEG_FILE_COLUMNS.index(ch.name), : len(sig)] = sig
+        return np.ascontiguousarray(out.T)
 
     def _resampled(self, ch: _Channel, a: int, b: int) -> np.ndarray:
         """Output samples ``[a, b)`` of one channel at ``self.sfreq`` (fewer if the channel ends before ``b``)."""
@@ -152,6 +152,79 @@ class RecordingReader:
         n_total = math.ceil(ch.n_samples * up / down)  # the whole channel's resampled length
         lo, hi = a - j0, min(b, n_total) - j0
         return y[lo:hi].astype(np.float32)
+
+
+class _EdfData:
+    """Direct reads of EDF/BDF data records (numpy on the file): pyEDFlib validates the file and reads the header,
+    but its per-channel ``readSignal`` walks the records one small read at a time (0.2 s per channel and 15 min),
+    while one read of a block of records serves every channel of a chunk."""
+
+    def __init__(self, path: Path, bdf: bool) -> None:
+        with open(path, "rb") as f:
+            head = f.read(256)
+            ns = int(head[252:256].decode("ascii").strip())
+            sig = f.read(256 * ns)
+        self.header_bytes = 256 * (ns + 1)
+
+        def field(offset: int, width: int) -> list[str]:
+            start = offset * ns
+            return [sig[start + i * width : start + (i + 1) * width].decode("latin-1").strip() for i in range(ns)]
+
+        o = 0
+        cols = {}
+        for name, width in (("label", 16), ("transducer", 80), ("dim", 8), ("pmin", 8), ("pmax", 8), ("dmin", 8),
+                            ("dmax", 8), ("prefilter", 80), ("n", 8), ("reserved", 32)):  # fmt: skip
+            cols[name] = field(o, width)
+            o += width
+        self.labels = cols["label"]
+        self.n_per_rec = [int(v) for v in cols["n"]]
+        self.width = 3 if bdf else 2
+        self.offsets = np.concatenate([[0], np.cumsum(self.n_per_rec)])  # in samples within a record
+        self.rec_samples = int(self.offsets[-1])
+        pmin, pmax = (np.array([float(v) for v in cols[k]]) for k in ("pmin", "pmax"))
+        dmin, dmax = (np.array([float(v) for v in cols[k]]) for k in ("dmin", "dmax"))
+        self.gain = (pmax - pmin) / np.where(dmax - dmin == 0, 1.0, dmax - dmin)
+        self.offset = pmin - self.gain * dmin
+        self._file = open(path, "rb")  # noqa: SIM115 - kept open until the reader closes
+        self._cache: tuple[int, int, np.ndarray] | None = None
+
+    def _block(self, r0: int, r1: int) -> np.ndarray:
+        """Records ``[r0, r1)`` as int32 (n_records, samples per record)."""
+        if self._cache is not None and self._cache[0] <= r0 and r1 <= self._cache[1]:
+            c0, _, block = self._cache
+            return block[r0 - c0 : r1 - c0]
+        self._file.seek(self.header_bytes + r0 * self.rec_samples * self.width)
+        raw = np.frombuffer(self._file.read((r1 - r0) * self.rec_samples * self.width), np.uint8)
+        if self.width == 2:
+            block = raw.view("<i2").astype(np.int32)
+        else:
+            b = raw.reshape(-1, 3).astype(np.int32)
+            block = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+            block = np.where(block >= 1 << 23, block - (1 << 24), block)
+        block = block.reshape(r1 - r0, self.rec_samples)
+        self._cache = (r0, r1, block)
+        return block
+
+    def samples(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Physical samples ``[start, stop)`` of signal ``i`` (header index), float64."""
+        n = self.n_per_rec[i]
+        r0, r1 = start // n, -(-stop // n)
+        # a little margin, so the other channels of the same chunk (their padding differs) hit the cache
+        block = self._block(max(0, r0 - 2), min(self._n_records(), r1 + 2))
+        base = max(0, r0 - 2)
+        x = block[r0 - base : r1 - base, self.offsets[i] : self.offsets[i] + n].reshape(-1)
+        x = x[start - r0 * n : stop - r0 * n]
+        return x * self.gain[i] + self.offset[i]
+
+    def _n_records(self) -> int:
+        if not hasattr(self, "_nrec"):
+            size = os.fstat(self._file.fileno()).st_size
+            self._nrec = (size - self.header_bytes) // (self.rec_samples * self.width)
+        return self._nrec
+
+    def close(self) -> None:
+        self._file.close()
+        self._cache = None
 
 
 def _bad(path: Path, what: str) -> RecordError:
@@ -207,12 +280,15 @@ def _open_edf(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | Non
         labels = list(reader.getSignalLabels())
         chosen = _select(path, labels)
         n_samp = reader.getNSamples()
+        data = _EdfData(path, bdf=reader.filetype in (pyedflib.FILETYPE_BDF, pyedflib.FILETYPE_BDFPLUS))
+        # pyEDFlib leaves the annotation signals out of its numbering; the header has them
+        raw_idx = [i for i, lab in enumerate(data.labels) if lab not in ("EDF Annotations", "BDF Annotations")]
         chans = []
         for name, i in chosen.items():
             unit = reader.getPhysicalDimension(i).strip().lower()
             chans.append(
                 _Channel(name, i, labels[i], float(reader.getSampleFrequency(i)), int(n_samp[i]),
-                         _UNIT_TO_UV.get(unit, 1.0))
+                         _UNIT_TO_UV.get(unit, 1.0), raw_idx[i])
             )  # fmt: skip
         _check_rates(path, chans)
         duration = float(reader.getFileDuration())
@@ -221,9 +297,12 @@ def _open_edf(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | Non
         except (ValueError, OSError):
             start = None
     except BaseException:
-        reader.close()
+        if "data" in locals():
+            data.close()
         raise
-    return reader, chans, duration, start
+    finally:
+        reader.close()  # edflib allows one open per file and process: the data are read with _EdfData
+    return data, chans, duration, start
 
 
 def _open_mne(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | None]:
