@@ -149,3 +149,31 @@ def test_read_rejects_an_inverted_stretch(edf256: Path) -> None:
         with pytest.raises(RecordError, match=r"clinical_256\.edf': invalid stretch \[20, 10\)"):
             rec.read(20, 10)
         assert rec.read(115, 130).shape == (5 * SFREQ, 20)  # clipped at the end
+
+
+def test_bdf_24_bit_and_mixed_rates_match_pyedflib(tmp_path: Path) -> None:
+    """The numpy record reader against pyEDFlib's own: BDF (24-bit, negative values) with two sampling rates."""
+    path = tmp_path / "mixed.bdf"
+    rng = np.random.default_rng(1)
+    labels = ["Fp1", "C3", "O2"]
+    rates = [512, 512, 256]
+    data = [np.clip(rng.normal(0, 300, 20 * r), -999, 999) for r in rates]
+    with pyedflib.EdfWriter(str(path), 3, file_type=pyedflib.FILETYPE_BDFPLUS) as w:
+        w.setSignalHeaders([
+            {"label": lab, "dimension": "uV", "sample_frequency": r, "physical_max": 1000.0,
+             "physical_min": -1000.0, "digital_max": 8388607, "digital_min": -8388608, "transducer": "",
+             "prefilter": ""} for lab, r in zip(labels, rates)
+        ])  # fmt: skip
+        w.writeSamples(data)
+    r = pyedflib.EdfReader(str(path))
+    try:
+        ref = [r.readSignal(i) for i in range(3)]
+    finally:
+        r.close()
+    with open_recording(path) as rec:
+        raw = [rec._raw(ch, 0, ch.n_samples) for ch in sorted(rec._chans, key=lambda c: c.index)]
+        x = rec.read(0, 20)
+    for got, want in zip(raw, ref):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert (np.concatenate(raw) < 0).any() and x.shape == (20 * SFREQ, 20)
+    assert np.isfinite(x[:, [EEG_FILE_COLUMNS.index(c) for c in labels]]).all()
