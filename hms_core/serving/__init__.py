@@ -1,4 +1,5 @@
-"""The prediction path without torch: uploads (:mod:`.inputs`), windows (:mod:`.windows`), one predictor shared by
+"""The prediction path: uploads (:mod:`.inputs`), windows (:mod:`.windows`), one predictor shared by
 the FastAPI service (:mod:`.app`, ``hms serve``) and ``hms predict`` (:mod:`.predictor`), errors that name the
-problem (:mod:`.errors`). Importing this package imports neither torch nor FastAPI.
+problem (:mod:`.errors`). Only :mod:`.app` imports FastAPI; the predictor needs the package (onnxruntime) and
+:mod:`hms_core.preprocess` (whose spectrograms use torch.stft).
 """

@@ -165,6 +165,8 @@ def create_app(
     if prediction_log is not None:
         predictor.attach_log(prediction_log, "serve")
     pkg = predictor.pkg
+    if hasattr(pkg, "warm_up"):
+        pkg.warm_up(settings.precision)  # open every engine now: the first request pays no load time
     key = _api_key(settings)
     slots = _Slots(settings.max_concurrency, settings.queue_timeout_s)
     limit = int(settings.max_request_mb * _MB)

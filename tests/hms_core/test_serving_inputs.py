@@ -64,7 +64,7 @@ def eeg_json(n: int = 10_000, rate: float = 200.0, channels: list[str] | None = 
     return {
         "sampling_rate": rate,
         "channels": channels,
-        "data": (20 * rng.standard_normal((len(channels), n))).tolist(),
+        "data": np.round(20 * rng.standard_normal((len(channels), n)), 2).tolist(),  # 0.01 uV: a compact body
     }
 
 
