@@ -5,7 +5,8 @@ preprocessing -> the deployment package -> per-window results.
 what depends on the package (missing channels against ``pkg.max_missing_channels``, the sampling rate against the
 package's band-pass, the length against its context), cuts the windows of :mod:`hms_core.serving.windows`,
 runs :func:`hms_core.preprocess.process_windows` with ``pkg.preprocessing`` (the same code and parameters as
-training) in batches of ``serving.batch_size`` and ``pkg.predict_batch``. A window whose own input lacks more EEG
+training; only the spectrogram types and features that some member reads, or that the monitoring log keeps, are
+computed: :func:`needed_preprocessing`) in batches of ``serving.batch_size`` and ``pkg.predict_batch``. A window whose own input lacks more EEG
 channels than the package allows, or that the preprocessing marked ``bad_window`` (all NaN, or outputs that were
 not finite), gets no probabilities (``probabilities: null`` with the reason): never a confident answer from zeros.
 
@@ -35,7 +36,7 @@ from hms_core.serving.errors import BadInput, ServingError, Unprocessable
 from hms_core.serving.inputs import Recording, read_json, read_upload, safe_name
 from hms_core.serving.windows import iter_window_batches, plan_windows
 
-__all__ = ["Predictor", "RecordingResult", "WindowResult", "result_columns"]
+__all__ = ["Predictor", "RecordingResult", "WindowResult", "needed_preprocessing", "result_columns", "result_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -160,6 +161,10 @@ class Predictor:
             )
         #: read once: the package's properties parse its package.json on every access
         self.preprocessing = package.preprocessing
+        self._needed = {
+            flag: needed_preprocessing(self.preprocessing, getattr(package, "meta", {}).get("members"), flag)
+            for flag in (False, True)
+        }
         self.layout = package.layout
         self.max_missing_channels = int(package.max_missing_channels)
         ecfg = self.preprocessing.eeg
@@ -175,6 +180,12 @@ class Predictor:
         from hms_core.export import load_package
 
         return cls(load_package(path, verify=True), settings)
+
+    @property
+    def run_preprocessing(self) -> Any:
+        """``pkg.preprocessing`` restricted to the outputs the members read (and the features while predictions
+        are logged: drift is computed on them); every output it keeps is computed exactly as in training."""
+        return self._needed[self._log_sink is not None and self.settings.log_predictions]
 
     # --- the monitoring hook --------------------------------------------------------------------------------
     def attach_log(self, sink: Any, source: str = "serve") -> None:
@@ -253,7 +264,7 @@ class Predictor:
             t = time.perf_counter()
             ids = [f"{rec.source} window {i}" for i in range(sl.start, sl.stop)]
             try:
-                out = process_windows(windows, self.preprocessing, ids)
+                out = process_windows(windows, self.run_preprocessing, ids)
             except RecordError as e:
                 raise Unprocessable(str(e), field="data") from None
             t1 = time.perf_counter()
@@ -377,6 +388,38 @@ class Predictor:
             },
             "model_card": card,
         }
+
+
+def needed_preprocessing(cfg: Any, members: list[dict[str, Any]] | None, keep_features: bool = False) -> Any:
+    """The package's preprocessing config without the spectrogram types and features no member reads.
+
+    ``members`` are package.json's member records (``input_kind``, ``input_spec.spectrograms``). The mel type is
+    kept whenever it is kept or the features are computed and training computed it, because the features then
+    share its FFT frames (:func:`hms_core.spectral.spectral_cache`), so what is computed is bit-identical to
+    training. Unknown member records (None) keep everything.
+    """
+    if not members:
+        return cfg
+    wanted: set[str] = set()
+    features = keep_features
+    for m in members:
+        kind = m.get("input_kind")
+        if kind == "features":
+            features = True
+        elif kind == "spectrogram":
+            wanted |= set((m.get("input_spec") or {}).get("spectrograms") or [])
+        elif kind != "raw":
+            return cfg
+    features = features and cfg.features.enabled
+    if features and "mel" in cfg.spectrogram.types:
+        wanted.add("mel")
+    types = [t for t in cfg.spectrogram.types if t in wanted]
+    return cfg.model_copy(
+        update={
+            "spectrogram": cfg.spectrogram.model_copy(update={"types": types}),
+            "features": cfg.features.model_copy(update={"enabled": features}),
+        }
+    )
 
 
 def _card_summary(text: str, limit: int = 1500) -> str:

@@ -69,11 +69,14 @@ def test_hms_parquet_gets_its_central_window_with_the_training_preprocessing(cli
     _check_windows(body, predictor.pkg)
     assert body["kind"] == "hms_parquet" and body["source"] == "1234.parquet" and body["n_windows"] == 1
     assert (body["windows"][0]["start_s"], body["windows"][0]["end_s"]) == (20.0, 30.0)
-    # the same numbers as the training transform + the package, called directly
+    # the same numbers as the training transform (every output of the package's config) + the package, called
+    # directly: the service computes only what the members read, and that part identically
     eeg = pq.read_table(io.BytesIO(data)).select(list(EEG_FILE_COLUMNS)).to_pandas().to_numpy(np.float32)
     direct = predictor.pkg.predict_batch(process_windows(eeg[None], predictor.pkg.preprocessing))
     got = np.array([list(body["windows"][0]["probabilities"].values())])
-    np.testing.assert_allclose(got, direct.probs, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(got, direct.probs)
+    read = {t for m in predictor.pkg.meta["members"] for t in (m.get("input_spec") or {}).get("spectrograms", [])}
+    assert read <= set(predictor.run_preprocessing.spectrogram.types) <= read | {"mel"}
     nan = body["windows"][0]["quality"]["nan_fraction"]  # the 2-s NaN stretch of Fp1, over 19 channels
     assert abs(nan - 400 / 10_000 / len(EEG_CHANNELS)) < 1e-6
     # a raw parquet body says the same
