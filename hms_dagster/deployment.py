@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from hms_core.config import PlatformConfig
@@ -58,7 +59,8 @@ def executor_config(cfg: PlatformConfig, gpu_steps: Iterable[str]) -> dict[str, 
 def torchrun_command(cfg: PlatformConfig, model: str, fold: str) -> list[str]:
     """``torchrun --nproc_per_node N -m hms_core.training.ddp --config CFG --model M --fold F``: the entry point
     builds the same job and loggers as the model asset (``hms_core.training.job.fold_job``)."""
-    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    beside = Path(sys.executable).with_name("torchrun")  # the virtualenv's, also when it is not on PATH
+    torchrun = [str(beside)] if beside.exists() else [shutil.which("torchrun") or "torchrun"]
     cfg_arg = cfg.source_path or cfg.profile
-    return [*torchrun.split(" "), "--standalone", "--nproc_per_node", str(cfg.operations.training_gpus),
+    return [*torchrun, "--standalone", "--nproc_per_node", str(cfg.operations.training_gpus),
             "-m", "hms_core.training.ddp", "--config", cfg_arg, "--model", model, "--fold", fold]  # fmt: skip

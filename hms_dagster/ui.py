@@ -25,13 +25,27 @@ def dagster_dev_command(host: str, port: int) -> list[str]:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Is a live (not zombie) process left in process group ``pgid``? Zombies count as gone: an init that does
+    not reap orphans (some containers) keeps them, and they hold no resources."""
+    proc = "/proc"
+    if not os.path.isdir(proc):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    for pid in os.listdir(proc):
+        if pid.isdigit():
+            try:
+                with open(f"{proc}/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 def _restore_sigint() -> None:
