@@ -57,18 +57,50 @@ def copy_workspace(ws: Workspace, dest: Path) -> Workspace:
 
 @pytest.fixture(scope="session")
 def trained_workspace(tmp_path_factory) -> Workspace:
-    """A tiny-profile workspace trained once per test session through the real pipeline (every stage of
-    ``hms run --stage all``: data, preprocessing, the enabled classifiers on every fold, the ensemble, and the
-    stages built after it). Read-only for tests: copy it with :func:`copy_workspace` before modifying it."""
-    from hms_dagster.runner import run_pipeline
+    """A tiny-profile workspace trained once per test session through the real pipeline: every stage of
+    ``hms run --stage all`` up to the ensemble (data, preprocessing, foundation, the enabled classifiers on every
+    fold, the ensemble), one ``run_pipeline`` per stage. The export stage runs in :func:`deployment_package` (on
+    this workspace, in place), so tests that need only trained models do not pay for it. Read-only for tests:
+    copy it with :func:`copy_workspace` before modifying it.
 
+    ``HMS_TEST_WORKSPACE=<config path>`` (development only) uses a workspace trained earlier instead, e.g. the
+    ``trained_workspace*/hms.yaml`` of a previous session under pytest's basetemp; its export stage runs only when
+    missing or stale (``resume``)."""
+    from hms_dagster.runner import run_pipeline
+    from hms_dagster.stages import ENSEMBLE, STAGE_ORDER, stage_plan
+
+    reuse = os.environ.get("HMS_TEST_WORKSPACE")
+    if reuse:  # development only: a workspace trained by an earlier session (its config path), used as is
+        return _load(Path(reuse))
     saved = os.environ.pop("DAGSTER_HOME", None)  # the workspace's own instance, not the shell's
     try:
         ws = _load(_write_workspace_config(tmp_path_factory.mktemp("trained_workspace")))
-        report = run_pipeline(ws.cfg, "all")
-        if not report.ok:
-            pytest.fail(f"the shared trained workspace failed to build: {report.failed}")
+        plan = stage_plan(ws.cfg)
+        for stage in STAGE_ORDER[: STAGE_ORDER.index(ENSEMBLE) + 1]:
+            if plan[stage]:
+                report = run_pipeline(ws.cfg, stage)
+                if not report.ok:
+                    pytest.fail(f"the shared trained workspace failed to build ({stage}): {report.failed}")
     finally:
         if saved is not None:
             os.environ["DAGSTER_HOME"] = saved
     return ws
+
+
+@pytest.fixture(scope="session")
+def deployment_package(trained_workspace) -> Path:
+    """The deployment package exported from :func:`trained_workspace` by its export stage (``hms run --stage
+    export``: the onnx_engines and deployment_package assets with their checks): the versioned folder under
+    ``<root>/models/deployments/``. The export's outputs are added to ``trained_workspace`` in place."""
+    from hms_core.export import latest_package
+    from hms_dagster.runner import run_pipeline
+
+    saved = os.environ.pop("DAGSTER_HOME", None)
+    try:
+        report = run_pipeline(trained_workspace.cfg, "export", resume=bool(os.environ.get("HMS_TEST_WORKSPACE")))
+        if not report.ok:
+            pytest.fail(f"the shared deployment package failed to build: {report.failed}")
+    finally:
+        if saved is not None:
+            os.environ["DAGSTER_HOME"] = saved
+    return latest_package(trained_workspace.cfg.models_dir / "deployments")

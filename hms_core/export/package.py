@@ -137,17 +137,28 @@ def _latency_ms(session: Any, x: np.ndarray, runs: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def _calibration_inputs(
-    cfg: PlatformConfig, member: dict[str, Any], fold: str, layout: dict[str, Any]
-) -> np.ndarray:
-    """Up to ``export.calibration_windows`` inputs from the fold's training partitions (every other fold)."""
-    from hms_core.partition import load_partition
+class _Partitions:
+    """Each fold's partition opened once (opening one reads its index and features tables)."""
 
+    def __init__(self, cfg: PlatformConfig) -> None:
+        self.cfg, self._open = cfg, {}
+
+    def __call__(self, fold: str) -> Any:
+        from hms_core.partition import load_partition
+
+        if fold not in self._open:
+            self._open[fold] = load_partition(self.cfg.processed_dir / "windows" / fold)
+        return self._open[fold]
+
+
+def _calibration_inputs(cfg: PlatformConfig, member: dict[str, Any], fold: str, layout: dict[str, Any],
+                        parts: _Partitions) -> np.ndarray:  # fmt: skip
+    """Up to ``export.calibration_windows`` inputs from the fold's training partitions (every other fold)."""
     want, xs = cfg.export.calibration_windows, []
     others = [f for f in cfg.fold_names if f != fold]
     per = -(-want // max(len(others), 1))
     for f in others:
-        part = load_partition(cfg.processed_dir / "windows" / f)
+        part = parts(f)
         rows = np.linspace(0, len(part) - 1, min(per, len(part))).round().astype(int)
         xs.append(member_inputs(member, batch_from_partition(part, np.unique(rows)), layout))
     return np.concatenate(xs)[:want]
@@ -194,7 +205,6 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
         quant_mode,
         quantize,  # fmt: skip
     )
-    from hms_core.partition import load_partition
     from hms_core.training.predict import load_trained
 
     say = log or (lambda msg: None)
@@ -209,6 +219,7 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
     torch.set_num_threads(max(threads, 1))
     trt_ok, trt_reason = tensorrt_status() if e.tensorrt else (False, "export.tensorrt is false")
     records: list[dict[str, Any]] = []
+    parts = _Partitions(cfg)
     entries: dict[str, dict[str, Any]] = {}
     layout: dict[str, Any] | None = None
     total, done = len(members) * len(cfg.fold_names), 0
@@ -216,7 +227,7 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
         exporter_ok: str | None = None  # the exporter that passed on an earlier fold of this member
         for fold in cfg.fold_names:
             tm = load_trained(cfg.models_dir / name / fold)
-            val = load_partition(cfg.processed_dir / "windows" / fold)
+            val = parts(fold)
             fold_layout = val.layout.to_dict()
             if layout is None:
                 layout = fold_layout
@@ -283,7 +294,7 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
                     mode = quant_mode(tm.model)
                     rec8["mode"] = mode
                     try:
-                        calib = _calibration_inputs(cfg, entry, fold, layout) if mode == "static" else None
+                        calib = _calibration_inputs(cfg, entry, fold, layout, parts) if mode == "static" else None
                         q = quantize(raw, d / f"{fold}.int8.q.onnx", mode, calib)
                         path8 = optimise(q, d / f"{fold}.int8.onnx", e.graph_optimization)
                         q.unlink(missing_ok=True)
@@ -554,14 +565,12 @@ def load_engines(cfg: PlatformConfig) -> EnginesResult:
 def recheck_int8(cfg: PlatformConfig, engines: EnginesResult) -> list[str]:
     """Every deployed int8 engine read back from disk against its fold's fp32 engine on the parity windows:
     ``member/fold (KL)`` of those over ``export.int8_kl_tolerance`` (the int8 gate, re-measured on the files)."""
-    from hms_core.partition import load_partition
-
-    e, layout, bad = cfg.export, engines.doc["layout"], []
+    e, layout, bad, parts = cfg.export, engines.doc["layout"], [], _Partitions(cfg)
     by_key = {(r["member"], r["fold"], r["precision"]): r for r in engines.records}
     for r in engines.records:
         if r["precision"] != "int8" or not r["deployed"]:
             continue
-        val = load_partition(cfg.processed_dir / "windows" / r["fold"])
+        val = parts(r["fold"])
         rows = np.arange(min(e.parity_windows, len(val)))
         x = member_inputs(engines.doc["entries"][r["member"]], batch_from_partition(val, rows), layout)
         p32 = run_probs(make_session(by_key[(r["member"], r["fold"], "fp32")]["path"], e.intra_op_threads), x)

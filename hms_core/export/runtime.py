@@ -346,9 +346,14 @@ class DeploymentPackage:
 
     @property
     def reference(self) -> Any:
-        """The drift reference stored with the package (JSON; ``None`` when the package has none)."""
+        """The drift reference stored with the package (:func:`hms_core.monitoring.reference.load_reference` of
+        its ``reference/`` folder; ``None`` when the package has none)."""
         rel = self.meta.get("reference")
-        return None if not rel else json.loads((self.path / rel).read_text())
+        if not rel:
+            return None
+        from hms_core.monitoring.reference import load_reference
+
+        return load_reference(self.path / rel)
 
     def member(self, name: str) -> dict[str, Any]:
         for m in self.meta["members"]:
@@ -379,8 +384,14 @@ class DeploymentPackage:
         """One member's probabilities: the mean over its fold models, renormalised (as the ensemble's test
         predictions, :func:`hms_core.ensemble.members.load_members`)."""
         m = self.member(name)
+        return self.member_probs_from_inputs(name, member_inputs(m, out, self.meta["layout"]), precision)
+
+    def member_probs_from_inputs(
+        self, name: str, x: np.ndarray, precision: str = "fp32"
+    ) -> tuple[np.ndarray, str]:
+        """:meth:`member_probs` on the member's ready-made input ``x`` (:func:`member_inputs`)."""
+        m = self.member(name)
         prec = self.engine_precision(m, precision)
-        x = member_inputs(m, out, self.meta["layout"])
         mean = np.mean([run_probs(self.session(name, f, prec), x) for f in m["folds"]], axis=0)
         return mean / mean.sum(axis=1, keepdims=True), prec
 

@@ -1,0 +1,231 @@
+"""Inference speed: torch eager vs onnxruntime fp32 vs int8, per member and for the whole ensemble, side by side.
+
+    python -m benchmarks.inference [--config tiny] [--package PATH] [--threads 2] [--runs 15] [--batches 1 32]
+                                   [--service [--requests 40 --concurrency 2]]
+
+Reads the deployment package (default: ``latest.json`` under ``<root>/models/deployments`` of ``--config``) and the
+workspace's trained fold models, builds each member's inputs once from rows of the test partition (repeated up to
+the batch size) and times, in one process on ``--threads`` threads (torch intra-op = onnxruntime intra-op):
+
+- per member (all its fold models, as the package runs it): torch eager (``TrainedModel``'s model in eval mode,
+  flip TTA as ``predict_torch``: two forward passes; LightGBM's own booster for the features member), the fp32
+  engines and the int8 engines (where the package has them);
+- the whole ensemble: every member + the combiner and calibration (``hms_core.ensemble`` for torch, numpy in the
+  package), inputs built from the preprocessed rows on both sides (``member_inputs``).
+
+The three variants run interleaved, repetition by repetition (so a busy machine slows all of them alike); the
+figure is the median. On a CUDA machine the same is timed for torch CUDA and onnxruntime's CUDA provider (and
+TensorRT when ``tensorrt`` imports), with the device named. ``--service`` adds the service latency from
+:func:`benchmarks.service.service_benchmark` (a real ``hms serve`` under a bounded httpx load) to the same RESULT
+line. The last line is
+
+    RESULT threads=2 ensemble_b1_eager_ms=... ensemble_b1_fp32_ms=... ensemble_b1_int8_ms=... speedup_fp32_b1=...
+           ... ensemble_b32_... min_member_speedup_fp32_b1=... [service_p50_ms=... service_p95_ms=...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["inference_benchmark", "main"]
+
+
+def _median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
+    """Each function's median wall time (ms) over ``runs`` rounds, the functions interleaved within a round."""
+    for f in fns.values():  # warm-up: first-call allocations, lazy session init
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _batch(batch: Any, n: int) -> Any:
+    from types import SimpleNamespace
+
+    idx = np.resize(np.arange(len(batch.bipolar)), n)
+    feats = None if batch.features is None else batch.features.iloc[idx].reset_index(drop=True)
+    return SimpleNamespace(bipolar=batch.bipolar[idx], spectrograms={t: a[idx] for t, a in batch.spectrograms.items()},
+                           features=feats)  # fmt: skip
+
+
+def _eager(models: list[Any], x: np.ndarray) -> Callable[[], np.ndarray]:
+    """A member's eager prediction over its fold models (mean), as the torch path computes it."""
+    import torch
+
+    if models[0].input_kind == "features":
+        return lambda: np.mean([m.model.predict_proba(x) for m in models], axis=0)
+    xt = torch.from_numpy(x)
+
+    @torch.inference_mode()
+    def run() -> np.ndarray:
+        out = []
+        for m in models:
+            p = torch.softmax(m.model(xt).float(), dim=1)
+            if m.config["training"].get("flip_tta", True):
+                p = 0.5 * (p + torch.softmax(m.model(m.model.flip_input(xt)).float(), dim=1))
+            out.append(p.numpy())
+        return np.mean(out, axis=0)
+
+    return run
+
+
+def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: int = 15,
+                        batches: tuple[int, ...] = (1, 32), log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """The timings of the module docstring; returns the RESULT fields."""
+    import torch
+
+    from hms_core.ensemble.build import load_ensemble
+    from hms_core.export import load_package, member_inputs
+    from hms_core.export.package import batch_from_partition
+    from hms_core.partition import load_partition
+    from hms_core.training.job import TEST_PARTITION
+    from hms_core.training.predict import load_trained
+
+    torch.set_num_threads(threads)
+    pkg = load_package(package, threads=threads, providers=["CPUExecutionProvider"])
+    models = {n: [load_trained(cfg.models_dir / n / f) for f in pkg.member(n)["folds"]] for n in pkg.member_names}
+    ens = load_ensemble(cfg.ensemble_dir)
+    base = batch_from_partition(load_partition(cfg.processed_dir / "windows" / TEST_PARTITION))
+    pkg.warm_up("fp32")
+    pkg.warm_up("best")
+    res: dict[str, Any] = {"threads": threads, "package": pkg.version, "members": len(pkg.member_names)}
+    speed_fp32: dict[int, list[float]] = {}
+    log(f"package {pkg.version} ({pkg.path}); {threads} threads; median of {runs} interleaved runs")
+    log(f"{'member':<16}{'batch':>6}{'eager ms':>11}{'fp32 ms':>10}{'int8 ms':>10}{'fp32 x':>8}{'int8 x':>8}")
+    for b in batches:
+        batch = _batch(base, b)
+        speed_fp32[b] = []
+        for name in pkg.member_names:
+            m = pkg.member(name)
+            x = member_inputs(m, batch, pkg.meta["layout"])
+            fns = {"eager": _eager(models[name], x),
+                   "fp32": lambda n=name, x=x: pkg.member_probs_from_inputs(n, x, "fp32")}  # fmt: skip
+            if "int8" in m["engines"]:
+                fns["int8"] = lambda n=name, x=x: pkg.member_probs_from_inputs(n, x, "int8")
+            t = _median_ms(fns, runs)
+            speed_fp32[b].append(t["eager"] / t["fp32"])
+            i8 = t.get("int8")
+            i8_ms = "-" if i8 is None else f"{i8:.2f}"
+            i8_x = "-" if i8 is None else f"{t['eager'] / i8:.2f}"
+            log(
+                f"{name:<16}{b:>6}{t['eager']:>11.2f}{t['fp32']:>10.2f}{i8_ms:>10}{t['eager'] / t['fp32']:>8.2f}{i8_x:>8}"
+            )
+            res[f"{name}_b{b}_eager_ms"], res[f"{name}_b{b}_fp32_ms"] = round(t["eager"], 3), round(t["fp32"], 3)
+            if i8 is not None:
+                res[f"{name}_b{b}_int8_ms"] = round(i8, 3)
+
+        def torch_ensemble(batch=batch) -> np.ndarray:
+            probs = {}
+            for name in pkg.member_names:
+                p = _eager(models[name], member_inputs(pkg.member(name), batch, pkg.meta["layout"]))()
+                probs[name] = p / p.sum(axis=1, keepdims=True)
+            return ens.predict(probs)
+
+        t = _median_ms({"eager": torch_ensemble, "fp32": lambda batch=batch: pkg.predict_batch(batch, "fp32"),
+                        "int8": lambda batch=batch: pkg.predict_batch(batch, "best")}, runs)  # fmt: skip
+        log(f"{'ENSEMBLE':<16}{b:>6}{t['eager']:>11.2f}{t['fp32']:>10.2f}{t['int8']:>10.2f}"
+            f"{t['eager'] / t['fp32']:>8.2f}{t['eager'] / t['int8']:>8.2f}")  # fmt: skip
+        for k in ("eager", "fp32", "int8"):
+            res[f"ensemble_b{b}_{k}_ms"] = round(t[k], 3)
+        res[f"speedup_fp32_b{b}"] = round(t["eager"] / t["fp32"], 2)
+        res[f"speedup_int8_b{b}"] = round(t["eager"] / t["int8"], 2)
+        res[f"min_member_speedup_fp32_b{b}"] = round(min(speed_fp32[b]), 2)
+    res.update(gpu_benchmark(pkg, models, base, runs, log))
+    return res
+
+
+def gpu_benchmark(pkg: Any, models: dict[str, list[Any]], base: Any, runs: int,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """torch CUDA vs onnxruntime CUDA (and TensorRT fp16 when it imports) for every torch member at batch 32; on a
+    machine without CUDA: ``gpu=none`` and why."""
+    import importlib.util
+
+    import onnxruntime as ort
+    import torch
+
+    from hms_core.export import member_inputs
+    from hms_core.export.runtime import make_session, run_probs
+
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
+        why = "no CUDA device" if not torch.cuda.is_available() else "onnxruntime has no CUDAExecutionProvider"
+        log(f"GPU: skipped ({why})")
+        return {"gpu": "none"}
+    device = torch.cuda.get_device_name(0)
+    out: dict[str, Any] = {"gpu": device.replace(" ", "_")}
+    providers = {"ort_cuda": ["CUDAExecutionProvider"]}
+    if (
+        importlib.util.find_spec("tensorrt") is not None
+        and "TensorrtExecutionProvider" in ort.get_available_providers()
+    ):
+        providers["ort_trt_fp16"] = [
+            ("TensorrtExecutionProvider", {"trt_fp16_enable": True}),
+            "CUDAExecutionProvider",
+        ]
+    batch = _batch(base, 32)
+    for name in pkg.member_names:
+        m = pkg.member(name)
+        if m["input_kind"] == "features":
+            continue
+        x = member_inputs(m, batch, pkg.meta["layout"])
+        xt = torch.from_numpy(x).cuda()
+        mods = [tm.model.cuda().eval() for tm in models[name]]
+
+        @torch.inference_mode()
+        def torch_cuda(mods=mods, xt=xt) -> None:
+            for mod in mods:
+                torch.softmax(mod(torch.cat([xt, mod.flip_input(xt)])), dim=1)
+            torch.cuda.synchronize()
+
+        fns: dict[str, Callable[[], Any]] = {"torch_cuda": torch_cuda}
+        for label, prov in providers.items():
+            sess = [make_session(pkg.path / m["engines"]["fp32"][f], pkg.threads, prov) for f in m["folds"]]
+            fns[label] = lambda sess=sess, x=x: [run_probs(s, x) for s in sess]
+        t = _median_ms(fns, runs)
+        log(f"GPU {device} {name} b32: " + ", ".join(f"{k} {v:.2f} ms" for k, v in t.items()))
+        out.update({f"{name}_b32_{k}_ms": round(v, 3) for k, v in t.items()})
+        for tm in models[name]:
+            tm.model.cpu()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from hms_core.config import load_config
+    from hms_core.export import latest_package
+    from hms_core.export.runtime import DEPLOYMENTS_DIR
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--package", type=Path, default=None, help="package folder (default: the workspace's latest)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--service", action="store_true", help="also the service latency (benchmarks.service)")
+    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--concurrency", type=int, default=2)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    package = args.package or latest_package(cfg.models_dir / DEPLOYMENTS_DIR)
+    res = inference_benchmark(package, cfg, args.threads, args.runs, tuple(args.batches))
+    if args.service:
+        from benchmarks.service import service_benchmark
+
+        res.update(service_benchmark(package, args.config, requests=args.requests, concurrency=args.concurrency))
+    keys = [k for k in res if k.startswith(("threads", "members", "ensemble_", "speedup_", "min_member_", "service_",
+                                            "gpu"))]  # fmt: skip
+    print("RESULT " + " ".join(f"{k}={res[k]}" for k in keys), flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()

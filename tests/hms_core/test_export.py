@@ -1,0 +1,214 @@
+"""The deployment package (hms_core.export): inputs, blend, parity with the torch ensemble, manifest, no torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hms_core.export import PackageError, combine, latest_package, load_package, member_inputs
+from hms_core.export.runtime import resize_bilinear
+
+
+def test_resize_bilinear_matches_torch_interpolate():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    for src, size in [
+        ((2, 4, 8, 12), (3, 5)),
+        ((1, 4, 5, 7), (16, 32)),
+        ((2, 4, 9, 9), (9, 4)),
+        ((1, 4, 6, 6), (6, 6)),
+    ]:
+        a = rng.normal(size=src).astype(np.float32)
+        ref = F.interpolate(torch.from_numpy(a), size=size, mode="bilinear", align_corners=False).numpy()
+        np.testing.assert_allclose(resize_bilinear(a, size), ref, atol=2e-6, rtol=0)
+
+
+def test_combine_matches_the_ensemble_combiners_and_calibration():
+    from hms_core.ensemble.calibration import Calibrator
+    from hms_core.ensemble.combiners import make_combiner
+    from hms_core.ensemble.nested import ensemble_predict
+
+    rng = np.random.default_rng(1)
+    names = ["a", "b", "c"]
+    p = rng.dirichlet(np.ones(6), size=(3, 40))
+    y = rng.dirichlet(np.ones(6) * 0.5, size=40)
+    for kind in ("mean", "log_linear", "stacking"):
+        comb = make_combiner(kind, names).fit(p, y)
+        cal = Calibrator.fit(comb.predict(p), y)
+        probs = dict(zip(names, p))
+        want = ensemble_predict(comb, cal, probs)
+        got = combine(json.loads(json.dumps(comb.to_dict())), json.loads(json.dumps(cal.to_dict())), probs)
+        np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(combine(comb.to_dict(), None, probs), comb.predict(p), atol=1e-12, rtol=0)
+
+
+def test_member_inputs_from_process_windows_equal_the_training_path(
+    deployment_package, trained_workspace, tmp_path
+):
+    """Serving preprocesses with process_windows and builds inputs in numpy; training wrote the same outputs to a
+    partition and read them through RowDataset / feature_matrix. Both must give the model the same tensors."""
+    from hms_core.constants import EEG_FILE_COLUMNS
+    from hms_core.partition import Layout, load_partition, write_partition
+    from hms_core.preprocess import process_windows
+    from hms_core.training.data import RowDataset, all_rows
+    from hms_core.training.inputs import InputSpec, feature_matrix
+
+    pkg = load_package(deployment_package)
+    eegs = sorted((trained_workspace.cfg.raw_dir / "train_eegs").glob("*.parquet"))[:3]
+    windows = np.stack([pd.read_parquet(f)[list(EEG_FILE_COLUMNS)].to_numpy(np.float32)[:10000] for f in eegs])
+    out = process_windows(windows, pkg.preprocessing, compute_features=True)
+    layout = Layout.from_dict(pkg.meta["layout"])
+    arrays = {"bipolar": out.bipolar, **{f"spec_{t}": a for t, a in out.spectrograms.items()}}
+    index = pd.DataFrame({"eeg_id": np.arange(len(windows)), "patient_id": 1, "fold": 0})
+    write_partition(tmp_path / "p", index, arrays, layout, features=out.features)
+    part = load_partition(tmp_path / "p")
+    kinds = set()
+    for m in pkg.meta["members"]:
+        got = member_inputs(m, out, pkg.meta["layout"])
+        if m["input_kind"] == "features":
+            want = feature_matrix(part, m["feature_names"])
+        else:
+            ds = RowDataset([part], all_rows(part), InputSpec.from_dict(m["input_spec"]), with_targets=False)
+            want = np.stack([ds[i][0].numpy() for i in range(len(ds))])
+        kinds.add(m["input_kind"])
+        assert got.dtype == np.float32 and got.shape == want.shape, m["name"]
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6, err_msg=m["name"])
+    assert kinds == {"raw", "spectrogram", "features"}
+
+
+def _torch_ensemble(cfg, part, names):
+    from hms_core.ensemble.build import load_ensemble
+    from hms_core.training.predict import load_trained
+
+    members = {}
+    for name in names:
+        mean = np.mean([load_trained(cfg.models_dir / name / f).predict(part) for f in cfg.fold_names], axis=0)
+        members[name] = mean / mean.sum(axis=1, keepdims=True)
+    return load_ensemble(cfg.ensemble_dir).predict(members), members
+
+
+def test_package_reproduces_the_torch_ensemble_on_test_rows(deployment_package, trained_workspace):
+    from hms_core.export.package import batch_from_partition
+    from hms_core.partition import load_partition
+    from hms_core.training.predict import PRED_COLUMNS
+
+    cfg = trained_workspace.cfg
+    pkg = load_package(deployment_package)
+    assert pkg.classes == ["Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other"] and pkg.max_missing_channels >= 0
+    assert set(pkg.member_names) == set(cfg.ensemble_members())  # export.members: all
+    part = load_partition(cfg.processed_dir / "windows" / "test")
+    want, members = _torch_ensemble(cfg, part, pkg.member_names)
+    pred = pkg.predict_batch(batch_from_partition(part), precision="fp32")
+    tol = cfg.export.fp32_tolerance
+    assert np.abs(pred.probs - want).max() <= tol
+    for name, p in members.items():
+        assert np.abs(pred.members[name] - p).max() <= tol, name
+    # ... and the ensemble stage's own test predictions (test_pred.parquet, from the training runs)
+    test_pred = pd.read_parquet(cfg.ensemble_dir / "test_pred.parquet").set_index("eeg_id")
+    np.testing.assert_allclose(
+        pred.probs, test_pred.loc[part.index["eeg_id"], list(PRED_COLUMNS)], atol=tol, rtol=0
+    )
+    assert pred.uncertainty.shape == pred.disagreement.shape == (len(part),)
+    assert np.all(pred.uncertainty >= 0) and np.all(pred.disagreement >= 0)
+    best = pkg.predict_batch(batch_from_partition(part), precision="best")
+    assert "int8" in best.precision.values()
+    assert (
+        float(np.mean([np.sum(w * np.log(w / b)) for w, b in zip(want, best.probs)]))
+        <= cfg.export.int8_kl_tolerance
+    )
+    card = (deployment_package / "model_card.md").read_text()
+    assert "Intended use" in card and "95 % CI" in card and "Limits" in card
+    assert pkg.reference is not None and pkg.meta["reference"] == "reference"
+
+
+def test_runtime_imports_neither_torch_nor_scipy(deployment_package, trained_workspace, tmp_path):
+    from hms_core.export.package import batch_from_partition
+    from hms_core.partition import load_partition
+
+    part = load_partition(trained_workspace.cfg.processed_dir / "windows" / "test")
+    batch = batch_from_partition(part)
+    np.savez(
+        tmp_path / "batch.npz", bipolar=batch.bipolar, **{f"spec_{t}": a for t, a in batch.spectrograms.items()}
+    )
+    batch.features.to_parquet(tmp_path / "features.parquet")
+    code = textwrap.dedent(f"""
+        import json, sys
+        from types import SimpleNamespace
+        import numpy as np, pandas as pd
+        import hms_core.export
+        pkg = hms_core.export.load_package({str(deployment_package)!r})
+        z = np.load({str(tmp_path / "batch.npz")!r})
+        b = SimpleNamespace(bipolar=z["bipolar"], features=pd.read_parquet({str(tmp_path / "features.parquet")!r}),
+                            spectrograms={{k[5:]: z[k] for k in z.files if k.startswith("spec_")}})
+        pred = pkg.predict_batch(b, precision="best")
+        print(json.dumps({{"probs": pred.probs.tolist(), "torch": "torch" in sys.modules,
+                          "scipy": "scipy" in sys.modules}}))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False and got["scipy"] is False
+    want = load_package(deployment_package).predict_batch(batch, precision="best").probs
+    np.testing.assert_allclose(np.asarray(got["probs"]), want, atol=1e-7, rtol=0)
+
+
+def test_a_changed_missing_or_extra_file_is_refused_naming_it(deployment_package, tmp_path):
+    pkg_dir = tmp_path / deployment_package.name
+    shutil.copytree(deployment_package, pkg_dir)
+    assert load_package(pkg_dir).version == pkg_dir.name
+    engine = min(pkg_dir.glob("engines/*/fold_1.fp32.onnx"))
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    engine.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match=f"{engine.name}.*does not match its SHA-256"):
+        load_package(pkg_dir)
+    load_package(pkg_dir, verify=False)  # only verification refuses it
+    data[len(data) // 2] ^= 0xFF
+    engine.write_bytes(bytes(data))
+    (pkg_dir / "engines" / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(PackageError, match="extra.onnx is not listed"):
+        load_package(pkg_dir)
+    (pkg_dir / "engines" / "extra.onnx").unlink()
+    (pkg_dir / "model_card.md").unlink()
+    with pytest.raises(PackageError, match="model_card.md is listed .* but missing"):
+        load_package(pkg_dir)
+    # the deployments folder resolves through latest.json to the newest package
+    assert latest_package(deployment_package.parent) == deployment_package
+    assert load_package(deployment_package.parent).path == deployment_package
+
+
+def test_a_member_failing_parity_is_left_out_or_stops_the_package(deployment_package, trained_workspace, tmp_path):
+    from copy import deepcopy
+
+    from hms_core.export.package import build_package, load_engines
+    from tests.conftest import copy_workspace
+
+    ws = copy_workspace(trained_workspace, tmp_path / "copy")
+    engines = load_engines(ws.cfg)
+    kept = engines.doc["kept"]
+    bad = deepcopy(engines)
+    rec = next(
+        r for r in bad.records if r["member"] == kept[0] and r["precision"] == "fp32" and r["fold"] == "fold_1"
+    )
+    rec.update(deployed=False, reason="parity 3.0e-02 > fp32_tolerance 0.0001")
+    with pytest.raises(PackageError, match=f"no deployable fp32 engine for \\['{kept[0]}/fold_1'\\]"):
+        build_package(ws.cfg, bad)
+    reported = [m for m in engines.doc["members"] if m not in kept]
+    if not reported:
+        pytest.skip("the tiny ensemble kept every member: no reported-only member to leave out")
+    bad = deepcopy(engines)
+    rec = next(r for r in bad.records if r["member"] == reported[0] and r["precision"] == "fp32")
+    rec.update(deployed=False, reason="parity 3.0e-02 > fp32_tolerance 0.0001")
+    res = build_package(ws.cfg, bad)
+    assert reported[0] not in [m["name"] for m in res.meta["members"]]
+    assert reported[0] in res.meta["left_out"]
+    assert load_package(res.path).predict_batch  # the smaller package verifies and loads
