@@ -69,9 +69,9 @@ def _table(df: Any, columns: list[str], limit: int = 25) -> dg.TableMetadataValu
     return dg.MetadataValue.table(records, schema=schema)
 
 
-def _check_meta(cfg: PlatformConfig, status: str, reasons: list[str]) -> dict[str, Any]:
+def _check_meta(cfg: PlatformConfig, day: str, status: str, reasons: list[str]) -> dict[str, Any]:
     retrain = status == "error" and cfg.monitoring.request_retraining
-    return {"status": status, "retrain": retrain, "reason": "; ".join(reasons) or status}
+    return {"day": day, "status": status, "retrain": retrain, "reason": "; ".join(reasons) or status}
 
 
 def build_monitoring_assets(cfg: PlatformConfig) -> list:
@@ -126,7 +126,7 @@ def build_monitoring_assets(cfg: PlatformConfig) -> list:
         yield dg.MaterializeResult(metadata=meta)
         yield dg.AssetCheckResult(
             check_name=DRIFT_CHECK, passed=res.status == "ok", severity=_severity(res.status),
-            metadata=_check_meta(cfg, res.status, res.reasons), description="; ".join(res.reasons) or None,
+            metadata=_check_meta(cfg, day, res.status, res.reasons), description="; ".join(res.reasons) or None,
         )  # fmt: skip
 
     @dg.asset(
@@ -176,7 +176,7 @@ def build_monitoring_assets(cfg: PlatformConfig) -> list:
         yield dg.MaterializeResult(metadata=meta)
         yield dg.AssetCheckResult(
             check_name=QUALITY_CHECK, passed=res.status == "ok", severity=_severity(res.status),
-            metadata=_check_meta(cfg, res.status, res.reasons), description="; ".join(res.reasons) or None,
+            metadata=_check_meta(cfg, day, res.status, res.reasons), description="; ".join(res.reasons) or None,
         )  # fmt: skip
 
     return [prediction_drift, prediction_quality]
@@ -202,15 +202,19 @@ def retrain_requests(
             if rec.id <= cursor:
                 continue
             newest = max(newest, rec.id)
-            ev = rec.evaluation
-            if ev is None or ev.passed or ev.severity != dg.AssetCheckSeverity.ERROR:
+            ev = rec.evaluation  # a planned execution has no result yet
+            if (
+                not isinstance(ev, dg.AssetCheckEvaluation)
+                or ev.passed
+                or ev.severity != dg.AssetCheckSeverity.ERROR
+            ):
                 continue
             retrain = ev.metadata.get("retrain")
             if retrain is None or not retrain.value:
                 continue
-            why = ev.metadata.get("reason")
+            why, day = ev.metadata.get("reason"), ev.metadata.get("day")
             reasons.append(
-                f"{asset}[{rec.partition}] {check}: {why.value if why else 'failed'} (evaluation {rec.id})"
+                f"{asset}[{day.value if day else '?'}] {check}: {why.value if why else 'failed'} (evaluation {rec.id})"
             )
     if not reasons:
         return [], newest, []
@@ -267,7 +271,9 @@ def resolve_day(day: str | None) -> str:
     return day or (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
 
 
-def run_monitoring_day(cfg: PlatformConfig, day: str | None = None) -> dg.ExecuteInProcessResult:
+def run_monitoring_day(
+    cfg: PlatformConfig, day: str | None = None, log_level: str = "WARNING"
+) -> dg.ExecuteInProcessResult:
     """``hms monitor``: materialize both monitoring assets of ``day`` (default yesterday, UTC) through the
     workspace's Dagster instance, so the run shows in the UI with its checks."""
     from hms_dagster.definitions import build_definitions
@@ -282,8 +288,9 @@ def run_monitoring_day(cfg: PlatformConfig, day: str | None = None) -> dg.Execut
         )
     defs = build_definitions(cfg)
     return defs.resolve_job_def(MONITORING_JOB).execute_in_process(
-        instance=prepare_instance(cfg), partition_key=day, tags=run_tags(MONITORING), raise_on_error=False
-    )
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        instance=prepare_instance(cfg), partition_key=day, tags=run_tags(MONITORING), raise_on_error=False,
+    )  # fmt: skip
 
 
 def monitor_cli(cfg: PlatformConfig, day: str | None) -> tuple[int, str]:
