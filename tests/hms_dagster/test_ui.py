@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import dagster as dg
 import httpx
 
-from hms_core.config import load_config
-from hms_dagster.runner import run_pipeline
-from tests.hms_dagster.conftest import write_config
+from hms_dagster.instance import prepare_instance
+from hms_dagster.stages import DATA_JOB, EEG_WINDOWS, FOLDS, LABELS, RAW_DATASET, model_asset_key
+from tests.conftest import copy_workspace
+from tests.hms_dagster.uiutil import (
+    alive,
+    default_sigint,
+    descendants,
+    free_port,
+    start_ui,
+    stop_with_sigterm,
+    wait_ready,
+)
+
+#: How long the whole `hms ui` process tree may take to exit after SIGTERM.
+STOP_WITHIN_S = 30
 
 QUERY = """{ assetNodes { assetKey { path } dependencyKeys { path } isPartitioned partitionKeys
   assetMaterializations(limit: 1) { runId } } }"""
@@ -24,54 +36,26 @@ LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
 RUN = '{ runOrError(runId: "%s") { ... on Run { status } } }'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ui_shows_assets_lineage_partitions_and_runs(tmp_path, monkeypatch):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    path = write_config(tmp_path)
-    cfg = load_config(path)
-    report = run_pipeline(cfg, "data")
-    assert report.ok
-    port = _free_port()
-    env = {**os.environ, "COLUMNS": "200"}
-    env.pop("DAGSTER_HOME", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hms_dagster.cli", "ui", "--config", str(path), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 (no threads here)
-    )
+def test_ui_shows_assets_lineage_partitions_and_runs_and_stops_on_sigterm(trained_workspace, tmp_path):
+    """`hms ui` serves the CLI's instance, launches a job like the Materialize button, and SIGTERM to `hms ui`
+    (a service manager's stop) ends it and every process it started (webserver, daemon, code server)."""
+    ws = copy_workspace(trained_workspace, tmp_path)
+    cfg = ws.cfg
+    port, log = free_port(), tmp_path / "ui.log"
+    base = f"http://127.0.0.1:{port}"
+    proc = start_ui(ws.config_path, port, log)
+    stopped = False
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(1)
-        nodes = None
-        while time.time() < deadline:  # the code location loads after the server answers
-            r = httpx.post(f"{base}/graphql", json={"query": QUERY}, timeout=30)
-            nodes = r.json().get("data", {}).get("assetNodes")
-            if nodes:
-                break
-            time.sleep(1)
-        assert nodes, r.text
+        wait_ready(proc, base, log)
+        r = httpx.post(f"{base}/graphql", json={"query": QUERY}, timeout=30)
+        nodes = r.json()["data"]["assetNodes"]
         by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-        assert {"raw_dataset", "labels", "folds", "eeg_windows", "model_lightgbm"} <= set(by_key)
-        assert {"path": ["folds"]} in by_key["eeg_windows"]["dependencyKeys"]
-        assert by_key["eeg_windows"]["partitionKeys"] == cfg.fold_names
-        run_ids = {rid for _, rid, _ in report.done}
-        assert by_key["folds"]["assetMaterializations"][0]["runId"] in run_ids
+        assert {RAW_DATASET, LABELS, FOLDS, EEG_WINDOWS, model_asset_key("lightgbm")} <= set(by_key)
+        assert {"path": [FOLDS]} in by_key[EEG_WINDOWS]["dependencyKeys"]
+        assert by_key[EEG_WINDOWS]["partitionKeys"] == cfg.fold_names
+        instance = prepare_instance(cfg)
+        latest = instance.get_latest_materialization_event(dg.AssetKey(FOLDS))
+        assert by_key[FOLDS]["assetMaterializations"][0]["runId"] == latest.run_id  # the CLI's run
 
         # materialize from the UI: launch the data job as the "Materialize" button does (queued run, daemon,
         # multiprocess executor) and wait for it
@@ -84,7 +68,7 @@ def test_ui_shows_assets_lineage_partitions_and_runs(tmp_path, monkeypatch):
                         "selector": {
                             "repositoryLocationName": "hms_dagster.definitions",
                             "repositoryName": "__repository__",
-                            "jobName": "data_job",
+                            "jobName": DATA_JOB,
                         },
                         "runConfigData": {},
                     }
@@ -93,15 +77,60 @@ def test_ui_shows_assets_lineage_partitions_and_runs(tmp_path, monkeypatch):
             timeout=60,
         ).json()
         run_id = launched["data"]["launchRun"]["run"]["runId"]
-        status = None
-        while time.time() < deadline + 120 and status not in ("SUCCESS", "FAILURE", "CANCELED"):
+        status, deadline = None, time.time() + 300
+        while time.time() < deadline and status not in ("SUCCESS", "FAILURE", "CANCELED"):
             time.sleep(2)
             res = httpx.post(f"{base}/graphql", json={"query": RUN % run_id}, timeout=30).json()
             status = res["data"]["runOrError"]["status"]
         assert status == "SUCCESS", status
+
+        seconds, left = stop_with_sigterm(proc, within_s=STOP_WITHIN_S)
+        stopped = True
+        assert not left, (
+            f"still running {STOP_WITHIN_S} s after SIGTERM: {sorted(left)}\n{log.read_text()[-2000:]}"
+        )
+        assert proc.returncode == 0, log.read_text()[-2000:]
+        print(f"RESULT hms_ui_sigterm_to_tree_exit_s={seconds:.1f}")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if not stopped:
+            stop_with_sigterm(proc, within_s=STOP_WITHIN_S)
+
+
+FAKE_DEV = """
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a code server that lingers
+print("fake dagster dev up", child.pid, flush=True)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))  # dagster dev exits on SIGTERM; its child does not follow
+time.sleep(600)
+"""
+
+
+def test_ctrl_c_stops_the_whole_tree(tiny_config, tmp_path):
+    """hms_dagster.ui.serve with a stand-in for `dagster dev` whose child outlives it: Ctrl-C (SIGINT; SIGTERM is
+    tested on the real UI above) ends serve with exit code 0 and leaves no process behind."""
+    script = tmp_path / "fake_dev.py"
+    script.write_text(FAKE_DEV)
+    code = (
+        "import sys; from hms_core.config import load_config; from hms_dagster import ui; "
+        f"ui.dagster_dev_command = lambda host, port: [sys.executable, {str(script)!r}]; "
+        f"sys.exit(ui.serve(load_config({str(tiny_config)!r}), grace_s=5))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
+        preexec_fn=default_sigint,  # noqa: PLW1509 (no threads here)
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and len(descendants(proc.pid)) < 2:  # the stand-in and its child
+        time.sleep(0.2)
+    tree = descendants(proc.pid)
+    assert len(tree) >= 2, proc.stdout.read1().decode() if proc.poll() is not None else tree
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    t0 = time.monotonic()
+    while alive(tree) and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    assert not alive(tree), sorted(alive(tree))
