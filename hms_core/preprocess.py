@@ -181,15 +181,14 @@ def process_windows(
             x = x.copy()  # the caller's array stays as it was
         if not np.isfinite(x.sum(dtype=np.float64)):  # +-inf samples are missing data too
             x[np.isinf(x)] = np.nan
-        nan = np.isnan(x[:, :N_EEG])
-        all_nan = nan.all(axis=(1, 2))
+        x, nrep = fill_nans(x, max_gap=round(ecfg.max_gap_s * sfreq), copy=False)  # one NaN scan for both
+        all_nan = nrep.all_nan[:, :N_EEG].all(1)
         if all_nan.any() and ecfg.all_nan_windows == "error":
             bad = [ids[i] for i in np.flatnonzero(all_nan)]
             raise RecordError(
                 f"EEG record(s) {bad} are all NaN in every EEG channel; nothing to preprocess "
                 f"(set preprocessing.eeg.all_nan_windows: flag to keep such windows as flagged zeros)."
             )
-        x, nrep = fill_nans(x, max_gap=round(ecfg.max_gap_s * sfreq), copy=False)
     with tm("artifacts"):
         art = detect_artifacts(
             x[:, :N_EEG], flat_uv=ecfg.flat_uv, noisy_uv=None, pop_uv=ecfg.pop_uv,

@@ -283,13 +283,15 @@ def detect_artifacts(
     sample-to-sample jump above ``pop_uv`` (a pop and its recovery count once).
     """
     x = np.asarray(x, dtype=np.float32)
-    absd = np.abs(np.diff(x, axis=-1))
-    lead, n_d = absd.shape[:-1], absd.shape[-1]
+    lead, n_d = x.shape[:-1], max(x.shape[-1] - 1, 0)
     # maxima of |diff| over 0.25-s blocks: a pop and its recovery count once; 4 blocks make the 1-s flat blocks
     refractory = max(int(sfreq // 4), 1)
     k = n_d // refractory
-    block_max = absd[..., : k * refractory].reshape(*lead, k, refractory).max(-1)
-    tail = absd[..., k * refractory :].max(-1, initial=0.0)
+    # the whole blocks' differences land in one contiguous buffer (reshaped without a copy), the rest apart
+    main = np.subtract(x[..., 1 : k * refractory + 1], x[..., : k * refractory])
+    block_max = np.abs(main, out=main).reshape(*lead, k, refractory).max(-1)
+    del main
+    tail = np.abs(np.diff(x[..., k * refractory :], axis=-1)).max(-1, initial=0.0)
     n_pops = (block_max > pop_uv).sum(-1) + (tail > pop_uv)
     per_sec = max(round(sfreq / refractory), 1)
     k1 = k // per_sec
