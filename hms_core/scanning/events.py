@@ -3,15 +3,15 @@
 Per class, the window probabilities are smoothed by a centred moving average over ``smoothing_windows`` windows
 (windows that were not evaluated are left out of the average, never read as zeros), then thresholded with
 hysteresis: an event starts where the smoothed probability reaches ``on_threshold`` and lasts while it stays at or
-above ``off_threshold``; a window that was not evaluated ends it. An event spans its windows' centres +- half a stride. Events separated by less than ``merge_gap_s`` are
-merged, then events shorter than ``min_duration_s`` are dropped.
+above ``off_threshold``; a window that was not evaluated ends it. An event spans its windows' centres +- half a
+stride. Events separated by less than ``merge_gap_s`` are merged, then events shorter than ``min_duration_s`` are
+dropped.
 
-The table follows the SzCORE annotation format (https://eslweb.epfl.ch/epilepsybenchmarks/framework-for-validation-
-of-epileptic-seizure-detection-algorithms/): ``onset`` and ``duration`` in seconds, ``eventType`` ``sz`` for
-seizures (the SzCORE / HED-SCORE short name) and ``lpd``, ``gpd``, ``lrda``, ``grda`` for the ACNS periodic and
-rhythmic patterns, ``confidence`` in [0, 1], ``channels`` (the hemisphere's electrodes when the left/right
-spectrogram power says the event is lateralised, else ``n/a``), ``dateTime`` of the onset and
-``recordingDuration``.
+The table follows the SzCORE annotation format (Dan et al., SzCORE, Epilepsia 2024: the BIDS ``events.tsv`` of
+the EEG seizure-detection benchmarks): ``onset`` and ``duration`` in seconds, ``eventType`` ``sz`` for seizures
+(SzCORE's name) and ``lpd``, ``gpd``, ``lrda``, ``grda`` for the ACNS periodic and rhythmic patterns,
+``confidence`` in [0, 1], ``channels`` (the hemisphere's electrodes when the left/right spectrogram power says the
+event is lateralised, else ``n/a``), ``dateTime`` of the onset and ``recordingDuration``.
 """
 
 from __future__ import annotations
