@@ -149,3 +149,18 @@ def test_config_and_timeline_validation() -> None:
     bad.loc[1, "reason"] = "sleepy"
     with pytest.raises(RecordError, match=r"unknown 'reason' value\(s\) \['sleepy'\].*'edge', 'flat'"):
         validate_timeline(bad)
+
+
+def test_benchmark_scoring_follows_szcore() -> None:
+    """benchmarks.scan scores with timescoring's SzCORE rules: tolerance, any overlap, false alarms per 24 h."""
+    from benchmarks.scan import aggregate, score_recording
+
+    truth = pd.DataFrame({"onset": [600.0, 2000.0], "duration": [60.0, 90.0], "eventType": ["sz", "sz"]})
+    # first truth event hit 25 s early (inside the 30-s tolerance), the second missed, one false alarm at 3000 s
+    hyp = pd.DataFrame({"onset": [560.0, 3000.0], "duration": [15.0, 40.0], "eventType": ["sz", "sz"]})
+    c = score_recording(truth, hyp, 3600.0, "sz")
+    assert (c["tp"], c["fp"], c["ref"]) == (1.0, 1.0, 2.0)
+    s = aggregate([c, score_recording(truth, truth, 3600.0, "sz")])
+    assert s["sens"] == pytest.approx(3 / 4) and s["prec"] == pytest.approx(3 / 4)
+    assert s["fa24h"] == pytest.approx(1 / (2 / 24)) and s["f1"] == pytest.approx(0.75)
+    assert 0 < s["sample_f1"] < 1
