@@ -170,51 +170,18 @@ def read_edf(path: str | os.PathLike[str], missing_channels: str = "error", sfre
     Labels are matched through :func:`normalize_channel_name`; the first label that maps to a channel wins.
     Missing EEG channels raise :class:`RecordError` (``missing_channels="error"``) or stay NaN (``"flag"``).
     """
-    import pyedflib
+    from hms_core.recording import open_recording  # the streaming reader: one EDF/BDF code path
 
     check_option("missing_channels", missing_channels, MISSING_CHANNEL_MODES)
     path = Path(path)
     if not path.exists():
         raise RecordError(f"EEG record '{path}' does not exist.")
-    try:
-        reader = pyedflib.EdfReader(str(path))
-    except OSError as e:
-        raise RecordError(f"EEG record '{path}' could not be read as EDF/BDF: {e}") from e
-    try:
-        labels = reader.getSignalLabels()
-        chosen: dict[str, int] = {}
-        for i, label in enumerate(labels):
-            name = normalize_channel_name(label)
-            if name is not None and name not in chosen:
-                chosen[name] = i
-        missing = [c for c in EEG_CHANNELS if c not in chosen]
-        if missing and missing_channels == "error":
-            raise _missing_error(str(path), missing, list(labels))
-        if not chosen:
-            raise RecordError(f"EEG record '{path}' has no EEG channel among its labels {list(labels)}.")
-        signals: dict[str, np.ndarray] = {}
-        rates = []
-        for name, i in chosen.items():
-            fs = float(reader.getSampleFrequency(i))
-            unit = reader.getPhysicalDimension(i).strip().lower()
-            factor = _UNIT_TO_UV.get(unit, 1.0)
-            sig = reader.readSignal(i).astype(np.float64) * factor
-            signals[name] = resample(sig, fs, sfreq).astype(np.float32)
-            rates.append(fs)
-    finally:
-        reader.close()
-    n_times = min(len(v) for v in signals.values())
-    data = np.full((n_times, len(EEG_FILE_COLUMNS)), np.nan, np.float32)
-    for name, sig in signals.items():
-        data[:, EEG_FILE_COLUMNS.index(name)] = sig[:n_times]
-    return EEGRecord(
-        data=data,
-        source=str(path),
-        sfreq=sfreq,
-        original_sfreq=max(rates),
-        missing=tuple(missing),
-        channel_map={name: labels[i] for name, i in chosen.items()},
-    )
+    with open_recording(path, sfreq=sfreq) as rec:
+        if rec.missing and missing_channels == "error":
+            raise _missing_error(str(path), list(rec.missing), list(rec.labels))
+        data = rec.read(0, rec.duration_s)
+        return EEGRecord(data=data, source=str(path), sfreq=sfreq, original_sfreq=rec.original_sfreq,
+                         missing=rec.missing, channel_map=rec.channel_map)  # fmt: skip
 
 
 # --- Kaggle spectrograms --------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class RecordingReader:
     duration_s: float
     start_datetime: dt.datetime | None
     sfreq: float
+    labels: tuple[str, ...]  # every signal label of the file, in file order (annotation signals left out)
     _chans: list[_Channel] = field(repr=False)
     _handle: Any = field(repr=False)
 
@@ -267,7 +268,7 @@ _EDFLIB_REASONS = {
 }
 
 
-def _open_edf(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | None]:
+def _open_edf(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | None, list[str]]:
     import pyedflib
 
     try:
@@ -302,10 +303,10 @@ def _open_edf(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | Non
         raise
     finally:
         reader.close()  # edflib allows one open per file and process: the data are read with _EdfData
-    return data, chans, duration, start
+    return data, chans, duration, start, labels
 
 
-def _open_mne(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | None]:
+def _open_mne(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | None, list[str]]:
     import mne
 
     try:
@@ -322,7 +323,7 @@ def _open_mne(path: Path) -> tuple[Any, list[_Channel], float, dt.datetime | Non
     ]
     _check_rates(path, chans)
     meas = raw.info.get("meas_date")
-    return raw, chans, raw.n_times / sfreq, meas
+    return raw, chans, raw.n_times / sfreq, meas, labels
 
 
 def open_recording(
@@ -342,12 +343,12 @@ def open_recording(
     if path.is_file() and path.stat().st_size == 0:
         raise _bad(path, "is an empty file (0 bytes).")
     if path.suffix.lower() in EDF_SUFFIXES:
-        handle, chans, duration, start = _open_edf(path)
+        handle, chans, duration, start, labels = _open_edf(path)
         backend = "pyedflib"
     else:
-        handle, chans, duration, start = _open_mne(path)
+        handle, chans, duration, start, labels = _open_mne(path)
         backend = "mne"
-    rec = RecordingReader(path, backend, duration, start, float(sfreq), chans, handle)
+    rec = RecordingReader(path, backend, duration, start, float(sfreq), tuple(labels), chans, handle)
     try:
         n_eeg = sum(c.name in EEG_CHANNELS for c in chans)
         if n_eeg < min_eeg_channels:

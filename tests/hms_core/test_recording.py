@@ -13,7 +13,7 @@ import pyedflib
 import pytest
 
 from hms_core.constants import EEG_CHANNELS, EEG_FILE_COLUMNS, SFREQ
-from hms_core.eeg_io import RecordError, read_edf
+from hms_core.eeg_io import RecordError, normalize_channel_name, read_edf, resample
 from hms_core.recording import open_recording
 
 REAL_EDF = Path(os.path.dirname(pyedflib.__file__)) / "tests" / "data" / "test_utf8.edf"
@@ -38,6 +38,23 @@ def _write(path: Path, labels: list[str], data: np.ndarray | None, sfreq: float,
 def _sines(n_s: int, sfreq: float, freqs: np.ndarray, amp: float = 80.0) -> np.ndarray:
     t = np.arange(int(n_s * sfreq)) / sfreq
     return amp * np.sin(2 * np.pi * freqs[:, None] * t[None, :])
+
+
+def _pyedflib_resampled(path: Path) -> np.ndarray:
+    """Every mapped channel read whole by pyEDFlib, in microvolts, resampled with eeg_io.resample in one go."""
+    r = pyedflib.EdfReader(str(path))
+    try:
+        out = None
+        for i, label in enumerate(r.getSignalLabels()):
+            name = normalize_channel_name(label)
+            scale = {"mv": 1e3, "uv": 1.0}[r.getPhysicalDimension(i).strip().lower()]
+            y = resample(r.readSignal(i) * scale, r.getSampleFrequency(i), SFREQ)
+            if out is None:
+                out = np.full((len(y), 20), np.nan)
+            out[:, EEG_FILE_COLUMNS.index(name)] = y[: len(out)]
+    finally:
+        r.close()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +84,11 @@ def test_chunks_join_exactly_across_boundaries(edf256: Path) -> None:
         whole = rec.read(0, rec.duration_s)
         cuts = [0.0, 7.3, 7.31, 33.333, 60.0, 91.7, 120.0]
         parts = np.concatenate([rec.read(a, b) for a, b in itertools.pairwise(cuts)])
-    full = read_edf(edf256).data  # the whole-file reader resamples the whole signal in one go (edflib: one open)
+    full = _pyedflib_resampled(edf256)  # an independent reference: pyEDFlib's samples, resampled in one go
     assert parts.shape == whole.shape == (120 * SFREQ, 20)
     np.testing.assert_allclose(parts, whole, atol=1e-3)
     np.testing.assert_allclose(whole, full, atol=1e-3)
+    np.testing.assert_allclose(read_edf(edf256).data, whole, atol=1e-6)  # read_edf uses this reader
     # and it is the sine: no step or ripple at the cut points (interior; the file's two ends carry filter edges)
     t = np.arange(whole.shape[0]) / SFREQ
     err = np.abs(whole[:, 0] - 80.0 * np.sin(2 * np.pi * 3.0 * t))[SFREQ:-SFREQ]
@@ -92,7 +110,7 @@ def test_real_pyedflib_file_one_channel() -> None:
     with open_recording(REAL_EDF) as rec:
         assert rec.channels == ("Fp1",) and len(rec.missing) == 18 and rec.original_sfreq == 128
         x = rec.read(100, 160)
-    ref = read_edf(REAL_EDF, missing_channels="flag").data[100 * SFREQ : 160 * SFREQ]
+    ref = _pyedflib_resampled(REAL_EDF)[100 * SFREQ : 160 * SFREQ]
     np.testing.assert_allclose(x, ref, atol=1e-3, equal_nan=True)
     assert np.isnan(x[:, 1:]).all() and np.isfinite(x[:, 0]).all() and x[:, 0].std() > 1.0
     with pytest.raises(RecordError, match=r"test_utf8\.edf' has 1 of the 19 EEG channels"):
