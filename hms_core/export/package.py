@@ -509,6 +509,12 @@ def build_package(
                 entry["skipped"].setdefault(prec, {})[r["fold"]] = r.get("reason", "")
         if len(entry["engines"].get("int8", {})) != len(entry["folds"]):
             entry["engines"].pop("int8", None)  # int8 is used only where every fold of the member has one
+        # precision "best": int8 only where it passed and was faster than fp32 at export (batch 1, summed over folds)
+        lat = {prec: sum(r.get("latency_ms_b1") or 0.0 for r in engines.records
+                         if r["member"] == name and r["precision"] == prec and r["deployed"])
+               for prec in ("fp32", "int8")}  # fmt: skip
+        entry["latency_ms_b1"] = lat
+        entry["best"] = "int8" if "int8" in entry["engines"] and lat["int8"] < lat["fp32"] else "fp32"
         members.append(entry)
     metrics_path = cfg.ensemble_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -362,11 +362,13 @@ class DeploymentPackage:
         raise PackageError(f"{self.path / PACKAGE_FILE} has no member {name!r}; members: {self.member_names}")
 
     def engine_precision(self, member: Mapping[str, Any], precision: str) -> str:
-        """The precision ``precision`` resolves to for ``member`` (``best``: int8 where every fold has one)."""
+        """The precision ``precision`` resolves to for ``member`` (``best``: the member's ``best`` entry, int8 where
+        every fold has an int8 engine that passed parity and ran faster than fp32 when exported, else fp32)."""
         check_option("precision", precision, PRECISIONS)
         engines = member["engines"]
         if precision == "best":
-            return "int8" if len(engines.get("int8", {})) == len(member["folds"]) else "fp32"
+            best = member.get("best", "fp32")
+            return best if len(engines.get(best, {})) == len(member["folds"]) else "fp32"
         if len(engines.get(precision, {})) != len(member["folds"]):
             why = member.get("skipped", {}).get(precision, "not built")
             raise PackageError(f"member '{member['name']}' has no {precision} engine for every fold ({why}); "

@@ -120,7 +120,8 @@ def test_package_reproduces_the_torch_ensemble_on_test_rows(deployment_package, 
     assert pred.uncertainty.shape == pred.disagreement.shape == (len(part),)
     assert np.all(pred.uncertainty >= 0) and np.all(pred.disagreement >= 0)
     best = pkg.predict_batch(batch_from_partition(part), precision="best")
-    assert "int8" in best.precision.values()
+    assert best.precision == {m["name"]: m["best"] for m in pkg.meta["members"]}
+    assert any("int8" in m["engines"] for m in pkg.meta["members"])  # int8 passed for some member
     assert (
         float(np.mean([np.sum(w * np.log(w / b)) for w, b in zip(want, best.probs)]))
         <= cfg.export.int8_kl_tolerance
@@ -206,9 +207,31 @@ def test_a_member_failing_parity_is_left_out_or_stops_the_package(deployment_pac
     if not reported:
         pytest.skip("the tiny ensemble kept every member: no reported-only member to leave out")
     bad = deepcopy(engines)
+    bad.doc["members"] = [*kept, reported[0]]  # a small package: the blend's members + the one left out
     rec = next(r for r in bad.records if r["member"] == reported[0] and r["precision"] == "fp32")
     rec.update(deployed=False, reason="parity 3.0e-02 > fp32_tolerance 0.0001")
     res = build_package(ws.cfg, bad)
-    assert reported[0] not in [m["name"] for m in res.meta["members"]]
+    assert [m["name"] for m in res.meta["members"]] == kept
     assert reported[0] in res.meta["left_out"]
     assert load_package(res.path).predict_batch  # the smaller package verifies and loads
+
+
+def test_the_dynamo_exporter_passes_parity_on_a_cnn_member(trained_workspace, tmp_path):
+    """``export.exporter: auto`` (demo, full) tries torch.onnx's dynamo exporter first; the tiny profile uses the
+    TorchScript one (dynamo costs ~5-40 s per fold model). One member through dynamo, gated like the stage."""
+    from hms_core.export.onnx_export import TTAProbs, export_torch
+    from hms_core.export.package import _torch_reference, batch_from_partition
+    from hms_core.export.runtime import make_session, run_probs
+    from hms_core.partition import load_partition
+    from hms_core.training.predict import load_trained
+
+    cfg = trained_workspace.cfg
+    tm = load_trained(cfg.models_dir / "efficientnet" / "fold_0")
+    val = load_partition(cfg.processed_dir / "windows" / "fold_0")
+    rows = np.arange(min(8, len(val)))
+    entry = {"name": "efficientnet", "input_kind": tm.input_kind, "input_spec": tm.input_spec.to_dict()}
+    x = member_inputs(entry, batch_from_partition(val, rows), val.layout.to_dict())
+    path = export_torch(TTAProbs(tm.model, True), x, tmp_path / "e.onnx", "dynamo")
+    p = run_probs(make_session(path, 2, ["CPUExecutionProvider"]), x)
+    assert np.abs(p - _torch_reference(tm, val, rows)).max() <= cfg.export.fp32_tolerance
+    assert run_probs(make_session(path, 2, ["CPUExecutionProvider"]), x[:1]).shape == (1, 6)  # dynamic batch
