@@ -303,7 +303,7 @@ def _fingerprint(rows: pd.DataFrame, cfg: PreprocessingConfig, batch_size: int, 
     cols = [c for c in ("eeg_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_label_offset_seconds")
             if c in rows.columns]  # fmt: skip
     h = hashlib.sha256(pd.util.hash_pandas_object(rows[cols], index=False).values.tobytes())
-    h.update(f"{_config_hash(cfg)}|{batch_size}|{with_kaggle}".encode())
+    h.update(f"{_config_hash(cfg)}|{batch_size}|{with_kaggle}|by_eeg_id".encode())
     return h.hexdigest()[:16]
 
 
@@ -327,6 +327,13 @@ class _LRU:
         return val
 
 
+def _processing_order(rows: pd.DataFrame) -> np.ndarray:
+    """Row indices grouped by ``eeg_id`` (groups in order of first appearance, rows in order within a group):
+    the identity when the rows of each EEG are adjacent already, as in train.csv."""
+    codes, _ = pd.factorize(rows["eeg_id"])
+    return np.argsort(codes, kind="stable")
+
+
 def _rows_in(batch_starts: Any, batch_size: int, n: int) -> int:
     return int(sum(min(batch_size, n - b) for b in batch_starts))
 
@@ -344,7 +351,8 @@ def _validate_rows(rows: pd.DataFrame, need_spec: bool) -> None:
 
 @dataclass
 class _BatchJob:
-    b0: int
+    b0: int  # the batch's first position in the processing order (rows grouped by eeg_id)
+    positions: np.ndarray  # the rows of the partition this batch fills, in the order of ``rows``
     rows: pd.DataFrame
     eeg_dir: str
     spec_dir: str | None
@@ -377,21 +385,41 @@ def _as_storage(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _write_rows(path: Path, b0: int, arr: np.ndarray) -> None:
-    """Write ``arr`` as rows ``b0 ...`` of the .npy file at ``path`` in place (dtype of the file)."""
+def _runs_of(positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(first row, indices into ``positions``) of each run of consecutive rows among ``positions``."""
+    perm = np.argsort(positions, kind="stable")
+    sp = positions[perm]
+    cuts = np.flatnonzero(np.diff(sp) != 1) + 1
+    return [(int(sp[c[0]]), perm[c]) for c in np.split(np.arange(len(sp)), cuts) if c.size]
+
+
+def _write_rows(path: Path, rows: int | np.ndarray, arr: np.ndarray) -> None:
+    """Write ``arr`` into the .npy file at ``path`` in place (dtype of the file): as rows ``rows ...`` (an int), or
+    row ``rows[i]`` <- ``arr[i]`` (an index array; one positioned write per run of consecutive rows)."""
     offset, dtype, shape = _npy_layout(path)
     row_shape = shape[1:]
     data = _as_storage(arr, dtype)
     if data.shape[1:] != row_shape:
         raise ValueError(f"Rows for '{path}' have shape {data.shape[1:]}, expected {row_shape}.")
+    row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+    if isinstance(rows, (int, np.integer)):
+        runs = [(int(rows), None)]
+    else:
+        runs = _runs_of(np.asarray(rows))
     fd = os.open(path, os.O_WRONLY)
-    try:  # one positioned write from the array's own buffer (no bytes copy)
-        view, pos = memoryview(data).cast("B"), offset + b0 * int(np.prod(row_shape)) * dtype.itemsize
-        while view:
-            n = os.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
+    try:  # positioned writes from the array's own buffer (no bytes copy)
+        for first, idx in runs:
+            part = data if idx is None else (data[idx[0] : idx[-1] + 1] if _is_step(idx) else data[idx])
+            view, pos = memoryview(np.ascontiguousarray(part)).cast("B"), offset + first * row_bytes
+            while view:
+                n = os.pwrite(fd, view, pos)
+                view, pos = view[n:], pos + n
     finally:
         os.close(fd)
+
+
+def _is_step(idx: np.ndarray) -> bool:
+    return bool(idx.size == 1 or (np.diff(idx) == 1).all())
 
 
 def _run_batch(
@@ -406,8 +434,8 @@ def _run_batch(
     partial = Path(job.partial)
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
-    ids = [f"{Path(job.eeg_dir) / str(e)}.parquet (row {job.b0 + i}, offset {o} s)"
-           for i, (e, o) in enumerate(zip(job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"]))]  # fmt: skip
+    ids = [f"{Path(job.eeg_dir) / str(e)}.parquet (row {r}, offset {o} s)"
+           for r, e, o in zip(job.positions, job.rows["eeg_id"], job.rows["eeg_label_offset_seconds"])]  # fmt: skip
     # channel-major (B, 20, n_times): the transform's own layout, handed over without a transposing copy
     windows = np.stack(
         [extract_window(eegs(e).T, o, rid).T
@@ -424,15 +452,15 @@ def _run_batch(
     secs.update(out.seconds)
     t0 = time.perf_counter()
     if kag is not None:
-        _write_rows(partial / "spec_kaggle.npy", job.b0, kaggle_spectrogram_image(kag))
+        _write_rows(partial / "spec_kaggle.npy", job.positions, kaggle_spectrogram_image(kag))
     secs["spec_kaggle"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _write_rows(partial / "bipolar.npy", job.b0, out.bipolar)
-    _write_rows(partial / "referential.npy", job.b0, out.referential)
-    _write_rows(partial / "ekg.npy", job.b0, out.ekg)
-    _write_rows(partial / "quality.npy", job.b0, out.quality)
+    _write_rows(partial / "bipolar.npy", job.positions, out.bipolar)
+    _write_rows(partial / "referential.npy", job.positions, out.referential)
+    _write_rows(partial / "ekg.npy", job.positions, out.ekg)
+    _write_rows(partial / "quality.npy", job.positions, out.quality)
     for name, arr in out.spectrograms.items():
-        _write_rows(partial / f"spec_{name}.npy", job.b0, arr)
+        _write_rows(partial / f"spec_{name}.npy", job.positions, arr)
     write_parquet(partial / f"index_{job.b0:09d}.parquet", pd.DataFrame(out.window_quality))
     if out.features is not None:
         write_parquet(partial / f"features_{job.b0:09d}.parquet", out.features)
@@ -523,9 +551,12 @@ def build_partition(
         progress(_rows_in(done, batch_size, n), n)
     cols = [c for c in ("eeg_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_label_offset_seconds")
             if c in rows.columns]  # fmt: skip
+    # rows of one EEG file are processed together (in the order the file first appears), so each file is read
+    # once for all its windows; outputs still land in row order
+    order = _processing_order(rows)
     jobs = [
-        _BatchJob(b0, rows.iloc[b0 : b0 + batch_size][cols].reset_index(drop=True), str(eeg_dir),
-                  None if not with_kaggle else str(spec_dir), str(partial))
+        _BatchJob(b0, order[b0 : b0 + batch_size], rows.iloc[order[b0 : b0 + batch_size]][cols].reset_index(drop=True),
+                  str(eeg_dir), None if not with_kaggle else str(spec_dir), str(partial))
         for b0 in todo
     ]  # fmt: skip
     mode = cfg.eeg.missing_channels
@@ -567,7 +598,9 @@ def build_partition(
     import polars as pl
 
     t0 = time.perf_counter()
+    back = np.argsort(order)  # processing order -> row order
     quality = pd.concat([pd.read_parquet(partial / f"index_{s:09d}.parquet") for s in starts], ignore_index=True)
+    quality = quality.iloc[back].reset_index(drop=True)
     index = pd.concat([rows, quality], axis=1)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
     write_parquet(out_dir / INDEX_FILE, index)
@@ -575,6 +608,7 @@ def build_partition(
     n_features = 0
     if cfg.features.enabled:
         feats = pl.concat([pl.read_parquet(partial / f"features_{s:09d}.parquet") for s in starts], how="vertical")
+        feats = feats[back]
         n_features = feats.width
         key = pl.DataFrame({"eeg_id": rows["eeg_id"].to_numpy(), "row": np.arange(n, dtype=np.int64)})
         if "label_id" in rows.columns:

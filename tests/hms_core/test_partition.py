@@ -269,3 +269,26 @@ def test_channel_major_reader_is_the_transposed_reader(tmp_path: Path) -> None:
     assert ch.shape == (20, 300) and ch.flags.c_contiguous and ch.dtype == np.float32
     np.testing.assert_array_equal(ch.T, read_hms_eeg(tmp_path / "1.parquet", missing_channels="flag"))
     assert np.isnan(ch[EEG_FILE_COLUMNS.index("Cz")]).all() and np.isnan(ch[-1]).all()
+
+
+def test_rows_of_one_eeg_processed_together_land_in_row_order(raw: dict, tmp_path: Path) -> None:
+    """Interleaved rows (each EEG's windows apart) are processed grouped by eeg_id, and every output row still
+    matches its own row: the same values as the partition of the same rows in grouped order."""
+    from hms_core.partition import _processing_order
+
+    root, rows = raw["root"], raw["rows"]
+    mixed = rows.iloc[[0, 2, 4, 1, 3, 5]].reset_index(drop=True)  # eeg 10, 11, 12, 10, 11, 12
+    assert _processing_order(mixed).tolist() == [0, 3, 1, 4, 2, 5]
+    cfg = _cfg(types=["stft", "wavelet"])
+    cfg.eeg.dtype = "float32"
+    build_partition(mixed, root / "eegs", root / "specs", tmp_path / "mixed", cfg, batch_size=4)
+    build_partition(rows, root / "eegs", root / "specs", tmp_path / "grouped", cfg, batch_size=4)
+    a, b = load_partition(tmp_path / "mixed"), load_partition(tmp_path / "grouped")
+    perm = [0, 2, 4, 1, 3, 5]
+    assert a.index["label_id"].tolist() == mixed["label_id"].tolist()
+    assert a.index["flagged_channels"].tolist() == b.index["flagged_channels"].iloc[perm].tolist()
+    for key in ("bipolar", "referential", "ekg", "quality", "spec_stft", "spec_wavelet", "spec_kaggle"):
+        np.testing.assert_allclose(a.array(key), b.array(key)[perm], atol=1e-4, err_msg=key)
+    fa, fb = a.features(), b.features()
+    assert fa["eeg_id"].tolist() == mixed["eeg_id"].tolist()
+    np.testing.assert_allclose(fa["LL_alpha_abs"], fb["LL_alpha_abs"].iloc[perm], rtol=1e-5)
