@@ -510,7 +510,7 @@ class OperationsConfig(Section):
     )
     postgres_url_env: str = Field(
         "HMS_DAGSTER_PG_URL", json_schema_extra=NOT_A_RESULT,
-        description="Environment variable with the PostgreSQL URL (postgresql://user:password@host:port/db); "
+        description="Environment variable with the PostgreSQL URL (postgresql+psycopg2://user:pw@host:port/db); "
         "read by Dagster at start-up, never written to a file.",
     )
     executor: Literal["multiprocess", "k8s"] = Field(

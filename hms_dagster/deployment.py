@@ -32,7 +32,7 @@ def storage_yaml(cfg: PlatformConfig) -> str:
         "storage:                    # operations.instance_storage: postgres (dagster-postgres)\n"
         "  postgres:\n"
         "    postgres_url:\n"
-        f"      env: {ops.postgres_url_env}   # postgresql://user:password@host:port/db, read at start-up\n"
+        f"      env: {ops.postgres_url_env}   # postgresql+psycopg2://user:password@host:port/db, read at start-up\n"
     )
 
 

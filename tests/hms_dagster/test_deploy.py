@@ -55,7 +55,7 @@ def test_instance_yaml_validates_against_dagster_and_the_k8s_launcher(tmp_path, 
     )  # env vars resolved
     assert storage.success, storage.errors
     url = pg_url_from_config(storage.value)
-    assert url.startswith("postgresql://dagster:pw@db:5432/d")
+    assert url.startswith("postgresql+psycopg2://dagster:pw@db:5432/d")
 
 
 def test_cluster_config_runs_steps_as_pods_with_gpus_on_training(cluster_cfg):
