@@ -48,6 +48,8 @@ EVALUATION_REPORT = "evaluation_report"
 SUBMISSION = "submission"
 REGISTERED_ENSEMBLE = "registered_ensemble"
 FOUNDATION_ENCODER = "foundation_encoder"
+#: The op (step key) of the fold preprocessing multi-asset: one step writes all of a fold's arrays.
+PREPROCESS_FOLD = "preprocess_fold"
 PREDICTION_DRIFT = "prediction_drift"  # monitoring (daily partitions)
 PREDICTION_QUALITY = "prediction_quality"  # monitoring (daily partitions)
 DRIFT_CHECK = "drift_within_limits"  # check of PREDICTION_DRIFT

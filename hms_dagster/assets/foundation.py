@@ -56,7 +56,7 @@ def build_foundation_assets(cfg) -> list:
         from hms_core.tracking import build_loggers
 
         cfg = workspace.config
-        loggers = build_loggers(cfg, "foundation_encoder", {"stage": FOUNDATION, "profile": cfg.profile,
+        loggers = build_loggers(cfg, FOUNDATION_ENCODER, {"stage": FOUNDATION, "profile": cfg.profile,
                                                             "dagster_run_id": context.run.run_id},
                                 state_dir=foundation_dir(cfg))  # fmt: skip
         res = run_foundation(cfg, loggers, resume=True, progress=progress_logger(context, "pretraining", "step "),

@@ -19,6 +19,7 @@ from hms_dagster.stages import (
     FOLDS,
     KAGGLE_SPECTROGRAMS,
     LABELS,
+    PREPROCESS_FOLD,
     PREPROCESSING,
     RAW_DATASET,
     SPECTROGRAMS,
@@ -104,7 +105,7 @@ def build_preprocessing_assets(cfg) -> list:
     check_specs = [dg.AssetCheckSpec(c, asset=EEG_WINDOWS, blocking=True) for c in CHECK_NAMES]
 
     @dg.multi_asset(
-        name="preprocess_fold",
+        name=PREPROCESS_FOLD,
         specs=specs,
         check_specs=check_specs,
         partitions_def=fold_partitions(cfg),

@@ -88,3 +88,16 @@ def test_hms_core_never_imports_dagster():
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("profile", ["tiny", "full"])
+def test_stage_jobs_select_their_asset_group(profile):
+    """A job selected by asset group materializes exactly the assets the runner plans for it."""
+    cfg = load_config(profile)
+    defs = build_definitions(cfg)
+    graph = defs.resolve_asset_graph()
+    for job in all_stage_jobs(cfg):
+        resolved = {k.to_user_string() for k in defs.resolve_job_def(job.name).asset_layer.executable_asset_keys}
+        assert resolved == set(job.asset_keys), job.name
+        if job.group is not None:
+            assert {graph.get(dg.AssetKey(k)).group_name for k in resolved} == {job.group}, job.name
