@@ -25,7 +25,11 @@ demo: install
 	$(BIN)/hms status --config demo
 
 ## Install, lint (ruff check + ruff format --check) and run the whole test suite (pytest exit code 5 fails).
+## Chromium for the browser test: Debian's package, only when missing and only as root with apt-get; never fails.
 test: install lint
+	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || echo "chromium not installed (needs root and apt-get): tests/hms_dagster/test_browser.py will skip"; }
 	$(BIN)/python -m pytest -q --timeout=600 --durations=15
 
 lint: install
