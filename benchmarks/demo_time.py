@@ -69,7 +69,10 @@ def _base_workspace(profile: str, patients: int, models: list[str] | None, cache
 
 
 def _needs_encoder(cfg) -> bool:
-    return "eeg_foundation" in cfg.enabled_models() and cfg.models["eeg_foundation"].pretrained
+    """Whether an enabled model reads the foundation stage's encoder (as the model assets decide it)."""
+    from hms_core.models.specs import MODEL_SPECS
+
+    return any(MODEL_SPECS[m].config_cls.uses_foundation_encoder(cfg.models[m]) for m in cfg.enabled_models())
 
 
 def _time_models(base, parallel: int, tmp: Path) -> dict[str, float | dict[str, str]]:
