@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,3 +66,20 @@ def torchrun_command(cfg: PlatformConfig, model: str, fold: str) -> list[str]:
     cfg_arg = cfg.source_path or cfg.profile
     return [*torchrun, "--standalone", "--nproc_per_node", str(cfg.operations.training_gpus),
             "-m", "hms_core.training.ddp", "--config", cfg_arg, "--model", model, "--fold", fold]  # fmt: skip
+
+
+def run_torchrun(context: Any, cfg: PlatformConfig, model: str, fold: str) -> None:
+    """Train ``model`` on ``fold`` data-parallel with :func:`torchrun_command` inside the current step, its output
+    in the step's log; a failure raises ``dagster.Failure`` with the end of the output."""
+    import dagster as dg
+
+    from hms_core.config import CONFIG_ENV_VAR
+
+    cmd = torchrun_command(cfg, model, fold)
+    context.log.info("data-parallel training: " + " ".join(cmd))
+    env = {**os.environ, **({CONFIG_ENV_VAR: cfg.source_path} if cfg.source_path else {})}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    context.log.info(tail)
+    if proc.returncode:
+        raise dg.Failure(description=f"torchrun exited with {proc.returncode} for {model} {fold}:\n{tail}")

@@ -8,6 +8,7 @@ import dagster as dg
 
 from hms_core.models.specs import MODEL_SPECS
 from hms_dagster.assets.preprocessing import PREPROCESSING_KEYS
+from hms_dagster.deployment import run_torchrun
 from hms_dagster.partitions import fold_index, fold_partitions
 from hms_dagster.resources import (
     WorkspaceResource,
@@ -83,6 +84,9 @@ def _build_model_asset(cfg, name: str):
         k = fold_index(fold)
         # the same job and loggers as the torchrun entry point (python -m hms_core.training.ddp --fold ...)
         job = fold_job(cfg, name, fold)
+        if spec.framework == "pytorch" and cfg.operations.training_gpus > 1:
+            # one process per GPU of the step's pod; train_job below then resumes its finished checkpoint
+            run_torchrun(context, cfg, name, fold)
         loggers = training_loggers(workspace, job, {"dagster_run_id": context.run.run_id})
         result = train_job(job, loggers=loggers, resume=True,
                            progress=progress_logger(context, f"{name} {fold}", unit="epoch "))  # fmt: skip
