@@ -253,7 +253,7 @@ def scan_reader(
         # STFT frames over this chunk's segments (the hemisphere spectrogram; the distilled model's input)
         f_lo = int(seg_starts[k0])
         f_hi = int(seg_starts[k1 - 1]) + seg_len
-        fp = frame_power(chunk, dcfg, f_lo, f_hi)
+        fp = frame_power(chunk, dcfg, f_lo, f_hi, max(dcfg.freq_max, scan.strip_freq_max))
         cols, valid, freqs = hemisphere_columns(fp, scan.strip_freq_max)
         centres = fp.first * dcfg.hop + dcfg.hop // 2 + valid * dcfg.hop
         own_end = int(seg_starts[k1]) if k1 < n_win else n_total

@@ -24,6 +24,7 @@ tests check it against :func:`~hms_core.preprocess.process_windows` of the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -67,9 +68,9 @@ class ChunkSignal:
     ref: np.ndarray  # (19, n) filtered, clipped, microvolts
     ekg: np.ndarray  # (n,) filtered, clipped
     bip: np.ndarray  # (16|18, n) filtered bipolar, clipped
-    nan_cum: np.ndarray  # (19, n + 1) cumulative NaN count of the raw signal
-    long_cum: np.ndarray  # (19, n + 1) cumulative count of samples inside gaps longer than max_gap
-    clip_cum: np.ndarray  # (16|18, n + 1) cumulative count of clipped bipolar samples
+    nan_cum: np.ndarray  # (19, n_blocks + 1) cumulative NaN count of the raw signal, per BLOCK
+    long_cum: np.ndarray  # (19, n_blocks + 1) ... of samples inside gaps longer than max_gap
+    clip_cum: np.ndarray  # (16|18, n_blocks + 1) ... of clipped bipolar samples
     pop_cum: np.ndarray  # (19, n_blocks + 1) cumulative count of 0.25-s blocks holding a jump above pop_uv
     flat_sec: np.ndarray  # (19, n_blocks) 1 where the 1-s stretch starting at that block has no change > flat_uv
     amp: np.ndarray  # (19, n_amp) robust std (IQR / 1.349) of the filtered signal per 1-s block
@@ -96,6 +97,18 @@ def _cum(a: np.ndarray) -> np.ndarray:
     out = np.zeros((*a.shape[:-1], a.shape[-1] + 1), np.int64)
     np.cumsum(a, axis=-1, out=out[..., 1:])
     return out
+
+
+def _block_cum(mask: np.ndarray) -> np.ndarray:
+    """Cumulative per-:data:`BLOCK` counts of a (C, n) bool mask: (C, ceil(n / BLOCK) + 1). Every window boundary
+    is a multiple of BLOCK samples from a chunk start, so spans of these counts are exact."""
+    c, n = mask.shape
+    nb = -(-n // BLOCK)
+    if not mask.any():
+        return np.zeros((c, nb + 1), np.int64)
+    padded = np.zeros((c, nb * BLOCK), bool)
+    padded[:, :n] = mask
+    return _cum(padded.reshape(c, nb, BLOCK).sum(-1))
 
 
 def prepare_chunk(raw: np.ndarray, start: int, cfg: PreprocessingConfig) -> ChunkSignal:
@@ -132,11 +145,11 @@ def prepare_chunk(raw: np.ndarray, start: int, cfg: PreprocessingConfig) -> Chun
     ref = y[:N_EEG]
     bip = bipolar_montage(ref, ecfg.include_central_chain)
     clip_amplitude(ref, ecfg.clip_uv, out=ref)
-    clip_cum = _cum(np.abs(bip) > ecfg.clip_uv)
+    clip_cum = _block_cum(np.abs(bip) > ecfg.clip_uv)
     clip_amplitude(bip, ecfg.clip_uv, out=bip)
     ekg = y[N_EEG]
     clip_amplitude(ekg, 10 * ecfg.clip_uv, out=ekg)
-    return ChunkSignal(start, ref, ekg, bip, _cum(nan), _cum(long_gap), clip_cum, pop_cum, flat_sec, amp,
+    return ChunkSignal(start, ref, ekg, bip, _block_cum(nan), _block_cum(long_gap), clip_cum, pop_cum, flat_sec, amp,
                        start + a0)  # fmt: skip
 
 
@@ -191,9 +204,9 @@ def window_quality(chunk: ChunkSignal, ctx_start: np.ndarray, cfg: Preprocessing
     seg0 = ctx_start + ecfg.segment_slice.start - chunk.start
     seg1 = seg0 + ecfg.segment_length
     c0, c1 = ctx_start - chunk.start, ctx_start - chunk.start + ecfg.context_length
-    n_nan = _span_sum(chunk.nan_cum, w0, w1)
+    n_nan = _span_sum(chunk.nan_cum, w0 // BLOCK, w1 // BLOCK)
     missing = n_nan >= EEG_WINDOW_SAMPLES
-    long_gaps = _span_sum(chunk.long_cum, w0, w1) / EEG_WINDOW_SAMPLES > ecfg.max_nan_fraction
+    long_gaps = _span_sum(chunk.long_cum, w0 // BLOCK, w1 // BLOCK) / EEG_WINDOW_SAMPLES > ecfg.max_nan_fraction
     n_pops = _span_sum(chunk.pop_cum, w0 // BLOCK, w1 // BLOCK)
 
     def flat(a: np.ndarray, b: np.ndarray, fraction: float) -> np.ndarray:
@@ -207,7 +220,7 @@ def window_quality(chunk: ChunkSignal, ctx_start: np.ndarray, cfg: Preprocessing
     noisy_seg = (
         _block_median(chunk.amp, -(-(seg0 - amp0) // AMP_BLOCK), (seg1 - amp0) // AMP_BLOCK) > ecfg.noisy_uv
     )
-    clipped = _span_sum(chunk.clip_cum, c0, c1) / ecfg.context_length
+    clipped = _span_sum(chunk.clip_cum, c0 // BLOCK, c1 // BLOCK) / ecfg.context_length
     return WindowQuality(
         missing=missing, long_gaps=long_gaps & ~missing, flat_ctx=flat(w0, w1, 0.9) & ~missing,
         flat_seg=flat(seg0, seg1, SEGMENT_FLAT_FRACTION) & ~missing, noisy_ctx=noisy_ctx, noisy_seg=noisy_seg, n_pops=n_pops,
@@ -297,8 +310,9 @@ class FramePower:
     valid: np.ndarray  # (M,) bool: the frame lies inside the chunk
 
 
-def frame_power(chunk: ChunkSignal, dcfg: DistillConfig, lo: int, hi: int) -> FramePower:
-    """PSD frames of ``dcfg`` for every grid frame whose centre lies in absolute samples ``[lo, hi)``."""
+def frame_power(chunk: ChunkSignal, dcfg: DistillConfig, lo: int, hi: int, fmax: float) -> FramePower:
+    """PSD frames of ``dcfg`` (bins up to ``fmax`` Hz) for every grid frame whose centre lies in absolute samples
+    ``[lo, hi)``; frames reaching outside the chunk are zero-padded and marked not ``valid``."""
     hop, win = dcfg.hop, dcfg.window_size
     first = -(-(lo - hop // 2) // hop)
     last = (hi - hop // 2 - 1) // hop
@@ -310,14 +324,20 @@ def frame_power(chunk: ChunkSignal, dcfg: DistillConfig, lo: int, hi: int) -> Fr
     x = torch.from_numpy(chunk.bip[:, max(begin, 0) : min(end, chunk.n)])
     if pad_l or pad_r:
         x = torch.nn.functional.pad(x, (pad_l, pad_r))
-    frames = x.unfold(-1, win, hop)[:, :m]  # (D, M, win)
-    window = torch.hann_window(win, periodic=True)
-    spec = torch.fft.rfft(frames * window, dim=-1)
-    scale = 2.0 / (SFREQ * float(window.square().sum()))
-    power = (spec.real.square() + spec.imag.square()).mul_(scale).numpy()
+    freqs = np.fft.rfftfreq(win, 1.0 / SFREQ)
+    n_bins = int(np.searchsorted(freqs, fmax + 1e-9))
+    window = _hann_window(win)
+    spec = torch.stft(x, n_fft=win, hop_length=hop, window=window, center=False, return_complex=True)
+    power = torch.view_as_real(spec[:, :n_bins, :m]).square().sum(-1)  # (D, F, M)
+    power.mul_(2.0 / (SFREQ * float(window.square().sum())))
     centres = first * hop + hop // 2 + np.arange(m) * hop
     valid = (centres - win // 2 >= chunk.start) & (centres + win // 2 <= chunk.start + chunk.n)
-    return FramePower(first, power, np.fft.rfftfreq(win, 1.0 / SFREQ), valid)
+    return FramePower(first, power.transpose(1, 2).numpy(), freqs[:n_bins], valid)
+
+
+@lru_cache(maxsize=4)
+def _hann_window(n: int) -> torch.Tensor:
+    return torch.hann_window(n, periodic=True)
 
 
 def distill_inputs(fp: FramePower, seg_start: np.ndarray, n_frames: int, bip_ok: np.ndarray,
