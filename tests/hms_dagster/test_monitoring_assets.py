@@ -19,12 +19,12 @@ from hms_dagster.assets.monitoring import RETRAIN_SENSOR, monitor_cli, retrain_r
 from tests.hms_dagster.conftest import write_config
 
 #: Windows per logged day: enough for the package's (tiny) reference to tell the shifts below from chance.
-N_WINDOWS = 32
+N_WINDOWS = 24
 DAYS = {
     "2026-11-02": {},  # unshifted: drift passes; expert votes arrive for it
     "2026-11-03": {"amplitude": 2.5},  # another amplifier gain
     "2026-11-04": {"noise_uv": 20.0},  # noisier electrodes (independent noise per electrode)
-    "2026-11-05": {"class_probs": [0.02, 0.48, 0.48, 0.0, 0.0, 0.02]},  # mostly periodic discharges
+    "2026-11-05": {"class_probs": [0.0, 0.5, 0.5, 0.0, 0.0, 0.0]},  # periodic discharges only (LPD, GPD)
 }
 
 
@@ -64,7 +64,7 @@ def log_days(deployment_package, tmp):
     from hms_core.monitoring.testing import shift_windows, synthetic_windows
     from hms_core.preprocess import process_windows
 
-    cfg = load_config(write_config(tmp, monitoring={"start_date": "2026-11-01", "drift": {"min_windows": 30},
+    cfg = load_config(write_config(tmp, monitoring={"start_date": "2026-11-01", "drift": {"min_windows": 20},
                                                     "quality": {"min_labelled": 20}}))  # fmt: skip
     dest = cfg.models_dir / "deployments" / deployment_package.name
     shutil.copytree(deployment_package, dest)
