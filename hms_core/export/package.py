@@ -480,8 +480,8 @@ def build_package(
     deployments = cfg.models_dir / DEPLOYMENTS_DIR
     tmp = deployments / f".tmp-{version}"
     final = deployments / version
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for old in deployments.glob(".tmp-*") if deployments.is_dir() else []:  # what an interrupted build left
+        shutil.rmtree(old, ignore_errors=True)
     tmp.mkdir(parents=True)
     members = []
     names = [m for m in doc["members"] if all(r["deployed"] for r in engines.records
