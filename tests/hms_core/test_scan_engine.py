@@ -121,7 +121,7 @@ def test_stride_must_fit_the_block_and_hop_grid():
         ScanConfig(stride_s=0.75, distill={"hop": 100})
 
 
-def test_scan_grid_outputs_and_bounded_reads(trained_workspace, edf, tmp_path, monkeypatch):
+def test_scan_grid_outputs_and_bounded_reads(trained_workspace, deployment_package, edf, tmp_path, monkeypatch):
     import hms_core.recording
     from hms_core.scanning.engine import scan_recording
     from hms_core.scanning.events import validate_timeline
@@ -137,11 +137,12 @@ def test_scan_grid_outputs_and_bounded_reads(trained_workspace, edf, tmp_path, m
 
     monkeypatch.setattr(hms_core.recording, "open_recording", counting_open)
     cfg = trained_workspace.cfg
-    scan = cfg.scan.model_copy(update={"engine": "ensemble", "stride_s": 6.0, "chunk_s": 60.0})
-    res = scan_recording(edf, None, scan, tmp_path / "out", platform=cfg)
+    scan = cfg.scan.model_copy(update={"engine": "ensemble", "stride_s": 10.0, "chunk_s": 60.0})
+    res = scan_recording(edf, deployment_package, scan, tmp_path / "out", platform=cfg)
+    assert res.package_version in str(deployment_package)  # the package's engines classified the windows
     tl = validate_timeline(res.timeline)
-    n = int((DURATION_S - 10) // 6) + 1
-    assert len(tl) == n and np.allclose(tl["start_s"], 6.0 * np.arange(n))
+    n = int((DURATION_S - 10) // 10) + 1
+    assert len(tl) == n and np.allclose(tl["start_s"], 10.0 * np.arange(n))
     assert np.allclose(tl["end_s"] - tl["start_s"], 10)
     ev = tl["evaluated"].to_numpy()
     probs = tl[list(CLASSES)].to_numpy()

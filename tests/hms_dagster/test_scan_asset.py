@@ -57,7 +57,7 @@ def test_sensor_adds_each_new_recording_once(tmp_path):
         assert len({r.run_key for r in [*res.run_requests, *later.run_requests]}) == 3
 
 
-def test_scan_asset_materializes_a_recording_partition(trained_workspace, tmp_path):
+def test_scan_asset_materializes_a_recording_partition(trained_workspace, deployment_package, tmp_path):
     from hms_dagster.assets.scan import build_scan_definitions
     from hms_dagster.resources import WorkspaceResource
     from hms_dagster.stages import ENSEMBLE_MODEL, RECORDINGS_PARTITIONS
@@ -79,6 +79,7 @@ def test_scan_asset_materializes_a_recording_partition(trained_workspace, tmp_pa
         for name in ("timeline_csv", "events", "annotations", "summary", "plot"):
             assert os.path.isfile(meta[f"path_{name}"].value), name
         assert str(tmp_path / "scans" / "bed1") in meta["path_summary"].value
+        assert meta["package_version"].value in str(deployment_package)  # the newest package of the workspace
     assert len(jobs) == 1 and sensors[0].name == "scan_recordings_sensor"
 
 
@@ -103,7 +104,7 @@ def _write_bad_files(folder):
     return good
 
 
-def test_hms_scan_writes_every_output_and_names_bad_files(trained_workspace, tmp_path):
+def test_hms_scan_writes_every_output_and_names_bad_files(trained_workspace, deployment_package, tmp_path):
     from typer.testing import CliRunner
 
     from hms_dagster.cli import app
@@ -111,7 +112,7 @@ def test_hms_scan_writes_every_output_and_names_bad_files(trained_workspace, tmp
     good = _write_bad_files(tmp_path)
     bad = ["truncated.edf", "empty.edf", "no_eeg.edf", "wrong_rate.edf"]
     args = ["scan", str(good), *(str(tmp_path / b) for b in bad), "--config", str(trained_workspace.config_path),
-            "--out", str(tmp_path / "out"), "--engine", "ensemble"]  # fmt: skip
+            "--out", str(tmp_path / "out"), "--engine", "ensemble", "--package", str(deployment_package)]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     for name in ("timeline.csv", "timeline.parquet", "events.tsv", "events.edf", "summary.json", "timeline.png"):
