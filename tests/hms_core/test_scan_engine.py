@@ -173,3 +173,21 @@ def test_chunk_edges_do_not_show(signal):
         np.abs(a.bipolar - b.bipolar).max() < 1e-3
         and np.abs(a.spectrograms["stft"] - b.spectrograms["stft"]).max() < 0.01
     )
+
+
+def test_workspace_ensemble_equals_the_package_on_scanner_windows(trained_workspace, deployment_package, signal):
+    """Before a package exists the scanner runs the workspace's trained ensemble in torch; on the same windows it
+    gives the package's ONNX blend."""
+    from hms_core.export import load_package
+    from hms_core.scanning.frontend import context_start, prepare_chunk, window_batch, window_quality
+    from hms_core.scanning.predictors import PackageEnsemble, WorkspaceEnsemble
+
+    cfg = trained_workspace.cfg
+    pp = cfg.preprocessing
+    ctx = context_start(np.array([40, 60]) * SFREQ, pp)
+    chunk = prepare_chunk(signal[: 120 * SFREQ], 0, pp)
+    out = window_batch(chunk, ctx, window_quality(chunk, ctx, pp), pp)
+    torch_blend = WorkspaceEnsemble(cfg).predict(out)
+    onnx_blend = PackageEnsemble(load_package(deployment_package)).predict(out)
+    assert np.abs(torch_blend.probs - onnx_blend.probs).max() < 1e-4
+    assert np.allclose(torch_blend.probs.sum(1), 1) and np.isfinite(torch_blend.disagreement).all()
