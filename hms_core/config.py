@@ -281,12 +281,6 @@ class TrainingConfig(Section):
     )
 
 
-# --- stages not built yet ------------------------------------------------------------------------------------
-class ReservedSection(Section):
-    """The section of a stage that is not built yet. It takes no keys today: the stage defines them when it lands,
-    so no key can look as if it did something."""
-
-
 class FoundationConfig(Section):
     """The self-supervised pretraining of the EEG foundation encoder (``hms_core.foundation``): masked patch
     reconstruction + InfoNCE on windows of every recording, train and test, never a label."""
@@ -386,38 +380,52 @@ class ExportConfig(Section):
 
     enabled: bool = Field(True, json_schema_extra=NOT_A_RESULT, description="Build the export assets.")
     members: Literal["all", "kept"] | list[str] = Field(
-        "all", description="Members in the package: all = every ensemble member (the kept ones make the blend, every "
+        "all",
+        description="Members in the package: all = every ensemble member (the kept ones make the blend, every "
         "one is reported per window and in the disagreement), kept = only those the blend uses, or a list that "
-        "includes every kept member."
+        "includes every kept member.",
     )
     precisions: list[Precision] = Field(
-        default_factory=lambda: ["fp32", "int8"], min_length=1,
+        default_factory=lambda: ["fp32", "int8"],
+        min_length=1,
         description="Engines built per fold model: fp32 (always deployable when parity holds) and int8 "
         "(dynamic quantisation for recurrent/transformer members, static calibrated for CNNs).",
     )
     exporter: Literal["auto", "dynamo", "torchscript"] = Field(
-        "auto", description="auto: torch.onnx dynamo exporter first, the TorchScript exporter where it fails or "
-        "fails parity; dynamo / torchscript: only that one."
+        "auto",
+        description="auto: torch.onnx dynamo exporter first, the TorchScript exporter where it fails or "
+        "fails parity; dynamo / torchscript: only that one.",
     )
-    opset: int = Field(18, ge=17, le=23, description="ONNX opset of the TorchScript exporter (dynamo picks its own).")
+    opset: int = Field(
+        18, ge=17, le=23, description="ONNX opset of the TorchScript exporter (dynamo picks its own)."
+    )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        "extended", description="onnxruntime graph optimisation level applied offline; the optimised model is saved."
+        "extended",
+        description="onnxruntime graph optimisation level applied offline; the optimised model is saved.",
     )
     fp32_tolerance: float = Field(
         1e-4, gt=0, description="Blocking parity: max |p_onnx - p_torch| over the parity windows for fp32 engines."
     )
     int8_kl_tolerance: float = Field(
-        0.01, gt=0, description="int8 kept only if the mean KL(torch || int8) over the parity windows is below this."
+        0.01,
+        gt=0,
+        description="int8 kept only if the mean KL(torch || int8) over the parity windows is below this.",
     )
-    parity_windows: int = Field(64, ge=1, description="Held-out windows (the fold's validation partition) per check.")
+    parity_windows: int = Field(
+        64, ge=1, description="Held-out windows (the fold's validation partition) per check."
+    )
     calibration_windows: int = Field(
         256, ge=1, description="Training windows (the fold's train partitions) that calibrate static int8."
     )
     max_missing_channels: int = Field(
-        2, ge=0, le=19, description="The service refuses a recording missing more of the 19 EEG channels than this."
+        2,
+        ge=0,
+        le=19,
+        description="The service refuses a recording missing more of the 19 EEG channels than this.",
     )
     tensorrt: bool = Field(
-        True, json_schema_extra=NOT_A_RESULT,
+        True,
+        json_schema_extra=NOT_A_RESULT,
         description="Build TensorRT fp16 engines when tensorrt imports and a CUDA GPU is present (else recorded).",
     )
     intra_op_threads: int = Field(
@@ -426,14 +434,6 @@ class ExportConfig(Section):
     benchmark_runs: int = Field(
         5, ge=1, json_schema_extra=NOT_A_RESULT, description="Timed batches per engine for the latency metadata."
     )
-
-
-#: Sections of the stages not built yet (a section class that is a ReservedSection takes no keys).
-RESERVED_SECTIONS = tuple(
-    name
-    for name, cls in (("foundation", FoundationConfig), ("ensemble", EnsembleConfig), ("export", ExportConfig))
-    if issubclass(cls, ReservedSection)
-)
 
 
 # --- serving: the prediction service (hms_core.serving) and `hms predict`; never changes a pipeline result ----
@@ -482,7 +482,8 @@ class ServingConfig(Section):
 # --- operations: how the platform runs itself (automation, instance storage, cluster); never a result ---------
 class OperationsConfig(Section):
     automation: Literal["stopped", "running"] = Field(
-        "stopped", json_schema_extra=NOT_A_RESULT,
+        "stopped",
+        json_schema_extra=NOT_A_RESULT,
         description="Initial state of the automation sensors (declarative automation and the raw-data sensor) "
         "on an instance that has not seen them; switch them in the UI (Automation) afterwards.",
     )
@@ -493,32 +494,42 @@ class OperationsConfig(Section):
         60, ge=5, json_schema_extra=NOT_A_RESULT, description="Seconds between two looks at the raw data folder."
     )
     retrain_cron: str | None = Field(
-        "0 3 * * 0", json_schema_extra=NOT_A_RESULT,
+        "0 3 * * 0",
+        json_schema_extra=NOT_A_RESULT,
         description="Cron of the scheduled retrain of every model fold (UTC); null = only on data changes.",
     )
     io_retries: int = Field(
-        2, ge=0, le=10, json_schema_extra=NOT_A_RESULT,
+        2,
+        ge=0,
+        le=10,
+        json_schema_extra=NOT_A_RESULT,
         description="Retries of a failed I/O step (download, file reads and writes, model registry).",
     )
     io_retry_delay_s: float = Field(
         2.0, ge=0, json_schema_extra=NOT_A_RESULT, description="First retry delay; doubles per retry, +-jitter."
     )
     instance_storage: Literal["sqlite", "postgres"] = Field(
-        "sqlite", json_schema_extra=NOT_A_RESULT,
+        "sqlite",
+        json_schema_extra=NOT_A_RESULT,
         description="Dagster run/event/schedule storage written into a new instance's dagster.yaml: sqlite files "
         "in DAGSTER_HOME, or PostgreSQL (dagster-postgres) at the URL in postgres_url_env.",
     )
     postgres_url_env: str = Field(
-        "HMS_DAGSTER_PG_URL", json_schema_extra=NOT_A_RESULT,
+        "HMS_DAGSTER_PG_URL",
+        json_schema_extra=NOT_A_RESULT,
         description="Environment variable with the PostgreSQL URL (postgresql+psycopg2://user:pw@host:port/db); "
         "read by Dagster at start-up, never written to a file.",
     )
     executor: Literal["multiprocess", "k8s"] = Field(
-        "multiprocess", json_schema_extra=NOT_A_RESULT,
+        "multiprocess",
+        json_schema_extra=NOT_A_RESULT,
         description="multiprocess: steps as local processes; k8s: one Kubernetes pod per step (dagster-k8s).",
     )
     training_gpus: int = Field(
-        1, ge=0, le=16, json_schema_extra=NOT_A_RESULT,
+        1,
+        ge=0,
+        le=16,
+        json_schema_extra=NOT_A_RESULT,
         description="GPUs a torch training step requests on Kubernetes (nvidia.com/gpu); above 1 the step runs "
         "torchrun with one process per GPU.",
     )
@@ -841,9 +852,7 @@ def _format_validation_error(path: Path | str, err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden" and e["loc"] and e["loc"][0] in RESERVED_SECTIONS:
-            msg = f"the '{e['loc'][0]}' stage is not built yet, so its section takes no keys today"
-        elif e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config/demo.yaml for every key)"
         got = e.get("input")
         if key == "models":  # the models validator already names model, key and value

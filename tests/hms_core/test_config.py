@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from hms_core.config import (
-    RESERVED_SECTIONS,
     ConfigError,
     PlatformConfig,
     TrainingConfig,
@@ -76,16 +75,6 @@ def test_every_training_key_that_changes_results_is_read_by_some_trainer():
     assert {s.framework for s in MODEL_SPECS.values()} <= set(TRAINING_KEYS)
     gbm = set(MODEL_SPECS["lightgbm"].training_keys)
     assert not gbm & {"batch_size", "learning_rate", "weight_decay", "warmup_epochs", "ema_decay", "augment"}
-
-
-def test_reserved_sections_take_no_keys_and_say_why():
-    for profile in ("tiny", "demo", "full"):
-        cfg = load_config(profile)
-        for name in RESERVED_SECTIONS:
-            assert getattr(cfg, name).model_dump() == {}, name
-    for name in RESERVED_SECTIONS:
-        with pytest.raises(ConfigError, match=f"{name}.enabled: the '{name}' stage is not built yet"):
-            load_config("tiny", overrides=parse_override(f"{name}.enabled=true"))
 
 
 def test_sampling_rate_is_not_a_config_key():
