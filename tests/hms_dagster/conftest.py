@@ -31,3 +31,21 @@ def write_config(root: Path, **sections) -> Path:
 def tiny_config(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     return write_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def _ui_server(trained_workspace, tmp_path_factory):
+    from tests.conftest import copy_workspace
+    from tests.hms_dagster.uiutil import UIServer
+
+    root = tmp_path_factory.mktemp("ui_workspace")
+    server = UIServer(copy_workspace(trained_workspace, root), root)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ui_server(_ui_server):
+    """``hms ui`` running on one copy of the trained workspace, shared by the session's UI tests (test_browser,
+    test_ui): started on first use, started again if a test stopped it (test_ui's SIGTERM check does)."""
+    return _ui_server.ensure()

@@ -1,6 +1,7 @@
 """The Dagster UI as a user meets it, in headless Chromium (Debian's ``chromium`` driven by Playwright from PyPI).
 
-Starts ``hms ui`` on a copy of the trained tiny workspace, opens the lineage of the preprocessing group and the
+Uses the session's ``hms ui`` on a copy of the trained tiny workspace (the ``ui_server`` fixture, shared with
+test_ui), opens the lineage of the preprocessing group and the
 ``eeg_windows`` partitions page, checks the assets and the fold partitions are shown, selects a fold, clicks
 Materialize / Confirm / Launch like a user, and waits for the run page to say Success. Screenshots are written to
 ``runs/test-artifacts/browser/`` (or ``$HMS_TEST_ARTIFACTS``); the test prints the folder. Skipped, with the
@@ -19,8 +20,6 @@ import httpx
 import pytest
 
 from hms_dagster.stages import TEST_WINDOWS, preprocessing_asset_keys
-from tests.conftest import copy_workspace
-from tests.hms_dagster.uiutil import free_port, start_ui, stop_with_sigterm, wait_ready
 
 ARTIFACTS = Path(os.environ.get("HMS_TEST_ARTIFACTS", "runs/test-artifacts")) / "browser"
 LATEST_RUN = """{ runsOrError(limit: 1) { ... on Runs { results { runId status tags { key value } } } } }"""
@@ -51,19 +50,15 @@ def _skip_community_dialog(page) -> None:
         page.get_by_role("button", name="Skip").click(timeout=4000)
 
 
-def test_browser_lineage_partitions_and_materialize_a_fold(trained_workspace, tmp_path):
+def test_browser_lineage_partitions_and_materialize_a_fold(ui_server):
     pw, browser = _chromium()
-    ws = copy_workspace(trained_workspace, tmp_path)
+    ws, base = ui_server.ws, ui_server.base
     fold = ws.cfg.fold_names[-1]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     print(f"browser screenshots: {ARTIFACTS.resolve()}")
-    port, log = free_port(), tmp_path / "ui.log"
-    base = f"http://127.0.0.1:{port}"
-    proc = start_ui(ws.config_path, port, log)
     try:
-        wait_ready(proc, base, log)
         t0 = time.perf_counter()
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         group = f"{base}/locations/hms_dagster.definitions/asset-groups/preprocessing"
@@ -109,7 +104,6 @@ def test_browser_lineage_partitions_and_materialize_a_fold(trained_workspace, tm
     finally:
         browser.close()
         pw.stop()
-        stop_with_sigterm(proc, within_s=30)
     shots = sorted(p.name for p in ARTIFACTS.glob("*.png"))
     assert shots == [
         "01_preprocessing_lineage.png", "02_preprocessing_list.png", "03_eeg_windows_partitions.png",

@@ -13,16 +13,7 @@ import httpx
 
 from hms_dagster.instance import prepare_instance
 from hms_dagster.stages import DATA_JOB, EEG_WINDOWS, FOLDS, LABELS, RAW_DATASET, model_asset_key
-from tests.conftest import copy_workspace
-from tests.hms_dagster.uiutil import (
-    alive,
-    default_sigint,
-    descendants,
-    free_port,
-    start_ui,
-    stop_with_sigterm,
-    wait_ready,
-)
+from tests.hms_dagster.uiutil import alive, default_sigint, descendants, stop_with_sigterm
 
 #: How long the whole `hms ui` process tree may take to exit after SIGTERM.
 STOP_WITHIN_S = 30
@@ -36,17 +27,13 @@ LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
 RUN = '{ runOrError(runId: "%s") { ... on Run { status } } }'
 
 
-def test_ui_shows_assets_lineage_partitions_and_runs_and_stops_on_sigterm(trained_workspace, tmp_path):
+def test_ui_shows_assets_lineage_partitions_and_runs_and_stops_on_sigterm(ui_server):
     """`hms ui` serves the CLI's instance, launches a job like the Materialize button, and SIGTERM to `hms ui`
-    (a service manager's stop) ends it and every process it started (webserver, daemon, code server)."""
-    ws = copy_workspace(trained_workspace, tmp_path)
-    cfg = ws.cfg
-    port, log = free_port(), tmp_path / "ui.log"
-    base = f"http://127.0.0.1:{port}"
-    proc = start_ui(ws.config_path, port, log)
+    (a service manager's stop) ends it and every process it started (webserver, daemon, code server). The server
+    is the session's shared one (a copy of the trained workspace; test_browser uses it too): this test stops it."""
+    cfg, proc, log, base = ui_server.ws.cfg, ui_server.proc, ui_server.log, ui_server.base
     stopped = False
     try:
-        wait_ready(proc, base, log)
         r = httpx.post(f"{base}/graphql", json={"query": QUERY}, timeout=30)
         nodes = r.json()["data"]["assetNodes"]
         by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}

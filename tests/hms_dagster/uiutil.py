@@ -100,3 +100,31 @@ def stop_with_sigterm(proc: subprocess.Popen, within_s: float) -> tuple[float, s
     if proc.poll() is None:
         proc.wait(timeout=10)
     return time.monotonic() - t0, left
+
+
+class UIServer:
+    """One ``hms ui`` on a workspace, shared by the UI tests of a session (a start-up is a code server, a daemon
+    and a webserver: tens of seconds on a loaded machine). :meth:`ensure` starts it again when a test stopped it."""
+
+    def __init__(self, ws, folder: Path):
+        """``ws``: a ``tests.conftest.Workspace`` the server may modify (a copy of the shared one)."""
+        self.ws, self.config_path, self.folder = ws, Path(ws.config_path), Path(folder)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def ensure(self) -> UIServer:
+        if self.proc is None or self.proc.poll() is not None:
+            self.starts += 1
+            self.port, self.log = free_port(), self.folder / f"ui-{self.starts}.log"
+            self.base = f"http://127.0.0.1:{self.port}"
+            self.proc = start_ui(self.config_path, self.port, self.log)
+            try:
+                self.nodes = wait_ready(self.proc, self.base, self.log)
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_with_sigterm(self.proc, within_s=30)
