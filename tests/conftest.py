@@ -11,6 +11,31 @@ from pathlib import Path
 import pytest
 import yaml
 
+#: Fake credentials planted in the environment while the shared workspace and its package are built; no file the
+#: pipeline writes may contain them (tests/reliability/test_secrets.py).
+PLANTED_SECRETS = {
+    "KAGGLE_USERNAME": "planted-user-7f3a91",
+    "KAGGLE_KEY": "planted0kaggle0key0d41d8cd98f00b204e9800998ecf8427e",
+    "WANDB_API_KEY": "planted0wandb0key0e3b0c44298fc1c149afbf4c8996fb92427ae41e4",
+}
+
+
+class _planted_secrets:
+    """Set :data:`PLANTED_SECRETS` (and drop DAGSTER_HOME: the workspace's own instance) for a block."""
+
+    def __enter__(self):
+        keys = [*PLANTED_SECRETS, "DAGSTER_HOME"]
+        self._saved = {k: os.environ.get(k) for k in keys}
+        os.environ.pop("DAGSTER_HOME", None)
+        os.environ.update(PLANTED_SECRETS)
+
+    def __exit__(self, *exc):
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -23,7 +48,8 @@ class Workspace:
 
 def _write_workspace_config(dest: Path, **sections) -> Path:
     """A config extending the tiny profile with its workspace root at ``dest/ws``."""
-    data = {"base": "tiny", "workspace": {"root": str(dest / "ws")}}
+    # synthetic: the planted Kaggle credentials must not send source 'auto' to Kaggle
+    data = {"base": "tiny", "workspace": {"root": str(dest / "ws")}, "dataset": {"source": "synthetic"}}
     for k, v in sections.items():
         data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
     dest.mkdir(parents=True, exist_ok=True)
@@ -72,8 +98,7 @@ def trained_workspace(tmp_path_factory) -> Workspace:
     reuse = os.environ.get("HMS_TEST_WORKSPACE")
     if reuse:  # development only: a workspace trained by an earlier session (its config path), used as is
         return _load(Path(reuse))
-    saved = os.environ.pop("DAGSTER_HOME", None)  # the workspace's own instance, not the shell's
-    try:
+    with _planted_secrets():  # the workspace's own instance, not the shell's; fake keys that must not leak
         ws = _load(_write_workspace_config(tmp_path_factory.mktemp("trained_workspace")))
         plan = stage_plan(ws.cfg)
         for stage in STAGE_ORDER[: STAGE_ORDER.index(ENSEMBLE) + 1]:
@@ -81,9 +106,6 @@ def trained_workspace(tmp_path_factory) -> Workspace:
                 report = run_pipeline(ws.cfg, stage)
                 if not report.ok:
                     pytest.fail(f"the shared trained workspace failed to build ({stage}): {report.failed}")
-    finally:
-        if saved is not None:
-            os.environ["DAGSTER_HOME"] = saved
     return ws
 
 
@@ -95,12 +117,8 @@ def deployment_package(trained_workspace) -> Path:
     from hms_core.export import latest_package
     from hms_dagster.runner import run_pipeline
 
-    saved = os.environ.pop("DAGSTER_HOME", None)
-    try:
+    with _planted_secrets():
         report = run_pipeline(trained_workspace.cfg, "export", resume=bool(os.environ.get("HMS_TEST_WORKSPACE")))
         if not report.ok:
             pytest.fail(f"the shared deployment package failed to build: {report.failed}")
-    finally:
-        if saved is not None:
-            os.environ["DAGSTER_HOME"] = saved
     return latest_package(trained_workspace.cfg.models_dir / "deployments")
