@@ -144,22 +144,23 @@ def _error_text(result: dg.ExecuteInProcessResult) -> str:
 
 
 def parallel_runs(cfg: PlatformConfig, instance: dg.DagsterInstance, requested: int | None = None) -> int:
-    """How many fold runs of a :data:`PARALLEL_JOBS` job run at once. ``requested`` (>= 1) wins, then
-    ``$HMS_PARALLEL_RUNS`` (``HMS_PARALLEL_RUNS=1 hms run ...`` runs one after another); by default one per usable
-    CPU core on a machine without a CUDA device (or with ``training.device: cpu``), capped by the ``gpu`` pool
-    limit of the instance (a run beyond it would only wait for a slot); 1 with a CUDA device."""
+    """How many fold runs of a :data:`PARALLEL_JOBS` job run at once: ``requested``, else ``$HMS_PARALLEL_RUNS``,
+    else 1 (one after another). A request is capped by the usable CPU cores and the instance's ``gpu`` pool limit
+    (a run beyond it would only wait for a slot), and is 1 with a CUDA device (one GPU)."""
     env = os.environ.get(PARALLEL_ENV_VAR, "").strip()
     if requested is None and env:
         if not env.isdigit():
             raise ValueError(f"Invalid value for ${PARALLEL_ENV_VAR}: {env!r}; expected a whole number >= 1.")
         requested = int(env)
-    if requested is not None:
-        check_range("parallel", requested, 1, 1024)
-        return requested
+    if requested is None:
+        # Opt-in: on the project's 2-core machine two fold runs at once were no faster than one after another
+        # (benchmarks.demo_time, README "Parallel fold runs"), so the default stays serial.
+        return 1
+    check_range("parallel", requested, 1, 1024)
     if cfg.training.device != "cpu" and cuda_available():
         return 1
     limit = pool_limit(instance)
-    return max(1, min(usable_cores(), limit if limit is not None else usable_cores()))
+    return max(1, min(requested, usable_cores(), limit if limit is not None else requested))
 
 
 def _execute(
