@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import dagster as dg
 import pandas as pd
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from hms_core.config import load_config
@@ -16,6 +18,7 @@ from hms_dagster.cli import app
 from hms_dagster.definitions import build_definitions
 from hms_dagster.instance import prepare_instance
 from hms_dagster.runner import run_pipeline
+from tests.conftest import copy_workspace
 from tests.hms_dagster.conftest import write_config
 
 ONLY_FOUNDATION = {m: {"enabled": False} for m in ("resnet1d_gru", "efficientnet", "sparcnet", "lightgbm")}
@@ -37,16 +40,25 @@ def test_lineage_pretrained_classifier_depends_on_the_encoder(tmp_path):
     assert "foundation_encoder" not in keys
 
 
-def test_foundation_stage_then_fine_tuned_classifier(tmp_path, monkeypatch):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    path = write_config(tmp_path, models={**ONLY_FOUNDATION, "eeg_foundation": {"pretrained": True}})
+def test_foundation_stage_then_fine_tuned_classifier(trained_workspace, tmp_path):
+    """On a copy of the shared workspace (data and preprocessing done there): the foundation stage from the CLI
+    pretrains the encoder again (its previous files removed first), then eeg_foundation is fine-tuned from it."""
+    ws = copy_workspace(trained_workspace, tmp_path)
+    data = yaml.safe_load(ws.config_path.read_text())
+    data["models"] = {**ONLY_FOUNDATION, "eeg_foundation": {"pretrained": True}}
+    path = tmp_path / "pretrained.yaml"
+    path.write_text(yaml.safe_dump(data))
     cfg = load_config(path)
-    assert run_pipeline(cfg, "data").ok
+    inst = prepare_instance(cfg)
+    before = inst.get_latest_materialization_event(dg.AssetKey("foundation_encoder"))
+    shutil.rmtree(cfg.root / "foundation")  # only this test's run can leave the files checked below
+    (cfg.logs_dir / "metrics" / "foundation_encoder.jsonl").unlink(missing_ok=True)
     out = CliRunner().invoke(app, ["run", "--stage", "foundation", "--config", str(path)])
     assert out.exit_code == 0, out.output
 
-    inst = prepare_instance(cfg)
-    meta = inst.get_latest_materialization_event(dg.AssetKey("foundation_encoder")).asset_materialization.metadata
+    event = inst.get_latest_materialization_event(dg.AssetKey("foundation_encoder"))
+    assert before is None or event.run_id != before.run_id, "the CLI materialized the encoder again"
+    meta = event.asset_materialization.metadata
     assert meta["labels_read"].value is False
     n_train = pd.read_csv(cfg.raw_dir / "train.csv")["eeg_id"].nunique()  # every tiny recording is >= 50 s
     recs = json.loads((cfg.root / "foundation" / "recordings.json").read_text())
@@ -60,7 +72,6 @@ def test_foundation_stage_then_fine_tuned_classifier(tmp_path, monkeypatch):
     assert json.loads((enc / "config.json").read_text())["corpus"]["labels_read"] is False
     assert list((cfg.logs_dir / "metrics").glob("foundation_encoder.jsonl"))
 
-    assert run_pipeline(cfg, "preprocessing").ok
     report = run_pipeline(cfg, "models", fold=0)
     assert report.ok, report.failed
     m = inst.get_latest_materialization_event(dg.AssetKey("model_eeg_foundation")).asset_materialization.metadata
