@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
+from typer.testing import CliRunner
 
+from hms_core.config import load_config
+from hms_dagster.cli import app
+from hms_dagster.runner import run_pipeline
 from tests.hms_dagster.conftest import write_config
 
 
@@ -24,6 +28,13 @@ def _hms(*args: str, cfg: Path, timeout: int = 600) -> subprocess.CompletedProce
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def _status(cfg: Path) -> dict:
+    """`hms status --json` in this process (the CLI code; no interpreter start-up)."""
+    out = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["status", "--json", "--config", str(cfg)])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output)
 
 
 def _materialized(home: Path, key: str) -> set[str]:
@@ -41,8 +52,8 @@ def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     cfg = write_config(tmp_path)
     home = tmp_path / "ws" / "dagster_home"
-    out = _hms("run", "--stage", "data", cfg=cfg)
-    assert out.returncode == 0, out.stdout + out.stderr
+    report = run_pipeline(load_config(cfg), "data")  # in this process: the interrupted `hms run` is the next one
+    assert report.ok, report.failed
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "hms_dagster.cli", "run", "--stage", "preprocessing", "--config", str(cfg)],
@@ -60,7 +71,7 @@ def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
     proc.wait()
     assert done and len(done) < 3, done
 
-    status = json.loads(_hms("status", "--json", cfg=cfg).stdout)
+    status = _status(cfg)
     states = {(a["asset"], a["partition"]): a["state"] for a in status["assets"]}
     for fold in done:
         assert states[("eeg_windows", fold)] == "fresh"
@@ -73,5 +84,5 @@ def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
     for fold in done:
         assert f"skip preprocessing: preprocessing_job {fold} (fresh)" in out.stdout
     assert _materialized(home, "eeg_windows") == {"fold_0", "fold_1", "fold_2"}
-    status = json.loads(_hms("status", "--json", cfg=cfg).stdout)
+    status = _status(cfg)
     assert status["stages"]["data"] == "complete" and status["stages"]["preprocessing"] == "complete"
