@@ -25,7 +25,16 @@ from torch import nn
 from hms_core.checks import check_option
 from hms_core.io import atomic_path
 
-__all__ = ["EXPORTERS", "TTAProbs", "export_lightgbm", "export_torch", "optimise", "quant_mode", "quantize"]
+__all__ = [
+    "EXPORTERS",
+    "TTAProbs",
+    "export_lightgbm",
+    "export_torch",
+    "float32_thresholds",
+    "optimise",
+    "quant_mode",
+    "quantize",
+]
 
 #: Exporters of ``export.exporter``: ``auto`` tries dynamo, then the TorchScript-based one.
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -92,13 +101,44 @@ def export_torch(module: nn.Module, example: np.ndarray, path: str | os.PathLike
     return Path(path)
 
 
+def float32_thresholds(booster: Any) -> Any:
+    """The booster with every numeric split threshold ``t`` (a double) replaced by the largest float32 ``<= t``.
+
+    For float32 inputs ``x`` (what the package feeds), ``x <= t`` and ``x <= t32`` agree, so the predictions do not
+    change; but ONNX's TreeEnsemble stores thresholds as float32, and the converter's round-to-nearest moves a
+    threshold *above* ``t`` in about half the splits, sending inputs in ``(t, t32]`` down the wrong branch (a
+    demo LightGBM fold gave a 3.7e-4 probability difference). Categorical splits (decision_type bit 0) are kept.
+    """
+    import lightgbm as lgb
+
+    lines = booster.model_to_string().split("\n")
+    at = None  # index of the current tree's threshold line (it comes before its decision_type line)
+    for i, line in enumerate(lines):
+        if line.startswith("threshold="):
+            at = i
+        elif line.startswith("decision_type=") and at is not None:
+            categorical = np.array([int(v) & 1 for v in line.split("=", 1)[1].split()], dtype=bool)
+            t = np.array([float(v) for v in lines[at].split("=", 1)[1].split()], dtype=np.float64)
+            if len(categorical) != len(t):
+                raise ValueError(f"LightGBM model text: {len(t)} thresholds but {len(categorical)} decision types")
+            t32 = t.astype(np.float32)
+            up = t32.astype(np.float64) > t
+            t32[up] = np.nextafter(t32[up], np.float32(-np.inf))
+            lines[at] = "threshold=" + " ".join(repr(float(v)) for v in np.where(categorical, t, t32))
+            at = None
+    # tree_sizes (byte offsets of the tree blocks) no longer holds; without it LightGBM reads the trees in order
+    return lgb.Booster(model_str="\n".join(line for line in lines if not line.startswith("tree_sizes=")))
+
+
 def export_lightgbm(booster: Any, n_features: int, path: str | os.PathLike[str]) -> Path:
     """A LightGBM booster as ``x (B, n_features) float32 -> probs (B, 6)`` (onnxmltools; the class label output
-    is removed: the package reads probabilities only)."""
+    is removed: the package reads probabilities only). Thresholds are first rounded down to float32
+    (:func:`float32_thresholds`), so the float32 tree ensemble takes LightGBM's branches for float32 inputs."""
     import onnx
     from onnxmltools import convert_lightgbm
     from onnxmltools.convert.common.data_types import FloatTensorType
 
+    booster = float32_thresholds(booster)
     with _quiet():
         model = convert_lightgbm(booster, initial_types=[("x", FloatTensorType([None, int(n_features)]))],
                                  zipmap=False, target_opset=LIGHTGBM_OPSET)  # fmt: skip

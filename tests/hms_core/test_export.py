@@ -235,3 +235,36 @@ def test_the_dynamo_exporter_passes_parity_on_a_cnn_member(trained_workspace, tm
     p = run_probs(make_session(path, 2, ["CPUExecutionProvider"]), x)
     assert np.abs(p - _torch_reference(tm, val, rows)).max() <= cfg.export.fp32_tolerance
     assert run_probs(make_session(path, 2, ["CPUExecutionProvider"]), x[:1]).shape == (1, 6)  # dynamic batch
+
+
+def test_lightgbm_engine_takes_lightgbm_branches_for_inputs_at_the_thresholds(tmp_path):
+    """ONNX trees compare in float32: a double threshold rounded *up* by the converter sent inputs just above it
+    down the wrong branch (3.7e-4 on a demo fold). Inputs placed on the float32 values next to every threshold
+    must give LightGBM's probabilities."""
+    import lightgbm as lgb
+    import onnxruntime as ort
+
+    from hms_core.export.onnx_export import export_lightgbm, float32_thresholds
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4)) * rng.uniform(0.01, 1000, size=4)
+    y = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > x[:, 2])
+    booster = lgb.train({"objective": "multiclass", "num_class": 4, "verbose": -1, "num_leaves": 8},
+                        lgb.Dataset(x, y), num_boost_round=20)  # fmt: skip
+    rounded = float32_thresholds(booster)
+    splits = booster.trees_to_dataframe().dropna(subset=["threshold"])
+    splits = splits[
+        splits["threshold"].abs() > 1e-30
+    ]  # not LightGBM's +-1e-35 "zero" splits (zero-as-missing band)
+    probe = np.repeat(x[:1].astype(np.float32), 2 * len(splits), axis=0)
+    for i, (feat, t) in enumerate(zip(splits["split_feature"], splits["threshold"], strict=True)):
+        j = int(str(feat).removeprefix("Column_"))
+        below = (
+            np.float32(t) if np.float64(np.float32(t)) <= t else np.nextafter(np.float32(t), np.float32(-np.inf))
+        )
+        probe[2 * i, j], probe[2 * i + 1, j] = below, np.nextafter(below, np.float32(np.inf))
+    want = booster.predict(probe.astype(np.float64))
+    assert np.array_equal(rounded.predict(probe.astype(np.float64)), want)  # same model for float32 inputs
+    path = export_lightgbm(booster, 4, tmp_path / "lgbm.onnx")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["probs"], {"x": probe})[0]
+    assert np.abs(got - want).max() < 1e-5
