@@ -57,6 +57,10 @@ class WorkspaceResource(dg.ConfigurableResource):
                 f"{CONFIG_HASH_TAG}={launched}, config now {self.config.config_hash}). Reload the code location "
                 "(Reload definitions in the UI) and launch the run again."
             )
+        if run is not None and "hms/pid" not in run.tags:  # not started by `hms run`, which holds the locks itself
+            from hms_dagster.locks import check_not_held
+
+            check_not_held(self.config, run)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing
 import os
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
@@ -17,6 +19,7 @@ from hms_core.checks import check_option, check_range
 from hms_core.config import PlatformConfig
 from hms_dagster.definitions import build_definitions
 from hms_dagster.instance import (
+    PID_TAG,
     cuda_available,
     pool_limit,
     prepare_instance,
@@ -24,6 +27,7 @@ from hms_dagster.instance import (
     run_tags,
     usable_cores,
 )
+from hms_dagster.locks import PartitionBusyError, partition_locks
 from hms_dagster.stages import ALL, MODELS_JOB, NOT_BUILT, STAGE_ORDER, StageJob, stage_of_asset, stage_plan
 from hms_dagster.status import StatusResolver
 
@@ -163,18 +167,53 @@ def parallel_runs(cfg: PlatformConfig, instance: dg.DagsterInstance, requested: 
     return max(1, min(requested, usable_cores(), limit if limit is not None else requested))
 
 
+def _ui_run_in_progress(instance: dg.DagsterInstance, pr: PlannedRun) -> str | None:
+    """A run of ``pr``'s assets and partition in progress that no ``hms`` process started (launched from the UI
+    or by a sensor: it holds no lock file); its description, else None. Runs of ``hms`` processes hold the locks
+    of :mod:`hms_dagster.locks` instead, and those of dead ones were reaped before this is asked."""
+    active = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]  # fmt: skip
+    tags = {"dagster/partition": pr.partition} if pr.partition else None
+    mine = {dg.AssetKey(a) for a in pr.job.asset_keys}
+    for rec in instance.get_run_records(dg.RunsFilter(statuses=active, tags=tags)):
+        run = rec.dagster_run
+        if PID_TAG in run.tags or (pr.partition is None and "dagster/partition" in run.tags):
+            continue
+        selected = set(run.asset_selection) if run.asset_selection else None
+        if (selected is None and run.job_name == pr.job.name) or (selected and selected & mine):
+            started = dt.datetime.fromtimestamp(rec.create_timestamp.timestamp(), dt.UTC).isoformat(
+                timespec="seconds"
+            )
+            return f"run {run.run_id} of {run.job_name} ({run.status.value}, created {started}, not by `hms run`)"
+    return None
+
+
 def _execute(
-    defs: dg.Definitions, instance: dg.DagsterInstance, pr: PlannedRun, log_level: str
+    defs: dg.Definitions, instance: dg.DagsterInstance, pr: PlannedRun, log_level: str, root: Path
 ) -> tuple[bool, str, str, float, int]:
-    """Run one planned run in this process: (success, run_id, error text, seconds, pid)."""
+    """Run one planned run in this process: (success, run_id, error text, seconds, pid). The run holds the
+    :mod:`hms_dagster.locks` lock of each of its (asset, partition) pairs; when another run holds one (or a UI
+    run of them is in progress), nothing runs and the error names that run."""
     t0 = time.perf_counter()
-    result = defs.resolve_job_def(pr.job.name).execute_in_process(
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        instance=instance,
-        partition_key=pr.partition,
-        tags=run_tags(pr.stage),
-        raise_on_error=False,
-    )
+    try:
+        with partition_locks(root, pr.job.asset_keys, pr.partition, pr.label):
+            other = _ui_run_in_progress(instance, pr)
+            if other is not None:
+                what = f"{pr.job.name} {pr.partition}" if pr.partition else pr.job.name
+                msg = (
+                    f"{what} is being materialized by another run: {other}. Nothing was run or written for it. "
+                    "Wait for that run to finish (the UI's Runs page), then continue with `hms run --resume`."
+                )
+                return False, "-", msg, time.perf_counter() - t0, os.getpid()
+            result = defs.resolve_job_def(pr.job.name).execute_in_process(
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                instance=instance,
+                partition_key=pr.partition,
+                tags=run_tags(pr.stage),
+                raise_on_error=False,
+            )
+    except PartitionBusyError as e:
+        return False, "-", str(e), time.perf_counter() - t0, os.getpid()
     error = "" if result.success else _error_text(result)
     return result.success, result.run_id, error, time.perf_counter() - t0, os.getpid()
 
@@ -201,7 +240,7 @@ def _worker_run(cfg: PlatformConfig, pr: PlannedRun, log_level: str) -> tuple[bo
     key = cfg.model_dump_json()
     if _WORKER.get("key") != key:
         _WORKER.update(key=key, defs=build_definitions(cfg), instance=prepare_instance(cfg))
-    return _execute(_WORKER["defs"], _WORKER["instance"], pr, log_level)  # type: ignore[arg-type]
+    return _execute(_WORKER["defs"], _WORKER["instance"], pr, log_level, cfg.root)  # type: ignore[arg-type]
 
 
 def _run_parallel(
@@ -355,7 +394,7 @@ def run_pipeline(
             continue
         for one in batch:
             emit("start", one, {})
-            ok, run_id, error, secs, pid = _execute(defs, instance, one, log_level)
+            ok, run_id, error, secs, pid = _execute(defs, instance, one, log_level, cfg.root)
             report.pids[run_id] = pid
             if not ok:
                 report.failed = (one, run_id, error)
