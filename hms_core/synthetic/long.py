@@ -37,7 +37,7 @@ from hms_core.checks import check_option, check_range
 from hms_core.constants import EEG_CHANNELS, LEFT_CHANNELS, RIGHT_CHANNELS, SFREQ
 from hms_core.io import atomic_path, write_text
 from hms_core.scanning.events import DATETIME_FORMAT, EVENT_TYPES, EVENTS_COLUMNS
-from hms_core.synthetic.artifacts import add_amplifier_artifacts, add_artifacts, ecg, line_noise
+from hms_core.synthetic.artifacts import DEFAULT_RANGE_UV, add_amplifier_artifacts, add_artifacts, ecg, line_noise
 from hms_core.synthetic.background import background, draw_background_params
 from hms_core.synthetic.generator import _LEAK_W, draw_patient_style
 from hms_core.synthetic.patterns import draw_pattern, render_other, render_pattern
@@ -332,7 +332,7 @@ def write_long_recording(
     check_range("chunk_s", chunk_s, 10, 3600)
     path = Path(path)
     plan = plan_long_recording(hours, seed, sfreq=sfreq, mean_gap_min=mean_gap_min, event_mix=event_mix)
-    limit = float(plan.style.get("amp_range_uv", 3276.7))
+    limit = float(plan.style.get("amp_range_uv", DEFAULT_RANGE_UV))
     names = _labels(labels)
     headers = [
         {"label": lab, "dimension": "uV", "sample_frequency": sfreq, "physical_max": limit, "physical_min": -limit,
