@@ -116,20 +116,35 @@ def read_hms_eeg(path: str | os.PathLike[str], missing_channels: str = "error") 
 def read_hms_eeg_channels(path: str | os.PathLike[str], missing_channels: str = "error") -> np.ndarray:
     """:func:`read_hms_eeg` channel-major: float32 (20, n_times) in EEG_FILE_COLUMNS order (the layout the
     transform works in; each parquet column becomes one contiguous row, nothing is interleaved or transposed)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     check_option("missing_channels", missing_channels, MISSING_CHANNEL_MODES)
     path = Path(path)
     if not path.exists():
         raise RecordError(f"EEG record '{path}' does not exist.")
-    names = pq.read_schema(path).names
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as e:
+        raise RecordError(f"EEG record '{path}' could not be read as parquet (truncated or not a parquet file): "
+                          f"{e}") from e  # fmt: skip
+    names = schema.names
     missing = [c for c in EEG_FILE_COLUMNS if c not in names]
     missing_eeg = [c for c in missing if c != EKG_CHANNEL]
     if missing_eeg and missing_channels == "error":
         raise _missing_error(str(path), missing_eeg, names)
     present = [c for c in EEG_FILE_COLUMNS if c in names]
-    # read_table: ~40 % less CPU here than ParquetFile(...).read; one thread (the batches run in threads)
-    table = pq.read_table(path, columns=present, use_threads=False)
+    bad = [c for c in present if not _is_numeric(schema.field(c).type)]
+    if bad:
+        raise RecordError(
+            f"EEG record '{path}': column(s) {_shown(bad)} are {schema.field(bad[0]).type}; expected numeric "
+            "(float32 microvolt) samples."
+        )
+    try:
+        # read_table: ~40 % less CPU here than ParquetFile(...).read; one thread (the batches run in threads)
+        table = pq.read_table(path, columns=present, use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise RecordError(f"EEG record '{path}' could not be read as parquet (a damaged data page): {e}") from e
     out = np.empty((len(EEG_FILE_COLUMNS), table.num_rows), np.float32)
     for i, c in enumerate(EEG_FILE_COLUMNS):
         out[i] = table.column(c).to_numpy(zero_copy_only=False) if c in names else np.nan
@@ -319,7 +334,12 @@ def read_kaggle_spectrogram_table(path: str | os.PathLike[str]) -> np.ndarray:
             f"Spectrogram record '{path}': column(s) {_shown(bad)} are {schema.field(bad[0]).type}; "
             f"expected numeric (float) power values."
         )
-    table = pq.read_table(path, columns=columns)
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise RecordError(
+            f"Spectrogram record '{path}' could not be read as parquet (a damaged data page): {e}"
+        ) from e
     arr = np.empty((table.num_rows, len(columns)), np.float32)
     for i, c in enumerate(columns):
         arr[:, i] = table.column(c).to_numpy(zero_copy_only=False)
