@@ -412,14 +412,20 @@ def inspect_parquet(
     n = table.num_rows
     data_cols = [c for c in numeric if c != SPEC_TIME_COLUMN]
     total_nan = 0
+    infinite: list[str] = []
     for c in data_cols:
         arr = table.column(c).to_numpy()
         k = int(np.isnan(arr).sum()) if arr.dtype.kind == "f" else table.column(c).null_count
         total_nan += k
         if n and k == n:
             info.nan_only.append(c)
+        if arr.dtype.kind == "f" and np.isinf(arr).any():
+            infinite.append(c)
     if data_cols and n:
         info.nan_ratio = total_nan / (n * len(data_cols))
+    if infinite:
+        info.warnings.append(Problem(info.rel, ", ".join(infinite[:10]), "infinite (+-inf) samples; the "
+                                     "preprocessing treats them as missing (NaN), like a gap"))  # fmt: skip
     return info
 
 
