@@ -66,6 +66,11 @@ class ScanConfig(_Section):
     engine: Literal["auto", "ensemble", "distilled"] = Field(
         "auto", description="auto: the distilled scanning model when present, else every engine of the ensemble."
     )
+    distilled_model: str | None = Field(
+        None,
+        description="Folder of the distilled scanning model; null = the one the scan_model asset (or `hms scan "
+        "--distill`) built for the package: <root>/models/scanning/<package version>.",
+    )
     precision: Literal["fp32", "int8", "best"] = Field("fp32", description="Package engines the ensemble runs.")
     stride_s: float = Field(2.0, gt=0, description="Seconds between consecutive 10-s windows (SPaRCNet: 2).")
     max_missing_channels: int | None = Field(
@@ -83,13 +88,30 @@ class ScanConfig(_Section):
     chunk_s: float = Field(
         900.0, ge=60, json_schema_extra=_SPEED_ONLY, description="Seconds of windows processed per chunk (memory)."
     )
-    batch_size: int = Field(128, ge=1, json_schema_extra=_SPEED_ONLY, description="Windows per engine call.")
+    batch_size: int = Field(
+        512, ge=1, json_schema_extra=_SPEED_ONLY, description="Windows per call of the distilled model."
+    )
+    ensemble_batch_size: int = Field(
+        32, ge=1, json_schema_extra=_SPEED_ONLY,
+        description="Windows per call of the ensemble engines (each window holds its 50-s context and every "
+        "spectrogram type the members read: this bounds the scan's memory).",
+    )  # fmt: skip
     threads: int = Field(
         2, ge=1, json_schema_extra=_SPEED_ONLY, description="torch / onnxruntime threads of a scan."
     )
     log_predictions: bool = Field(
         True, json_schema_extra=_SPEED_ONLY,
         description="Append the evaluated windows to the workspace's prediction log (monitoring.log).",
+    )  # fmt: skip
+    log_stride_s: float = Field(
+        60.0, gt=0, json_schema_extra=_SPEED_ONLY,
+        description="Seconds between two windows written to the prediction log (1,440 a day; stride_s = every "
+        "window, at ~3 ms of features each).",
+    )  # fmt: skip
+    log_features: bool = Field(
+        True, json_schema_extra=_SPEED_ONLY,
+        description="Logged windows carry the preprocessing features drift monitoring reads (band powers per "
+        "chain, amplitude, flag fractions).",
     )  # fmt: skip
     events: EventConfig = EventConfig()
     distill: DistillConfig = DistillConfig()

@@ -21,6 +21,7 @@ never edited: a verified package stays as EXPORT wrote it, and the scanner finds
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -250,9 +251,38 @@ class DistillResult:
     meta: dict[str, Any]
 
 
+def _student_speed(folder: Path, tw: TeacherWindows, threads: int) -> float:
+    """Windows per second of the exported model (onnxruntime, ``threads`` threads) on batches of 512 teacher inputs."""
+    from hms_core.scanning.predictors import DistilledModel
+
+    n = min(len(tw.spec), 2048)
+    reps = max(1, -(-2048 // max(n, 1)))
+    sess = DistilledModel.session_for(folder / MODEL_FILE, threads)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for i in range(0, n, 512):
+            sess.run(None, {"spec": tw.spec[i : min(i + 512, n)], "scalars": tw.scalars[i : min(i + 512, n)]})
+    return reps * n / max(time.perf_counter() - t0, 1e-9)
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Move the complete folder ``tmp`` to ``folder``, replacing an older model: a reader finds the old folder or
+    the new one, never a half-written one (the old one is renamed away first, then removed)."""
+    import shutil
+
+    old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def distill(cfg: PlatformConfig, package: Any = None, progress: Callable[[int, int], None] | None = None,
             log: Callable[[str], None] | None = None) -> DistillResult:  # fmt: skip
-    """Teacher windows -> student -> ``<root>/models/scanning/<teacher version>/`` (see the module docstring)."""
+    """Teacher windows -> student -> ``<root>/models/scanning/<teacher version>/`` (see the module docstring),
+    written into a temporary folder beside it and moved into place when complete."""
+    import shutil
+
     from hms_core.scanning.engine import load_scanner
 
     say = log or (lambda _m: None)
@@ -262,22 +292,39 @@ def distill(cfg: PlatformConfig, package: Any = None, progress: Callable[[int, i
     say(f"teacher: {len(tw.probs)} windows of {len(np.unique(tw.patient))} patients in {tw.seconds:.1f} s")
     model, metrics = train_student(tw, scan)
     folder = distilled_dir(cfg.models_dir, scanner.version)
-    folder.mkdir(parents=True, exist_ok=True)
-    parity = export_student(model, tw.spec.shape[1:], folder / MODEL_FILE)
-    teacher_manifest = Path(scanner.source) / "manifest.json"
-    meta = {
-        "format": 1, "classes": list(CLASSES), "teacher": scanner.version, "teacher_path": str(scanner.source),
-        "teacher_manifest_sha256": sha256_file(teacher_manifest) if teacher_manifest.is_file() else None,
-        "config": scan.distill.model_dump(mode="json"), "n_frames": int(tw.spec.shape[-1]),
-        "n_freqs": int(tw.spec.shape[2]), "preprocessing": scanner.preprocessing.model_dump(mode="json"),
-        "metrics": metrics, "onnx_max_abs_logit_diff": parity,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }  # fmt: skip
-    write_json(folder / META_FILE, meta)
-    write_json(folder / MANIFEST_FILE, {"format": 1, "files": {f: sha256_file(folder / f)
-                                                                for f in (MODEL_FILE, META_FILE)}})  # fmt: skip
-    say(f"distilled model: held-out KL vs ensemble {metrics['kl_heldout']}, top-1 agreement "
-        f"{metrics['top1_agreement_heldout']} -> {folder}")  # fmt: skip
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".tmp-{folder.name}-*"):  # what an interrupted build left
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        parity = export_student(model, tw.spec.shape[1:], tmp / MODEL_FILE)
+        metrics |= {
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "model_bytes": (tmp / MODEL_FILE).stat().st_size,
+            "windows_per_s": round(_student_speed(tmp, tw, scan.threads), 1),
+            "teacher_windows_per_s": round(len(tw.probs) / max(tw.seconds, 1e-9), 2),
+        }  # fmt: skip
+        teacher_manifest = Path(scanner.source) / "manifest.json"
+        meta = {
+            "format": 1, "classes": list(CLASSES), "teacher": scanner.version, "teacher_path": str(scanner.source),
+            "teacher_manifest_sha256": sha256_file(teacher_manifest) if teacher_manifest.is_file() else None,
+            "config": scan.distill.model_dump(mode="json"), "n_frames": int(tw.spec.shape[-1]),
+            "n_freqs": int(tw.spec.shape[2]), "preprocessing": scanner.preprocessing.model_dump(mode="json"),
+            "metrics": metrics, "onnx_max_abs_logit_diff": parity,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }  # fmt: skip
+        write_json(tmp / META_FILE, meta)
+        write_json(tmp / MANIFEST_FILE, {"format": 1, "files": {f: sha256_file(tmp / f)
+                                                                 for f in (MODEL_FILE, META_FILE)}})  # fmt: skip
+        _publish(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(
+        f"distilled model: held-out KL vs ensemble {metrics['kl_heldout']} (constant class prior "
+        f"{metrics['kl_heldout_constant_prior']}), top-1 agreement {metrics['top1_agreement_heldout']} -> {folder}"
+    )
     return DistillResult(folder, metrics, meta)
 
 

@@ -33,17 +33,21 @@ import pandas as pd
 from hms_core.config import PlatformConfig, PreprocessingConfig
 from hms_core.constants import CLASSES, EEG_CHANNELS, SFREQ
 from hms_core.eeg_io import RecordError
+from hms_core.monitoring.log import monitored_feature_columns
 from hms_core.scanning.config import ScanConfig
 from hms_core.scanning.distill import distilled_dir
 from hms_core.scanning.frontend import (
     AMP_BLOCK,
     WindowQuality,
     context_start,
+    distill_frames,
     distill_inputs,
     frame_power,
     hemisphere_columns,
     prepare_chunk,
+    quality_flags,
     window_batch,
+    window_features,
     window_quality,
     window_span,
 )
@@ -131,6 +135,26 @@ def newest_package(cfg: PlatformConfig) -> Path | None:
     return found[-1] if found else None
 
 
+def _distilled(scan: ScanConfig, platform: PlatformConfig | None, folders: list[Path], preprocessing: Any,
+               max_missing: int, version: str) -> DistilledModel | None:  # fmt: skip
+    """The distilled model: ``scan.distilled_model`` when set (an error when it holds none), else the first of
+    ``folders`` that holds one."""
+    if scan.distilled_model:
+        folder = Path(scan.distilled_model)
+        if platform is not None and not folder.is_absolute():
+            folder = platform.root / folder
+        found = load_distilled(folder, preprocessing, scan.threads, max_missing, version)
+        if found is None:
+            raise FileNotFoundError(f"scan.distilled_model: {folder} holds no distilled scanning model "
+                                    f"(model.onnx + distill.json); materialize scan_model or run `hms scan --distill`")  # fmt: skip
+        return found
+    for folder in folders:
+        found = load_distilled(folder, preprocessing, scan.threads, max_missing, version)
+        if found is not None:
+            return found
+    return None
+
+
 def load_scanner(package: Any, scan: ScanConfig, platform: PlatformConfig | None = None) -> Scanner:
     """Resolve the engines of a scan. ``package``: a deployment package (object or folder), or None for
     ``scan.package`` / the newest package of ``platform``'s workspace, else that workspace's trained ensemble."""
@@ -146,14 +170,13 @@ def load_scanner(package: Any, scan: ScanConfig, platform: PlatformConfig | None
 
             package = load_package(package, verify=True)
         ens = PackageEnsemble(package, scan.precision)
-        # inside the package (when EXPORT ships it) or beside it: <models>/scanning/<package version>
-        distilled = None
-        for folder in (Path(package.path) / DISTILLED_DIR,
-                       distilled_dir(Path(package.path).parent.parent, ens.version)):  # fmt: skip
-            distilled = distilled or load_distilled(folder, ens.preprocessing, scan.threads,
-                                                    ens.max_missing_channels, ens.version)  # fmt: skip
-        return Scanner(ens.preprocessing, ens.version, ens.max_missing_channels, lambda: ens, distilled,
-                       Path(package.path))  # fmt: skip
+        pkg_path = Path(package.path)
+        folders = [pkg_path / DISTILLED_DIR]  # inside the package (were EXPORT to ship it)
+        if platform is not None:  # what the scan_model asset / `hms scan --distill` write for this package
+            folders.append(distilled_dir(platform.models_dir, ens.version))
+        folders.append(distilled_dir(pkg_path.parent.parent, ens.version))  # beside a package of another workspace
+        distilled = _distilled(scan, platform, folders, ens.preprocessing, ens.max_missing_channels, ens.version)
+        return Scanner(ens.preprocessing, ens.version, ens.max_missing_channels, lambda: ens, distilled, pkg_path)
     if platform is None:
         raise ValueError("scan needs a deployment package or a platform config whose workspace holds an ensemble")
     from hms_core.ensemble.build import ENSEMBLE_FILE
@@ -164,8 +187,8 @@ def load_scanner(package: Any, scan: ScanConfig, platform: PlatformConfig | None
             f"{platform.ensemble_dir / ENSEMBLE_FILE}: run `hms run --stage all` (or pass --package PATH)"
         )
     version = WORKSPACE_VERSION
-    folder = distilled_dir(platform.models_dir, version)
-    distilled = load_distilled(folder, platform.preprocessing, scan.threads, DEFAULT_MAX_MISSING, version)
+    distilled = _distilled(scan, platform, [distilled_dir(platform.models_dir, version)], platform.preprocessing,
+                           DEFAULT_MAX_MISSING, version)  # fmt: skip
     return Scanner(platform.preprocessing, version, DEFAULT_MAX_MISSING, lambda: WorkspaceEnsemble(platform, scan.threads),
                    distilled, platform.root)  # fmt: skip
 
@@ -182,12 +205,42 @@ def _reasons(q: WindowQuality, edge: np.ndarray, max_missing: int) -> tuple[np.n
         (q.missing | q.long_gaps).sum(1), (q.flat_seg & ~q.missing).sum(1),
         (q.noisy_seg & ~q.missing & ~q.flat_seg).sum(1), (q.popping_seg & ~q.missing).sum(1),
     ], 1)  # fmt: skip
-    reason = np.array([_CAUSES[i][1] for i in counts.argmax(1)], dtype=object)
+    reason = np.array([c[1] for c in _CAUSES], dtype=object)[counts.argmax(1)]
     ok = bad.sum(1) <= max_missing
     reason[ok] = ""
     reason[q.missing.all(1)] = "nan"
     reason[edge] = "edge"
     return reason == "", reason
+
+
+@dataclass
+class _Chunk:
+    """One chunk read and through the continuous front end (what a worker thread prepares ahead)."""
+
+    k0: int
+    k1: int
+    signal: Any  # ChunkSignal
+    ctx: np.ndarray
+    quality: WindowQuality
+    ok: np.ndarray
+    reason: np.ndarray
+    frames: Any  # FramePower
+    distill: Any  # DistillFrames | None
+
+
+@dataclass
+class ScanLog:
+    """What a scan hands the prediction log: every ``scan.log_stride_s``-th evaluated window with its window-quality
+    flags and the preprocessing features that drift monitoring reads (``features`` None when not computed)."""
+
+    windows: np.ndarray  # timeline row indices
+    flags: dict[str, np.ndarray]
+    features: Any  # polars DataFrame of hms_core.monitoring.log.monitored_feature_columns, or None
+
+
+def _log_every(scan: ScanConfig) -> int:
+    """Windows between two logged ones (``scan.log_stride_s`` rounded to whole strides, at least 1)."""
+    return max(1, round(scan.log_stride_s / scan.stride_s))
 
 
 def scan_reader(
@@ -197,17 +250,25 @@ def scan_reader(
     max_missing_channels: int,
     progress: Callable[[int, int], None] | None = None,
     on_batch: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    log: list[ScanLog] | None = None,
 ) -> tuple[pd.DataFrame, Any]:
     """Timeline and hemisphere spectrogram of a recording opened for streaming (``duration_s``, ``read(a, b)``).
 
     ``predictor``: a :class:`~hms_core.scanning.predictors.DistilledModel` or an ensemble predictor
     (``predict(BatchOutput)``); ``progress(done, total)`` is called after each chunk. ``on_batch(spec, scalars,
     probs)``: called with every evaluated batch's distilled-model inputs and the predictor's probabilities (the
-    teacher windows of :mod:`hms_core.scanning.distill`)."""
+    teacher windows of :mod:`hms_core.scanning.distill`). ``log``: a list that receives a :class:`ScanLog` per chunk
+    (the windows for the prediction log, with their features when ``scan.log_features``).
+
+    A worker thread reads and prepares the next chunk (reading, resampling, filtering, the quality tests and the
+    STFT frames release the GIL) while this one classifies the current chunk's windows."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from hms_core.scanning.plots import HemisphereSpectrogram
 
     pp: PreprocessingConfig = predictor.preprocessing
     dcfg = scan.distill
+    distilled = isinstance(predictor, DistilledModel)
     n_total = round(reader.duration_s * SFREQ)
     stride, seg_len = scan.stride_samples, pp.eeg.segment_length
     n_win = (n_total - seg_len) // stride + 1 if n_total >= seg_len else 0
@@ -217,8 +278,12 @@ def scan_reader(
     per_chunk = max(int(scan.chunk_s * SFREQ) // stride, 1)
     pad = round(scan.filter_pad_s * SFREQ)
     n_frames = seg_len // dcfg.hop
-    probs = np.full((n_win, len(CLASSES)), np.nan)
-    disagreement = np.full(n_win, np.nan)
+    batch_size = scan.batch_size if distilled else scan.ensemble_batch_size
+    types = getattr(predictor, "spectrogram_types", None)
+    needs_features = getattr(predictor, "needs_features", None)
+    log_every = _log_every(scan)
+    probs = np.full((n_win, len(CLASSES)), np.nan, np.float32)
+    disagreement = np.full(n_win, np.nan, np.float32)
     evaluated = np.zeros(n_win, bool)
     reason = np.full(n_win, "", dtype=object)
     counts = {k: np.zeros(n_win, np.int16) for k in ("n_bad_channels", "n_flat", "n_disconnected", "n_missing",
@@ -230,7 +295,9 @@ def scan_reader(
     strip_sum: np.ndarray | None = None
     strip_n = np.zeros(n_cols, np.int64)
     freqs = np.zeros(0)
-    for k0 in range(0, n_win, per_chunk):
+    fmax = max(dcfg.freq_max, scan.strip_freq_max)
+
+    def prepare(k0: int) -> _Chunk:
         k1 = min(k0 + per_chunk, n_win)
         lo = max(int(seg_starts[k0]) - before - pad, 0) // _ALIGN * _ALIGN
         hi = min(int(seg_starts[k1 - 1]) + after + pad, n_total)
@@ -242,53 +309,75 @@ def scan_reader(
         ctx = context_start(seg_starts[k0:k1], pp)
         q = window_quality(chunk, ctx, pp)
         ok, why = _reasons(q, edge[k0:k1], max_missing_channels)
-        evaluated[k0:k1], reason[k0:k1] = ok, why
-        counts["n_bad_channels"][k0:k1] = q.bad_segment.sum(1)
-        counts["n_flat"][k0:k1] = (q.flat_seg & ~q.missing).sum(1)
-        counts["n_disconnected"][k0:k1] = q.noisy_seg.sum(1)
-        counts["n_missing"][k0:k1] = (q.missing | q.long_gaps).sum(1)
-        counts["n_pops"][k0:k1] = q.popping_seg.sum(1)
-        nan_frac[k0:k1] = q.nan_fraction.mean(1)
-        clip_frac[k0:k1] = q.clipped_fraction.mean(1)
         # STFT frames over this chunk's segments (the hemisphere spectrogram; the distilled model's input)
-        f_lo = int(seg_starts[k0])
-        f_hi = int(seg_starts[k1 - 1]) + seg_len
-        fp = frame_power(chunk, dcfg, f_lo, f_hi, max(dcfg.freq_max, scan.strip_freq_max))
-        cols, valid, freqs = hemisphere_columns(fp, scan.strip_freq_max)
-        centres = fp.first * dcfg.hop + dcfg.hop // 2 + valid * dcfg.hop
-        own_end = int(seg_starts[k1]) if k1 < n_win else n_total
-        keep = (centres >= (int(seg_starts[k0]) if k0 else 0)) & (centres < own_end)
-        if strip_sum is None:
-            strip_sum = np.zeros((2, len(freqs), n_cols))
-        ci = np.minimum(centres[keep] // col, n_cols - 1)
-        np.add.at(strip_sum, (slice(None), slice(None), ci), cols[:, :, valid[keep]])
-        np.add.at(strip_n, ci, 1)
-        todo = np.flatnonzero(ok)
-        for b0 in range(0, len(todo), scan.batch_size):
-            b = todo[b0 : b0 + scan.batch_size]
-            qb = _take(q, b)
-            if isinstance(predictor, DistilledModel):
-                bip_ok = bipolar_quality(qb.ref_ok, pp.eeg.include_central_chain)
-                spec, scal = distill_inputs(fp, seg_starts[k0 + b], n_frames, bip_ok, dcfg)
-                pred: Prediction = predictor.predict_inputs(spec, scal)
-            else:
-                pred = predictor.predict(window_batch(chunk, ctx[b], qb, pp))
-                if on_batch is not None:
-                    bip_ok = bipolar_quality(qb.ref_ok, pp.eeg.include_central_chain)
-                    on_batch(*distill_inputs(fp, seg_starts[k0 + b], n_frames, bip_ok, dcfg), pred.probs)
-            probs[k0 + b] = pred.probs
-            disagreement[k0 + b] = pred.disagreement
-        del chunk, fp
-        if progress is not None:
-            progress(k1, n_win)
+        fp = frame_power(chunk, dcfg, int(seg_starts[k0]), int(seg_starts[k1 - 1]) + seg_len, fmax)
+        dfr = distill_frames(fp, dcfg) if distilled or on_batch is not None else None
+        return _Chunk(k0, k1, chunk, ctx, q, ok, why, fp, dfr)
+
+    starts = list(range(0, n_win, per_chunk))
+    with ThreadPoolExecutor(1, thread_name_prefix="scan-prepare") as pool:
+        ahead = pool.submit(prepare, starts[0]) if starts else None
+        for i in range(len(starts)):
+            c = ahead.result()
+            ahead = pool.submit(prepare, starts[i + 1]) if i + 1 < len(starts) else None
+            k0, k1, q, fp = c.k0, c.k1, c.quality, c.frames
+            evaluated[k0:k1], reason[k0:k1] = c.ok, c.reason
+            counts["n_bad_channels"][k0:k1] = q.bad_segment.sum(1)
+            counts["n_flat"][k0:k1] = (q.flat_seg & ~q.missing).sum(1)
+            counts["n_disconnected"][k0:k1] = q.noisy_seg.sum(1)
+            counts["n_missing"][k0:k1] = (q.missing | q.long_gaps).sum(1)
+            counts["n_pops"][k0:k1] = q.popping_seg.sum(1)
+            nan_frac[k0:k1] = q.nan_fraction.mean(1)
+            clip_frac[k0:k1] = q.clipped_fraction.mean(1)
+            cols, valid, freqs = hemisphere_columns(fp, scan.strip_freq_max)
+            centres = fp.first * dcfg.hop + dcfg.hop // 2 + valid * dcfg.hop
+            own_end = int(seg_starts[k1]) if k1 < n_win else n_total
+            keep = (centres >= (int(seg_starts[k0]) if k0 else 0)) & (centres < own_end)
+            if strip_sum is None:
+                strip_sum = np.zeros((2, len(freqs), n_cols))
+            ci = np.minimum(centres[keep] // col, n_cols - 1)
+            for side in range(2):
+                for f in range(len(freqs)):
+                    strip_sum[side, f] += np.bincount(ci, cols[side, f, valid[keep]], minlength=n_cols)
+            strip_n += np.bincount(ci, minlength=n_cols)
+            todo = np.flatnonzero(c.ok)
+            bip_all = bipolar_quality(q.ref_ok, pp.eeg.include_central_chain) if distilled or on_batch else None
+            for b0 in range(0, len(todo), batch_size):
+                b = todo[b0 : b0 + batch_size]
+                if distilled:
+                    spec, scal = distill_inputs(c.distill, seg_starts[k0 + b], n_frames, bip_all[b], dcfg)
+                    pred: Prediction = predictor.predict_inputs(spec, scal)
+                else:
+                    qb = _take(q, b)
+                    pred = predictor.predict(window_batch(c.signal, c.ctx[b], qb, pp, needs_features, types))
+                    if on_batch is not None:
+                        on_batch(*distill_inputs(c.distill, seg_starts[k0 + b], n_frames, bip_all[b], dcfg),
+                                 pred.probs)  # fmt: skip
+                probs[k0 + b] = pred.probs
+                disagreement[k0 + b] = pred.disagreement
+            if log is not None:
+                sel = todo[(k0 + todo) % log_every == 0]
+                if len(sel):
+                    qs = _take(q, sel)
+                    feats = None
+                    if scan.log_features:
+                        feats = window_features(c.signal, c.ctx[sel], qs, pp)
+                        feats = feats.select([f for f in monitored_feature_columns() if f in feats.columns])
+                    log.append(ScanLog(k0 + sel, quality_flags(qs, pp.eeg.include_central_chain), feats))
+            del c
+            if progress is not None:
+                progress(k1, n_win)
     tl = pd.DataFrame({"window": np.arange(n_win), "start_s": seg_starts / SFREQ,
                        "end_s": (seg_starts + seg_len) / SFREQ})  # fmt: skip
+    p64 = probs.astype(np.float64)
+    if n_win:
+        p64[evaluated] /= p64[evaluated].sum(1, keepdims=True)  # float32 storage: renormalise exactly
     for j, c in enumerate(CLASSES):
-        tl[c] = probs[:, j]
-    tl["entropy"] = np.where(evaluated, entropy(np.nan_to_num(probs)), np.nan)
+        tl[c] = p64[:, j]
+    tl["entropy"] = np.where(evaluated, entropy(np.nan_to_num(p64)), np.nan)
     tl["evaluated"] = evaluated
     tl["reason"] = reason.astype(str)
-    tl["disagreement"] = disagreement
+    tl["disagreement"] = disagreement.astype(np.float64)
     for k, v in counts.items():
         tl[k] = v
     tl["nan_fraction"] = nan_frac
@@ -301,6 +390,17 @@ def scan_reader(
         times = (np.arange(n_cols) + 0.5) * col / SFREQ
         spectrogram = HemisphereSpectrogram(times_s=times, freqs_hz=np.asarray(freqs), power=power)
     return tl, spectrogram
+
+
+@dataclass
+class _Head:
+    """The first ``duration_s`` seconds of an open recording (``scan_recording(limit_s=...)``)."""
+
+    rec: Any
+    duration_s: float
+
+    def read(self, start_s: float, stop_s: float) -> np.ndarray:
+        return self.rec.read(start_s, min(stop_s, self.duration_s))
 
 
 @dataclass
@@ -331,18 +431,27 @@ class ScanResult:
         return int(self.timeline["evaluated"].sum())
 
 
-def _log_predictions(platform: PlatformConfig, res: ScanResult) -> None:
-    """The evaluated windows into the workspace's prediction log (source "scan"), flushed before returning."""
+def _log_predictions(platform: PlatformConfig, res: ScanResult, logged: list[ScanLog]) -> int:
+    """The logged windows (every ``scan.log_stride_s``, evaluated ones only) into the workspace's prediction log
+    (source "scan") with their window-quality flags and preprocessing features, flushed before returning.
+    Returns the number of rows."""
+    from types import SimpleNamespace
+
+    import polars as pl
+
     from hms_core.monitoring.log import PredictionLog, prediction_rows
 
+    if not logged:
+        return 0
     tl = res.timeline
-    ev = tl["evaluated"].to_numpy(bool)
-    if not ev.any():
-        return
+    rows_idx = np.concatenate([g.windows for g in logged])
+    flags = {k: np.concatenate([g.flags[k] for g in logged]) for k in logged[0].flags}
+    feats = [g.features for g in logged if g.features is not None]
+    batch = SimpleNamespace(window_quality=flags, features=pl.concat(feats) if len(feats) == len(logged) else None)
     rows = prediction_rows(
-        tl.loc[ev, list(CLASSES)].to_numpy(), None, package_version=res.package_version,
+        tl.loc[rows_idx, list(CLASSES)].to_numpy(), batch, package_version=res.package_version,
         input_kind=res.path.suffix.lstrip(".").lower() or "file", source="scan", latency_s=res.seconds,
-        window_starts=tl.loc[ev, "start_s"].to_numpy(), disagreement=tl.loc[ev, "disagreement"].to_numpy(),
+        window_starts=tl.loc[rows_idx, "start_s"].to_numpy(), disagreement=tl.loc[rows_idx, "disagreement"].to_numpy(),
         precision=res.engine, identifiers={"record_name": res.path.name},
     )  # fmt: skip
     log = PredictionLog.from_config(platform)
@@ -350,6 +459,7 @@ def _log_predictions(platform: PlatformConfig, res: ScanResult) -> None:
         log.append(rows)
     finally:
         log.close()
+    return len(rows)
 
 
 def scan_recording(
@@ -361,12 +471,13 @@ def scan_recording(
     platform: PlatformConfig | None = None,
     scanner: Scanner | None = None,
     progress: Callable[[int, int], None] | None = None,
+    limit_s: float | None = None,
 ) -> ScanResult:
     """Scan one recording and (with ``out_dir``) write its outputs (timeline.csv/parquet, events.tsv, events.edf,
     summary.json, timeline.png via :func:`hms_core.scanning.outputs.write_scan_outputs`).
 
     ``package``: a deployment package (object or folder) or None (see :func:`load_scanner`; ``platform`` is the
-    workspace to fall back on). Raises :class:`~hms_core.eeg_io.RecordError` naming the file for a file that cannot
+    workspace to fall back on); ``limit_s``: scan only the first ``limit_s`` seconds of the recording. Raises :class:`~hms_core.eeg_io.RecordError` naming the file for a file that cannot
     be scanned (truncated, wrong rate, no EEG channels, length 0, shorter than one window)."""
     from hms_core.recording import open_recording
 
@@ -381,8 +492,10 @@ def scan_recording(
             raise RecordError(
                 f"EEG recording '{path}' lasts {rec.duration_s:g} s; a scan needs at least one {seg_s:g}-s window."
             )
-        tl, spectrogram = scan_reader(rec, predictor, cfg, max_missing, progress)
-        duration, start = float(rec.duration_s), rec.start_datetime
+        logged: list[ScanLog] | None = [] if cfg.log_predictions and platform is not None else None
+        reader = rec if limit_s is None or limit_s >= rec.duration_s else _Head(rec, float(limit_s))
+        tl, spectrogram = scan_reader(reader, predictor, cfg, max_missing, progress, log=logged)
+        duration, start = float(reader.duration_s), rec.start_datetime
         found, missing = tuple(rec.channels), tuple(rec.missing)
     seconds = time.perf_counter() - t0
     res = ScanResult(
@@ -398,6 +511,6 @@ def scan_recording(
         }  # fmt: skip
         res.outputs = write_scan_outputs(out_dir, tl, cfg.events, recording=str(path), duration_s=duration,
                                          start_datetime=start, spectrogram=spectrogram, meta=meta)  # fmt: skip
-    if cfg.log_predictions and platform is not None:
-        _log_predictions(platform, res)
+    if logged is not None:
+        _log_predictions(platform, res, logged)
     return res

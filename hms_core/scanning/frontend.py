@@ -23,11 +23,12 @@ tests check it against :func:`~hms_core.preprocess.process_windows` of the same 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
+import scipy.fft
 
 from hms_core.config import PreprocessingConfig
 from hms_core.constants import CHAIN_NAMES, EEG_CHANNELS, EEG_WINDOW_SAMPLES, SFREQ
@@ -111,6 +112,21 @@ def _block_cum(mask: np.ndarray) -> np.ndarray:
     return _cum(padded.reshape(c, nb, BLOCK).sum(-1))
 
 
+def _quartiles(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 25th and 75th percentiles along the last axis, as ``np.percentile``'s linear method gives them, from one
+    partial sort (``np.percentile`` sorts once per quantile)."""
+    n = x.shape[-1]
+    pos = [0.25 * (n - 1), 0.75 * (n - 1)]
+    lo = [int(np.floor(p)) for p in pos]
+    kth = sorted({k for i in lo for k in (i, min(i + 1, n - 1))})
+    part = np.partition(x, kth, axis=-1)
+    out = []
+    for p, i in zip(pos, lo):
+        a, b = part[..., i], part[..., min(i + 1, n - 1)]
+        out.append(a + np.float32(p - i) * (b - a))
+    return out[0], out[1]
+
+
 def prepare_chunk(raw: np.ndarray, start: int, cfg: PreprocessingConfig) -> ChunkSignal:
     """The continuous preprocessing of ``raw`` (n, 20) in EEG_FILE_COLUMNS order (microvolts, 200 Hz, NaN where
     missing) whose first sample is absolute sample ``start`` (a multiple of :data:`BLOCK`)."""
@@ -140,8 +156,8 @@ def prepare_chunk(raw: np.ndarray, start: int, cfg: PreprocessingConfig) -> Chun
     a0 = (-start) % AMP_BLOCK
     na = (n - a0) // AMP_BLOCK
     blocks = y[:N_EEG, a0 : a0 + na * AMP_BLOCK : 4].reshape(N_EEG, na, AMP_BLOCK // 4)
-    q25, q75 = np.percentile(blocks, [25, 75], axis=-1) if na else (np.zeros((N_EEG, 0)),) * 2
-    amp = ((q75 - q25) / 1.349).astype(np.float32)
+    q25, q75 = _quartiles(blocks) if na else (np.zeros((N_EEG, 0), np.float32),) * 2
+    amp = ((q75 - q25) / np.float32(1.349)).astype(np.float32)
     ref = y[:N_EEG]
     bip = bipolar_montage(ref, ecfg.include_central_chain)
     clip_amplitude(ref, ecfg.clip_uv, out=ref)
@@ -188,11 +204,17 @@ def _span_sum(cum: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _block_median(amp: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(W, 19) median over the 1-s amplitude blocks ``[a, b)`` of each window (at least one block)."""
-    out = np.empty((len(a), amp.shape[0]), np.float32)
-    for i, (s, e) in enumerate(zip(a, b)):
-        s, e = int(max(s, 0)), int(min(max(e, s + 1), amp.shape[-1]))
-        out[i] = np.median(amp[:, s:e], axis=-1) if e > s else 0.0
+    """(W, 19) median over the 1-s amplitude blocks ``[a, b)`` of each window (at least one block; 0 where the
+    window holds none). Windows of one length (all of a chunk's but its edge ones) are one vectorised median."""
+    n_amp = amp.shape[-1]
+    a = np.maximum(np.asarray(a, np.int64), 0)
+    b = np.minimum(np.maximum(np.asarray(b, np.int64), a + 1), n_amp)
+    length = b - a
+    out = np.zeros((len(a), amp.shape[0]), np.float32)
+    for n in np.unique(length[length > 0]):
+        sel = np.flatnonzero(length == n)
+        view = np.lib.stride_tricks.sliding_window_view(amp, int(n), axis=-1)  # (19, n_amp - n + 1, n)
+        out[sel] = np.median(view[:, a[sel]], axis=-1).T
     return out
 
 
@@ -237,49 +259,24 @@ def _gather(x: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(out, -2, 0)) if x.ndim == 2 else np.ascontiguousarray(out)
 
 
-def window_batch(
-    chunk: ChunkSignal, ctx_start: np.ndarray, quality: WindowQuality, cfg: PreprocessingConfig,
-    compute_features: bool | None = None,
-) -> BatchOutput:  # fmt: skip
-    """The :class:`BatchOutput` of :func:`~hms_core.preprocess.process_windows` for the windows whose stored
-    context starts at absolute samples ``ctx_start``, from the chunk's continuous preprocessing: the per-window
-    steps (robust scaling, segment spectrograms, features) are those of the per-window path."""
-    ecfg = cfg.eeg
-    idx = ctx_start - chunk.start
-    ref = _gather(chunk.ref, idx, ecfg.context_length)
-    bip = _gather(chunk.bip, idx, ecfg.context_length)
-    ekg = _gather(chunk.ekg, idx, ecfg.context_length)
-    ref_ok = quality.ref_ok
-    bip_ok = bipolar_quality(ref_ok, ecfg.include_central_chain)
-    spec_span = slice(0, ecfg.context_length) if cfg.spectrogram.span == "context" else ecfg.segment_slice
-    seg = bip[:, : 4 * len(CHAIN_NAMES), spec_span]
-    cache = spectral_cache(seg, cfg.spectrogram)
-    ref_bad = ~ref_ok
-    feats = None
-    if compute_features if compute_features is not None else cfg.features.enabled:
-        from hms_core.features import compute_features as _features
+def _features(seg: np.ndarray, quality: WindowQuality, bip_ok: np.ndarray, cfg: PreprocessingConfig,
+              cache: object | None = None) -> object:  # fmt: skip
+    """The features table of the per-window path for bipolar segments ``seg`` (W, 16|18, n) in microvolts."""
+    from hms_core.features import compute_features
 
-        sl = slice(0, ecfg.context_length) if cfg.features.span == "context" else ecfg.segment_slice
-        feats = _features(
-            seg if sl == spec_span and bip.shape[1] == seg.shape[1] else bip[..., sl], SFREQ, quality=bip_ok,
-            fmin=ecfg.filter_low, fmax=ecfg.filter_high, cache=cache,
-            extra={"nan_fraction": quality.nan_fraction.mean(1), "flagged_fraction": ref_bad.mean(1),
-                   "clipped_fraction": quality.clipped_fraction.mean(1),
-                   "pops_per_channel": quality.n_pops.mean(1)},
-        )  # fmt: skip
-    specs = {}
-    for name in cfg.spectrogram.types:
-        power, _ = compute_spectrogram(name, seg, cfg.spectrogram, SFREQ, cache)
-        specs[name] = np.nan_to_num(log_normalize(chain_average(power, bip_ok)))
-    del cache
-    if ecfg.scaling == "robust":
-        top = float(np.finfo(np.dtype(ecfg.dtype)).max)
-        stats = order_statistics(ref, (25, 50, 75), stride=4)
-        robust_scale(ref, eps=max(1e-3, 4 * ecfg.clip_uv / top), out=ref, quantiles=stats.percentiles())
-        robust_scale(bip, eps=max(1e-3, 4 * ecfg.clip_uv / top), out=bip)
-        robust_scale(ekg, eps=max(1e-3, 40 * ecfg.clip_uv / top), out=ekg)
+    return compute_features(
+        seg, SFREQ, quality=bip_ok, fmin=cfg.eeg.filter_low, fmax=cfg.eeg.filter_high, cache=cache,
+        extra={"nan_fraction": quality.nan_fraction.mean(1), "flagged_fraction": (~quality.ref_ok).mean(1),
+               "clipped_fraction": quality.clipped_fraction.mean(1), "pops_per_channel": quality.n_pops.mean(1)},
+    )  # fmt: skip
+
+
+def quality_flags(quality: WindowQuality, include_central_chain: bool) -> dict[str, np.ndarray]:
+    """The window-quality flags of :func:`~hms_core.preprocess.process_windows` (``BatchOutput.window_quality``)."""
+    ref_bad = ~quality.ref_ok
+    bip_ok = bipolar_quality(quality.ref_ok, include_central_chain)
     weights = 1 << np.arange(N_EEG, dtype=np.int64)
-    wq = {
+    return {
         "nan_fraction": quality.nan_fraction.mean(1).astype(np.float32),
         "was_interpolated": (quality.nan_fraction > 0).any(1),
         "n_flagged_channels": ref_bad.sum(1).astype(np.int16),
@@ -295,6 +292,56 @@ def window_batch(
         "clipped_fraction": quality.clipped_fraction.mean(1).astype(np.float32),
         "bad_window": quality.missing.all(1),
     }
+
+
+def window_features(chunk: ChunkSignal, ctx_start: np.ndarray, quality: WindowQuality,
+                    cfg: PreprocessingConfig) -> object:  # fmt: skip
+    """Only the features table of :func:`window_batch` (what the prediction log keeps for drift monitoring)."""
+    ecfg = cfg.eeg
+    sl = slice(0, ecfg.context_length) if cfg.features.span == "context" else ecfg.segment_slice
+    idx = ctx_start - chunk.start + sl.start
+    seg = _gather(chunk.bip, idx, sl.stop - sl.start)
+    return _features(seg, quality, bipolar_quality(quality.ref_ok, ecfg.include_central_chain), cfg)
+
+
+def window_batch(
+    chunk: ChunkSignal, ctx_start: np.ndarray, quality: WindowQuality, cfg: PreprocessingConfig,
+    compute_features: bool | None = None, types: Sequence[str] | None = None,
+) -> BatchOutput:  # fmt: skip
+    """The :class:`BatchOutput` of :func:`~hms_core.preprocess.process_windows` for the windows whose stored
+    context starts at absolute samples ``ctx_start``, from the chunk's continuous preprocessing: the per-window
+    steps (robust scaling, segment spectrograms, features) are those of the per-window path. ``types``: only these
+    spectrogram types (default: every type of ``cfg``), e.g. the ones the engines read."""
+    ecfg = cfg.eeg
+    idx = ctx_start - chunk.start
+    ref = _gather(chunk.ref, idx, ecfg.context_length)
+    bip = _gather(chunk.bip, idx, ecfg.context_length)
+    ekg = _gather(chunk.ekg, idx, ecfg.context_length)
+    ref_ok = quality.ref_ok
+    bip_ok = bipolar_quality(ref_ok, ecfg.include_central_chain)
+    spec_span = slice(0, ecfg.context_length) if cfg.spectrogram.span == "context" else ecfg.segment_slice
+    seg = bip[:, : 4 * len(CHAIN_NAMES), spec_span]
+    types = list(cfg.spectrogram.types if types is None else types)
+    want_features = compute_features if compute_features is not None else cfg.features.enabled
+    cache = spectral_cache(seg, cfg.spectrogram) if types or want_features else None
+    feats = None
+    if want_features:
+        sl = slice(0, ecfg.context_length) if cfg.features.span == "context" else ecfg.segment_slice
+        same = sl == spec_span and bip.shape[1] == seg.shape[1]
+        feats = _features(seg if same else bip[..., sl], quality, bip_ok, cfg, cache if same else None)
+    specs = {}
+    for name in types:
+        power, _ = compute_spectrogram(name, seg, cfg.spectrogram, SFREQ, cache)
+        specs[name] = np.nan_to_num(log_normalize(chain_average(power, bip_ok)))
+        del power
+    del cache
+    if ecfg.scaling == "robust":
+        top = float(np.finfo(np.dtype(ecfg.dtype)).max)
+        stats = order_statistics(ref, (25, 50, 75), stride=4)
+        robust_scale(ref, eps=max(1e-3, 4 * ecfg.clip_uv / top), out=ref, quantiles=stats.percentiles())
+        robust_scale(bip, eps=max(1e-3, 4 * ecfg.clip_uv / top), out=bip)
+        robust_scale(ekg, eps=max(1e-3, 40 * ecfg.clip_uv / top), out=ekg)
+    wq = quality_flags(quality, ecfg.include_central_chain)
     return BatchOutput(ref, bip, ekg, bip_ok, ref_ok, specs, feats, wq)
 
 
@@ -310,9 +357,11 @@ class FramePower:
     valid: np.ndarray  # (M,) bool: the frame lies inside the chunk
 
 
-def frame_power(chunk: ChunkSignal, dcfg: DistillConfig, lo: int, hi: int, fmax: float) -> FramePower:
+def frame_power(chunk: ChunkSignal, dcfg: DistillConfig, lo: int, hi: int, fmax: float,
+                workers: int = 1) -> FramePower:  # fmt: skip
     """PSD frames of ``dcfg`` (bins up to ``fmax`` Hz) for every grid frame whose centre lies in absolute samples
-    ``[lo, hi)``; frames reaching outside the chunk are zero-padded and marked not ``valid``."""
+    ``[lo, hi)``; frames reaching outside the chunk are zero-padded and marked not ``valid``. One float32 real FFT
+    of all frames of the chunk (``workers`` threads)."""
     hop, win = dcfg.hop, dcfg.window_size
     first = -(-(lo - hop // 2) // hop)
     last = (hi - hop // 2 - 1) // hop
@@ -321,43 +370,79 @@ def frame_power(chunk: ChunkSignal, dcfg: DistillConfig, lo: int, hi: int, fmax:
     pad_l = max(-begin, 0)
     end = begin + (m - 1) * hop + win if m else begin
     pad_r = max(end - chunk.n, 0)
-    x = torch.from_numpy(chunk.bip[:, max(begin, 0) : min(end, chunk.n)])
+    x = chunk.bip[:, max(begin, 0) : min(end, chunk.n)]
     if pad_l or pad_r:
-        x = torch.nn.functional.pad(x, (pad_l, pad_r))
+        x = np.pad(x, ((0, 0), (pad_l, pad_r)))
     freqs = np.fft.rfftfreq(win, 1.0 / SFREQ)
     n_bins = int(np.searchsorted(freqs, fmax + 1e-9))
     window = _hann_window(win)
-    spec = torch.stft(x, n_fft=win, hop_length=hop, window=window, center=False, return_complex=True)
-    power = torch.view_as_real(spec[:, :n_bins, :m]).square().sum(-1)  # (D, F, M)
-    power.mul_(2.0 / (SFREQ * float(window.square().sum())))
+    power = np.zeros((x.shape[0], m, n_bins), np.float32)
+    if m:
+        frames = np.lib.stride_tricks.sliding_window_view(x, win, axis=-1)[:, ::hop][:, :m]  # (D, M, win) view
+        step = max(1, (1 << 22) // (m * win))  # derivations per FFT call: ~16 MB of frames at a time
+        for d0 in range(0, x.shape[0], step):
+            spec = scipy.fft.rfft(frames[d0 : d0 + step] * window, axis=-1, workers=workers)[..., :n_bins]
+            np.square(spec.real, out=power[d0 : d0 + step])
+            power[d0 : d0 + step] += np.square(spec.imag)
+        power *= np.float32(2.0 / (SFREQ * float(np.square(window, dtype=np.float64).sum())))
     centres = first * hop + hop // 2 + np.arange(m) * hop
     valid = (centres - win // 2 >= chunk.start) & (centres + win // 2 <= chunk.start + chunk.n)
-    return FramePower(first, power.transpose(1, 2).numpy(), freqs[:n_bins], valid)
+    return FramePower(first, power, freqs[:n_bins], valid)
 
 
 @lru_cache(maxsize=4)
-def _hann_window(n: int) -> torch.Tensor:
-    return torch.hann_window(n, periodic=True)
+def _hann_window(n: int) -> np.ndarray:
+    """The periodic Hann window (``torch.hann_window(n, periodic=True)``, ``scipy.signal.get_window('hann', n)``)."""
+    w = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
+    w.setflags(write=False)
+    return w
 
 
-def distill_inputs(fp: FramePower, seg_start: np.ndarray, n_frames: int, bip_ok: np.ndarray,
+@dataclass
+class DistillFrames:
+    """The distilled model's band of a chunk's frames: per derivation (16, M, F) and, for windows whose 16
+    derivations are all usable (nearly all of them), the chain-averaged log power (4, M, F) computed once."""
+
+    first: int
+    power: np.ndarray  # (16, M, F) float32
+    log_chains: np.ndarray  # (4, M, F) float32: log10(mean of the chain's 4 derivations + 1e-6)
+
+
+def distill_frames(fp: FramePower, dcfg: DistillConfig) -> DistillFrames:
+    band = (fp.freqs >= dcfg.freq_min - 1e-9) & (fp.freqs <= dcfg.freq_max + 1e-9)
+    p = np.ascontiguousarray(fp.power[: 4 * len(CHAIN_NAMES)][:, :, band])  # (16, M, F)
+    chains = p.reshape(len(CHAIN_NAMES), 4, *p.shape[1:]).mean(1)
+    return DistillFrames(fp.first, p, np.log10(chains + np.float32(1e-6), dtype=np.float32))
+
+
+def distill_inputs(fp: FramePower | DistillFrames, seg_start: np.ndarray, n_frames: int, bip_ok: np.ndarray,
                    dcfg: DistillConfig) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The distilled model's inputs for windows whose segment starts at absolute samples ``seg_start``:
     ``spec`` (W, 4, F, n_frames) log10 chain-averaged PSD standardised per window (the per-window
-    ``log_normalize`` over the window's own frames) and ``scalars`` (W, 2): that log power's mean and std."""
-    band = (fp.freqs >= dcfg.freq_min - 1e-9) & (fp.freqs <= dcfg.freq_max + 1e-9)
-    idx = (seg_start // dcfg.hop - fp.first)[:, None] + np.arange(n_frames)[None]  # (W, T)
-    p = fp.power[: 4 * len(CHAIN_NAMES)][:, :, band]  # (16, M, F)
-    g = p[:, idx]  # (16, W, T, F)
-    w = bip_ok[:, : 4 * len(CHAIN_NAMES)].reshape(len(seg_start), len(CHAIN_NAMES), 4).astype(np.float32)
-    g = g.reshape(len(CHAIN_NAMES), 4, *g.shape[1:])
-    num = np.einsum("cdwtf,wcd->wcft", g, w)
-    chains = num / np.maximum(w.sum(-1), 1.0)[..., None, None]
-    lp = np.log10(chains + 1e-6, dtype=np.float32)
+    ``log_normalize`` over the window's own frames) and ``scalars`` (W, 2): that log power's mean and std.
+    A chain averages its usable derivations (``bip_ok``); windows with all 16 usable read the shared chain
+    averages of :func:`distill_frames`."""
+    df = fp if isinstance(fp, DistillFrames) else distill_frames(fp, dcfg)
+    n_ch = len(CHAIN_NAMES)
+    idx = (np.asarray(seg_start) // dcfg.hop - df.first)[:, None] + np.arange(n_frames)[None]  # (W, T)
+    w_ok = np.asarray(bip_ok)[:, : 4 * n_ch]
+    full = w_ok.all(1)
+    lp = np.empty((len(idx), n_ch, df.power.shape[-1], n_frames), np.float32)  # (W, 4, F, T)
+    if full.any():
+        lp[full] = df.log_chains[:, idx[full]].transpose(1, 0, 3, 2)
+    part = np.flatnonzero(~full)
+    if len(part):
+        g = df.power[:, idx[part]]  # (16, w, T, F)
+        w = w_ok[part].reshape(len(part), n_ch, 4).astype(np.float32)
+        g = g.reshape(n_ch, 4, *g.shape[1:])
+        num = np.einsum("cdwtf,wcd->wcft", g, w)
+        chains = num / np.maximum(w.sum(-1), 1.0)[..., None, None]
+        lp[part] = np.log10(chains + np.float32(1e-6), dtype=np.float32)
     mean = lp.mean(axis=(1, 2, 3), keepdims=True)
     std = lp.std(axis=(1, 2, 3), keepdims=True)
-    spec = (lp - mean) / np.maximum(std, 1e-6)
-    return spec.astype(np.float32), np.concatenate([mean.reshape(-1, 1), std.reshape(-1, 1)], 1).astype(np.float32)
+    lp -= mean
+    lp /= np.maximum(std, np.float32(1e-6))
+    return lp, np.concatenate([mean.reshape(-1, 1), std.reshape(-1, 1)], 1).astype(np.float32)
 
 
 def hemisphere_columns(fp: FramePower, freq_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

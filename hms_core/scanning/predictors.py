@@ -74,6 +74,11 @@ class WorkspaceEnsemble:
             self.models[name] = [load_trained(f) for f in folds if (f / "final" / "config.json").is_file()]
             if not self.models[name]:
                 raise FileNotFoundError(f"{Path(cfg.models_dir) / name} holds no trained fold (final/config.json)")
+        loaded = [m for ms in self.models.values() for m in ms]
+        #: the spectrogram types and whether the features table are read by a kept member (the scan builds no more)
+        self.spectrogram_types = sorted({t for m in loaded if m.input_kind != "features" and m.input_spec.kind != "raw"
+                                         for t in m.input_spec.spectrograms})  # fmt: skip
+        self.needs_features = any(m.input_kind == "features" for m in loaded)
 
     def _member(self, models: list[Any], out: BatchOutput) -> np.ndarray:
         import torch
@@ -109,7 +114,9 @@ class WorkspaceEnsemble:
 
 
 class PackageEnsemble:
-    """The deployment package's engines (:meth:`hms_core.export.DeploymentPackage.predict_batch`)."""
+    """The deployment package's engines: every fold of every member the package's combiner blends (members the
+    package only reports are not run), blended and calibrated as :meth:`hms_core.export.DeploymentPackage.
+    predict_batch` does."""
 
     kind = "ensemble"
     needs_batch = True
@@ -121,12 +128,19 @@ class PackageEnsemble:
         self.version = str(pkg.version)
         self.max_missing_channels = int(getattr(pkg, "max_missing_channels", DEFAULT_MAX_MISSING))
         self.path = Path(pkg.path)
+        self.members = list(pkg.blend_members)
+        entries = [pkg.member(m) for m in self.members]
+        self.spectrogram_types = sorted({t for m in entries if m["input_kind"] == "spectrogram"
+                                         for t in m["input_spec"]["spectrograms"]})  # fmt: skip
+        self.needs_features = any(m["input_kind"] == "features" for m in entries)
 
     def predict(self, out: BatchOutput) -> Prediction:
-        res = self.pkg.predict_batch(out, precision=self.precision)
-        dis = getattr(res, "disagreement", None)
-        return Prediction(np.asarray(res.probs, np.float64),
-                          np.asarray(dis, np.float64) if dis is not None else np.full(len(res.probs), np.nan))  # fmt: skip
+        from hms_core.export.runtime import combine, kl_rows
+
+        members = {m: self.pkg.member_probs(m, out, self.precision)[0] for m in self.members}
+        probs = combine(self.pkg.meta["combiner"], self.pkg.meta.get("calibration"), members)
+        dis = np.mean([kl_rows(p, probs) for p in members.values()], axis=0)
+        return Prediction(np.asarray(probs, np.float64), np.asarray(dis, np.float64))
 
 
 class DistilledModel:
@@ -137,7 +151,6 @@ class DistilledModel:
 
     def __init__(self, folder: str | os.PathLike[str], preprocessing: PreprocessingConfig, threads: int = 2,
                  max_missing_channels: int = DEFAULT_MAX_MISSING, version: str = "") -> None:  # fmt: skip
-        import onnxruntime as ort
 
         from hms_core.scanning.config import DistillConfig
 
@@ -147,13 +160,21 @@ class DistilledModel:
         self.n_frames = int(self.meta["n_frames"])
         if list(self.meta.get("classes", CLASSES)) != list(CLASSES):
             raise ValueError(f"{self.path / 'distill.json'}: classes {self.meta['classes']} != {list(CLASSES)}")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        self.session = self.session_for(self.path / "model.onnx", threads)
         self.preprocessing = preprocessing
         self.max_missing_channels = max_missing_channels
         self.version = version or self.meta.get("teacher", "")
+
+    @staticmethod
+    def session_for(path: Path, threads: int) -> Any:
+        """An onnxruntime CPU session of ``path`` with ``threads`` intra-op threads."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def predict_inputs(self, spec: np.ndarray, scalars: np.ndarray) -> Prediction:
         (logits,) = self.session.run(None, {"spec": spec, "scalars": scalars})

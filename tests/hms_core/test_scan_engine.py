@@ -191,3 +191,46 @@ def test_workspace_ensemble_equals_the_package_on_scanner_windows(trained_worksp
     onnx_blend = PackageEnsemble(load_package(deployment_package)).predict(out)
     assert np.abs(torch_blend.probs - onnx_blend.probs).max() < 1e-4
     assert np.allclose(torch_blend.probs.sum(1), 1) and np.isfinite(torch_blend.disagreement).all()
+
+
+def test_scan_logs_every_log_stride_window_with_the_features_drift_reads(
+    trained_workspace, deployment_package, edf, tmp_path
+):
+    """The prediction log gets one evaluated window every scan.log_stride_s, with the window-quality flags and the
+    monitored preprocessing features (what hms_core.monitoring.drift compares with the training reference); the
+    features equal the per-window path's (window_batch) for the same windows."""
+    import datetime as dt
+
+    from hms_core.monitoring.log import QUALITY_FLAG_COLUMNS, monitored_feature_columns, read_predictions
+    from hms_core.scanning.engine import scan_recording
+    from hms_core.scanning.frontend import context_start, prepare_chunk, window_batch, window_quality
+
+    base = trained_workspace.cfg
+    cfg = base.model_copy(
+        update={"monitoring": base.monitoring.model_copy(update={"root": str(tmp_path / "mon")})}
+    )
+    scan = cfg.scan.model_copy(update={"engine": "ensemble", "stride_s": 2.0, "log_stride_s": 10.0,
+                                       "log_predictions": True})  # fmt: skip
+    res = scan_recording(edf, deployment_package, scan, None, platform=cfg)
+    rows = read_predictions(tmp_path / "mon" / "predictions", dt.datetime.now(dt.UTC).date())
+    tl = res.timeline
+    logged = tl[tl["evaluated"] & (tl["window"] % 5 == 0)]
+    assert len(rows) == len(logged) > 5 and (rows["source"] == "scan").all()
+    assert np.allclose(np.sort(rows["window_start_s"]), logged["start_s"])
+    feats = [c for c in monitored_feature_columns() if c in rows.columns]
+    assert len(feats) > 40 and np.isfinite(rows[feats].to_numpy()).all()
+    assert {"n_flagged_channels", "nan_fraction", "bad_window"} <= set(rows.columns) & set(QUALITY_FLAG_COLUMNS)
+    # the same numbers as the per-window path of the ensemble's inputs for one of these windows
+    pp = cfg.preprocessing
+    row = rows.sort_values("window_start_s").iloc[2]
+    ctx = context_start(np.array([round(row["window_start_s"] * SFREQ)]), pp)
+    chunk = prepare_chunk(signal_of(edf), 0, pp)
+    ref = window_batch(chunk, ctx, window_quality(chunk, ctx, pp), pp, True, []).features
+    assert np.allclose(row[feats].to_numpy(float), ref.select(feats).to_numpy()[0], rtol=1e-4, atol=1e-6)
+
+
+def signal_of(path: Path) -> np.ndarray:
+    from hms_core.recording import open_recording
+
+    with open_recording(path) as rec:
+        return rec.read(0, rec.duration_s)
