@@ -55,6 +55,7 @@ PREDICTION_QUALITY = "prediction_quality"  # monitoring (daily partitions)
 DRIFT_CHECK = "drift_within_limits"  # check of PREDICTION_DRIFT
 QUALITY_CHECK = "quality_within_limits"  # check of PREDICTION_QUALITY
 SCAN_TIMELINE = "scan_timeline"  # scan (dynamic partitions RECORDINGS_PARTITIONS)
+SCAN_MODEL = "scan_model"  # scan: the distilled scanning model of the deployment package
 RECORDINGS_PARTITIONS = "recordings"  # scan: one partition per file of scan.recordings_dir
 ONNX_ENGINES = "onnx_engines"
 DEPLOYMENT_PACKAGE = "deployment_package"
@@ -68,6 +69,7 @@ ENSEMBLE_JOB = "ensemble_job"
 FOUNDATION_JOB = "foundation_job"
 MONITORING_JOB = "monitoring_job"
 SCAN_JOB = "scan_job"
+SCAN_MODEL_JOB = "scan_model_job"
 SCAN_SENSOR = "scan_recordings_sensor"
 EXPORT_JOB = "export_job"
 

@@ -1,4 +1,13 @@
-"""Scan stage: one ``scan_timeline`` partition per recording dropped into ``scan.recordings_dir``.
+"""Scan stage: the distilled scanning model (``scan_model``) and one ``scan_timeline`` partition per recording
+dropped into ``scan.recordings_dir``.
+
+``scan_model`` distils the deployment package's ensemble (:func:`hms_core.scanning.distill.distill`: teacher windows
+from the training recordings, a small CNN on shared STFT frames, exported to ONNX) into
+``<root>/models/scanning/<package version>/``, written into a temporary folder and moved into place when complete.
+Its metadata carry the held-out KL(ensemble || distilled) beside the KL a constant class prior would have, the top
+class agreement, the model's size and its speed against the ensemble's; a check warns when it does not beat the
+prior. The scan asset and ``hms scan`` then use it by default (``scan.engine: auto``; ``scan.distilled_model``
+names another folder).
 
 A unit drops EDF/BDF files into the folder; :func:`build_scan_sensor`'s sensor (cursor: the files it has seen,
 with their size and modification time) adds each new file as a dynamic partition of ``recordings`` and requests
@@ -16,7 +25,17 @@ import dagster as dg
 
 from hms_core.config import PlatformConfig
 from hms_dagster.resources import WorkspaceResource, no_retry_on, progress_logger
-from hms_dagster.stages import ENSEMBLE_MODEL, RECORDINGS_PARTITIONS, SCAN, SCAN_JOB, SCAN_SENSOR, SCAN_TIMELINE
+from hms_dagster.stages import (
+    ENSEMBLE_MODEL,
+    RAW_DATASET,
+    RECORDINGS_PARTITIONS,
+    SCAN,
+    SCAN_JOB,
+    SCAN_MODEL,
+    SCAN_MODEL_JOB,
+    SCAN_SENSOR,
+    SCAN_TIMELINE,
+)
 
 __all__ = ["RECORDING_SUFFIXES", "build_scan_definitions", "list_recordings", "recordings_partitions"]
 
@@ -79,14 +98,74 @@ def _upstream(asset_keys: set[str]) -> list[str]:
     return [ENSEMBLE_MODEL] if ENSEMBLE_MODEL in asset_keys else []
 
 
+#: The distilled model beats the constant class prior on the held-out patients' windows (a warning otherwise).
+BEATS_PRIOR_CHECK = "beats_class_prior"
+
+
+def scan_model_metadata(metrics: dict, meta: dict, folder: Path) -> dict:
+    """The scan_model asset's metadata from ``distill.json``'s figures."""
+    kl, prior = metrics.get("kl_heldout"), metrics.get("kl_heldout_constant_prior")
+    speed, teacher = metrics.get("windows_per_s"), metrics.get("teacher_windows_per_s")
+    return {
+        "kl_heldout_vs_ensemble": kl,
+        "kl_heldout_constant_prior": prior,
+        "kl_train_vs_ensemble": metrics.get("kl_train"),
+        "top1_agreement_heldout": metrics.get("top1_agreement_heldout"),
+        "teacher_windows": metrics.get("windows"),
+        "heldout_windows": metrics.get("heldout_windows"),
+        "heldout_patients": len(metrics.get("heldout_patients", [])),
+        "parameters": metrics.get("parameters"),
+        "model_bytes": metrics.get("model_bytes"),
+        "windows_per_s": speed,
+        "teacher_windows_per_s": teacher,
+        "speedup_vs_ensemble": round(speed / teacher, 1) if speed and teacher else None,
+        "teacher": meta.get("teacher"),
+        "onnx_max_abs_logit_diff": meta.get("onnx_max_abs_logit_diff"),
+        "path": dg.MetadataValue.path(str(folder)),
+    }
+
+
+_BEATS_PRIOR_SPEC = dg.AssetCheckSpec(
+    BEATS_PRIOR_CHECK, asset=SCAN_MODEL,
+    description="held-out KL(ensemble || distilled) below the KL of a constant class prior",
+)  # fmt: skip
+
+
 def build_scan_definitions(cfg: PlatformConfig, asset_keys: set[str]) -> tuple[list, dict, list]:
     """(assets, jobs, sensors) of the scan stage; ``asset_keys``: the keys of the assets already defined."""
+    upstream = _upstream(asset_keys)
+
+    @dg.asset(
+        name=SCAN_MODEL,
+        group_name=GROUP,
+        deps=[*upstream, *([RAW_DATASET] if RAW_DATASET in asset_keys else [])],
+        code_version=f"{VERSION}-{cfg.result_hash('scan.distill', 'scan.max_missing_channels', 'scan.precision')}",
+        kinds={"onnx", "pytorch"},
+        check_specs=[_BEATS_PRIOR_SPEC],
+        description="The scanning model distilled from the deployment package's ensemble (no labels): "
+        "<root>/models/scanning/<package version>/, used by scan_timeline and `hms scan` (scan.engine auto).",
+    )
+    def scan_model(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
+        from hms_core.scanning.distill import distill
+
+        cfg = workspace.config
+        res = distill(cfg, None, progress=progress_logger(context, "teacher recordings"), log=context.log.info)
+        kl, prior = res.metrics.get("kl_heldout"), res.metrics.get("kl_heldout_constant_prior")
+        ok = kl is not None and prior is not None and kl < prior
+        check = dg.AssetCheckResult(
+            check_name=BEATS_PRIOR_CHECK, passed=bool(ok), severity=dg.AssetCheckSeverity.WARN,
+            metadata={"kl_heldout": kl, "kl_constant_prior": prior},
+            description=None if ok else "the distilled model does not beat a constant class prior on held-out "
+            "windows: scan with scan.engine ensemble, or distil from more teacher windows",
+        )  # fmt: skip
+        return dg.MaterializeResult(metadata=scan_model_metadata(res.metrics, res.meta, res.folder),
+                                    check_results=[check])  # fmt: skip
 
     @dg.asset(
         name=SCAN_TIMELINE,
         group_name=GROUP,
         partitions_def=recordings_partitions,
-        deps=_upstream(asset_keys),
+        deps=[*upstream, SCAN_MODEL],
         code_version=f"{VERSION}-{cfg.result_hash('scan')}",
         kinds={"onnx", "pandas"},
         description="Class-probability timeline of one recording of scan.recordings_dir (10-s windows every "
@@ -127,7 +206,11 @@ def build_scan_definitions(cfg: PlatformConfig, asset_keys: set[str]) -> tuple[l
         SCAN_JOB, selection=dg.AssetSelection.assets(SCAN_TIMELINE), tags={"hms/job": SCAN_JOB},
         description="Scan one recording of scan.recordings_dir (a partition of 'recordings').",
     )  # fmt: skip
-    return [scan_timeline], {SCAN_JOB: job}, [build_scan_sensor(cfg, job)]
+    model_job = dg.define_asset_job(
+        SCAN_MODEL_JOB, selection=dg.AssetSelection.assets(SCAN_MODEL), tags={"hms/job": SCAN_MODEL_JOB},
+        description="Distil the deployment package's ensemble into the scanning model.",
+    )  # fmt: skip
+    return [scan_model, scan_timeline], {SCAN_JOB: job, SCAN_MODEL_JOB: model_job}, [build_scan_sensor(cfg, job)]
 
 
 def build_scan_sensor(cfg: PlatformConfig, job) -> dg.SensorDefinition:

@@ -68,7 +68,7 @@ def test_scan_asset_materializes_a_recording_partition(trained_workspace, deploy
     assets, jobs, sensors = build_scan_definitions(cfg, {ENSEMBLE_MODEL})
     with dg.instance_for_test() as inst:
         inst.add_dynamic_partitions(RECORDINGS_PARTITIONS, ["bed1.edf"])
-        res = dg.materialize(assets, partition_key="bed1.edf", instance=inst,
+        res = dg.materialize(assets, partition_key="bed1.edf", instance=inst, selection=["scan_timeline"],
                              resources={"workspace": WorkspaceResource.from_config(cfg)})  # fmt: skip
         assert res.success
         mat = res.asset_materializations_for_node("scan_timeline")[0]
@@ -80,7 +80,62 @@ def test_scan_asset_materializes_a_recording_partition(trained_workspace, deploy
             assert os.path.isfile(meta[f"path_{name}"].value), name
         assert str(tmp_path / "scans" / "bed1") in meta["path_summary"].value
         assert meta["package_version"].value in str(deployment_package)  # the newest package of the workspace
-    assert len(jobs) == 1 and sensors[0].name == "scan_recordings_sensor"
+    assert set(jobs) == {"scan_job", "scan_model_job"} and sensors[0].name == "scan_recordings_sensor"
+
+
+def test_scan_model_asset_distils_the_package_and_the_scan_uses_it(
+    trained_workspace, deployment_package, tmp_path
+):
+    """scan_model writes the distilled model under its own workspace (atomically: no temporary folder left), records
+    the held-out KL beside the class prior's, size and speed, and scan_timeline (engine auto) then scans with it."""
+    import json
+
+    from hms_dagster.assets.scan import BEATS_PRIOR_CHECK, build_scan_definitions
+    from hms_dagster.resources import WorkspaceResource
+    from hms_dagster.stages import DEPLOYMENT_PACKAGE, RAW_DATASET, RECORDINGS_PARTITIONS, SCAN_MODEL
+
+    base = trained_workspace.cfg
+    # a workspace of its own (the shared one stays read-only) reading the shared raw data and package
+    cfg = base.model_copy(update={
+        "workspace": base.workspace.model_copy(update={"root": str(tmp_path / "ws")}),
+        "dataset": base.dataset.model_copy(update={"raw_data_path": str(base.raw_dir)}),
+        "scan": base.scan.model_copy(update={
+            "package": str(deployment_package), "engine": "auto", "stride_s": 10.0,
+            "recordings_dir": str(tmp_path / "recordings"),
+            "distill": base.scan.distill.model_copy(update={"epochs": 8, "max_windows": 400}),  # seconds, not minutes
+        }),
+    })  # fmt: skip
+    (tmp_path / "recordings").mkdir()
+    write_edf(tmp_path / "recordings" / "bed1.edf", duration_s=120)
+    assets, jobs, _ = build_scan_definitions(cfg, {DEPLOYMENT_PACKAGE, RAW_DATASET})
+    model_asset = next(a for a in assets if a.key.to_user_string() == SCAN_MODEL)
+    assert {d.to_user_string() for d in model_asset.asset_deps[model_asset.key]} == {
+        DEPLOYMENT_PACKAGE,
+        RAW_DATASET,
+    }
+    resources = {"workspace": WorkspaceResource.from_config(cfg)}
+    with dg.instance_for_test() as inst:
+        res = dg.materialize([model_asset], instance=inst, resources=resources, selection=[SCAN_MODEL])
+        assert res.success
+        meta = res.asset_materializations_for_node(SCAN_MODEL)[0].metadata
+        kl, prior = meta["kl_heldout_vs_ensemble"].value, meta["kl_heldout_constant_prior"].value
+        assert 0 <= kl < 5 and 0 < prior < 5 and 0 <= meta["top1_agreement_heldout"].value <= 1
+        assert meta["parameters"].value > 1000 and meta["model_bytes"].value > 10_000
+        assert meta["windows_per_s"].value > 0 and meta["teacher_windows_per_s"].value > 0
+        (check,) = res.get_asset_check_evaluations()
+        assert check.check_name == BEATS_PRIOR_CHECK and check.passed == (kl < prior)
+        folder = tmp_path / "ws" / "models" / "scanning"
+        (made,) = list(folder.iterdir())  # one model folder, no temporary or old folder beside it
+        assert str(made) == meta["path"].value and made.name in str(deployment_package)
+        assert {p.name for p in made.iterdir()} == {"model.onnx", "distill.json", "manifest.json"}
+        assert json.loads((made / "distill.json").read_text())["metrics"]["kl_heldout"] == kl
+        # the scan asset now takes the distilled model by default
+        inst.add_dynamic_partitions(RECORDINGS_PARTITIONS, ["bed1.edf"])
+        scan = dg.materialize(assets, partition_key="bed1.edf", instance=inst, resources=resources,
+                              selection=["scan_timeline"])  # fmt: skip
+        assert scan.success
+        assert scan.asset_materializations_for_node("scan_timeline")[0].metadata["engine"].value == "distilled"
+    assert "scan_model_job" in jobs
 
 
 def _write_bad_files(folder):
