@@ -11,13 +11,17 @@ import uuid
 
 import dagster as dg
 import pytest
-from dagster._core.events import DagsterEventType
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+from dagster._core.events import DagsterEventType, StepMaterializationData
 
 from hms_core.config import load_config
 from hms_dagster.automation import AFTER_UPSTREAM, AUTOMATION_SENSOR
 from hms_dagster.definitions import build_definitions
 from hms_dagster.sensors import RAW_DATA_SENSOR
 from hms_dagster.stages import (
+    EEG_WINDOWS,
     ENSEMBLE,
     ENSEMBLE_MODEL,
     EVALUATION_REPORT,
@@ -28,6 +32,7 @@ from hms_dagster.stages import (
     PREPROCESSING,
     RAW_DATASET,
     TEST_WINDOWS,
+    ensemble_asset_keys,
     model_asset_key,
     preprocessing_asset_keys,
 )
@@ -82,23 +87,52 @@ class Tick:
         return out
 
 
-def _materialized(instance, key: str, partitions=(None,), checks: dict[str, bool] | None = None) -> None:
-    for p in partitions:
-        instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=p))
-        for name, passed in (checks or {}).items():
-            # as a run records it: one evaluation per run (runless evaluations of one partition would collide)
-            ev = dg.AssetCheckEvaluation(asset_key=K(key), check_name=name, passed=passed, partition=p)
-            instance.report_dagster_event(
-                dg.DagsterEvent(
-                    DagsterEventType.ASSET_CHECK_EVALUATION.value, "__runless__", event_specific_data=ev
-                ),
-                run_id=uuid.uuid4().hex,
-            )
+def _run(inst, defs, keys: list[str], partition: str | None = None, failing: set[str] = frozenset()) -> None:
+    """Records what one run of ``keys`` (one partition) records, as Dagster's executor does: the run (its asset
+    selection, partition tag and end status), each asset's materialization in that run, then each of its checks'
+    evaluations in the same run, aimed at that materialization (``target_materialization_data``, as
+    ``AssetCheckResult.to_asset_check_evaluation`` builds it; ``partition`` None because these checks are
+    unpartitioned even on fold-partitioned assets). ``failing``: the checks (``"asset.check"``) that fail.
 
-
-def _checks(defs, key: str) -> list[str]:
+    Why not runless events: a check evaluation that is neither in its materialization's run nor names its target
+    materialization is matched to it by ``materialization.timestamp < check row's create_timestamp``, and SQLite
+    stores that timestamp in whole seconds, so a check recorded in the same second as its materialization counted
+    as stale (not passed): the eager cascade then stopped at random after ``folds``."""
     graph = defs.resolve_asset_graph()
-    return [c.name for c in graph.get_check_keys_for_assets({K(key)})]
+    checks = {c: f"{c.asset_key.to_user_string()}.{c.name}" in failing
+              for c in graph.get_check_keys_for_assets({K(k) for k in keys})}  # fmt: skip
+    failed = any(f and graph.get(c).blocking for c, f in checks.items())
+    run = dg.DagsterRun(
+        job_name="__automation_test__", run_id=uuid.uuid4().hex, asset_selection=frozenset(K(k) for k in keys),
+        asset_check_selection=frozenset(checks), tags={"dagster/partition": partition} if partition else {},
+        status=dg.DagsterRunStatus.FAILURE if failed else dg.DagsterRunStatus.SUCCESS,
+    )  # fmt: skip
+    inst.add_run(run)
+
+    def event(event_type: DagsterEventType, data) -> None:
+        inst.report_dagster_event(
+            dg.DagsterEvent(event_type.value, run.job_name, event_specific_data=data), run_id=run.run_id
+        )
+
+    for k in keys:
+        event(
+            DagsterEventType.ASSET_MATERIALIZATION,
+            StepMaterializationData(dg.AssetMaterialization(k, partition=partition)),
+        )
+        mat = inst.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=K(k), asset_partitions=[partition] if partition else None), limit=1
+        ).records[0]
+        assert mat.run_id == run.run_id
+        target = AssetCheckEvaluationTargetMaterializationData(
+            storage_id=mat.storage_id, run_id=run.run_id, timestamp=mat.timestamp
+        )
+        for c, fails in checks.items():
+            if c.asset_key == K(k):
+                ev = dg.AssetCheckEvaluation(
+                    asset_key=c.asset_key, check_name=c.name, passed=not fails, target_materialization_data=target,
+                    blocking=graph.get(c).blocking,
+                )  # fmt: skip
+                event(DagsterEventType.ASSET_CHECK_EVALUATION, ev)
 
 
 def test_conditions_sit_where_the_policy_says(defs_cfg):
@@ -120,43 +154,54 @@ def test_conditions_sit_where_the_policy_says(defs_cfg):
     assert running.resolve_sensor_def(AUTOMATION_SENSOR).default_status == dg.DefaultSensorStatus.RUNNING
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (2026-12-02): after runless materializations of raw_dataset/labels/folds the eager "
-    "condition requests test_windows but not the fold-partitioned preprocessing assets; it passed in three runs "
-    "while written and fails on a clean clone since. Until it is found, the real-run cascade is covered by "
-    "test_sensors.py (changed recording -> fold preprocessing -> every model fold requested).",
-)
 def test_cascade_runs_stage_after_stage_and_a_failing_blocking_check_stops_it(small):
     defs, cfg = small
     folds, models = cfg.fold_names, [model_asset_key(m) for m in cfg.enabled_models()]
     prep = preprocessing_asset_keys(cfg)
+    ensemble = ensemble_asset_keys(cfg)
     with dg.instance_for_test() as inst:
         tick = Tick(defs, inst, dg.AssetSelection.groups(PREPROCESSING, MODELS, ENSEMBLE))
         assert tick() == {}  # nothing materialized: nothing requested (eager waits for missing inputs)
-        for key in (RAW_DATASET, LABELS, FOLDS, FOUNDATION_ENCODER):
-            _materialized(inst, key, checks={c: True for c in _checks(defs, key)})
+        _run(inst, defs, [RAW_DATASET, LABELS, FOLDS])  # the data job, as the raw-data sensor requests it
+        _run(inst, defs, [FOUNDATION_ENCODER])
         req = tick()
         # every fold's preprocessing after folds, the test set after labels; nothing further yet
         assert req == {**{k: set(folds) for k in prep}, TEST_WINDOWS: {None}}
         assert tick() == {}  # requested once (since_last_handled), not again on the next tick
-        for k in prep:
-            _materialized(inst, k, folds, {c: True for c in _checks(defs, k)})
-        _materialized(inst, TEST_WINDOWS)
-        req = tick()
-        assert req == {m: set(folds) for m in models}  # every model fold reads every preprocessed fold
 
-        # one model fold fails its blocking check: the ensemble is not requested
+        # one run per fold; the first fold fails a blocking check of its windows, the later folds pass
+        for f in folds:
+            _run(inst, defs, prep, f, failing={f"{EEG_WINDOWS}.finite"} if f == folds[0] else set())
+        _run(inst, defs, [TEST_WINDOWS])
+        # every model fold reads every preprocessed fold: no fold of a model reading the windows is trained
+        graph = defs.resolve_asset_graph()
+        on_windows = {m for m in models if K(EEG_WINDOWS) in graph.get(K(m)).parent_keys}
+        assert on_windows and on_windows != set(models)
+        assert tick() == {m: set(folds) for m in models if m not in on_windows}
+        assert tick() == {}  # the sensor's next tick, before anything ran
+        _run(inst, defs, prep, folds[0])  # the fold is preprocessed again and passes: every model (again)
+        assert tick() == {m: set(folds) for m in models}
+
+        # a model's first fold fails beats_prior and the folds after it pass: the ensemble is not requested
+        failing = f"{models[0]}.beats_prior"
         for m in models:
             for f in folds:
-                passed = not (m == models[0] and f == folds[-1])
-                _materialized(inst, m, [f], {"beats_prior": passed})
+                _run(inst, defs, [m], f, failing={failing} if (m, f) == (models[0], folds[0]) else set())
         assert ENSEMBLE_MODEL not in tick()
-        # the model is retrained and passes: now the ensemble stage runs (its report in the same run)
-        _materialized(inst, models[0], [folds[-1]], {"beats_prior": True})
+        assert ENSEMBLE_MODEL not in tick()  # not on a later tick either
+        # the fold is retrained and passes: now the ensemble stage runs (its report in the same run)
+        _run(inst, defs, [models[0]], folds[0])
         req = tick()
         assert ENSEMBLE_MODEL in req and EVALUATION_REPORT in req
         assert not set(req) & {*models, *prep}
+        _run(inst, defs, ensemble)
+        assert tick() == {}
+
+        # a retrain of another model's last fold fails (the newest evaluation fails): the ensemble waits again
+        _run(inst, defs, [models[-1]], folds[-1], failing={f"{models[-1]}.beats_prior"})
+        assert ENSEMBLE_MODEL not in tick()
+        _run(inst, defs, [models[-1]], folds[-1])
+        assert ENSEMBLE_MODEL in tick()
 
 
 def test_weekly_retrain_on_the_cron_tick(small):
@@ -166,12 +211,12 @@ def test_weekly_retrain_on_the_cron_tick(small):
     graph = defs.resolve_asset_graph()
     selection = dg.AssetSelection.groups(MODELS)
     with dg.instance_for_test() as inst:
-        for key in selection.upstream(depth=1).resolve(graph):
-            node = graph.get(key)
-            parts = node.partitions_def.get_partition_keys() if node.partitions_def else [None]
-            _materialized(
-                inst, key.to_user_string(), parts, {c: True for c in _checks(defs, key.to_user_string())}
-            )
+        inputs = selection.upstream(depth=1).resolve(graph) - selection.resolve(graph)
+        partitioned = sorted(k.to_user_string() for k in inputs if graph.get(k).partitions_def)
+        for key in sorted(k.to_user_string() for k in inputs if not graph.get(k).partitions_def):
+            _run(inst, defs, [key])
+        for f in cfg.fold_names:
+            _run(inst, defs, partitioned, f)
         tick = Tick(defs, inst, selection)
         saturday = dt.datetime(2026, 11, 28, 12, tzinfo=dt.UTC)
         tick(saturday)
