@@ -217,8 +217,12 @@ def test_weekly_retrain_on_the_cron_tick(small):
             _run(inst, defs, [key])
         for f in cfg.fold_names:
             _run(inst, defs, partitioned, f)
+            for m in models:  # the models exist and are current: only the cron asks for a retrain
+                _run(inst, defs, [m], f)
         tick = Tick(defs, inst, selection)
-        saturday = dt.datetime(2026, 11, 28, 12, tzinfo=dt.UTC)
+        now = dt.datetime.now(dt.UTC)  # the next Saturday noon, after every event above (as on a real instance)
+        saturday = (now + dt.timedelta(days=(5 - now.weekday()) % 7 or 7)).replace(hour=12, minute=0, second=0,
+                                                                                    microsecond=0)  # fmt: skip
         tick(saturday)
         assert tick(saturday + dt.timedelta(hours=1)) == {}
         req = tick(saturday + dt.timedelta(hours=16))  # Sunday 04:00 UTC: after the 03:00 tick
