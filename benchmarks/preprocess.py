@@ -1,6 +1,7 @@
 """Preprocessing throughput and memory benchmark (not a timed test).
 
     python -m benchmarks.preprocess [--sizes 200 400 800] [--n-ref 100] [--batch-size 100] [--workers 2]
+                                    [--baseline GIT_REV]
 
 Generates realistic 60-s HMS-format records (1/f background with spatial mixing, posterior alpha, occasional
 periodic discharges, 60-Hz line noise, an EKG column), then measures on the same records:
@@ -16,10 +17,15 @@ periodic discharges, 60-Hz line noise, an EKG column), then measures on the same
   per-step timings;
 * the cost of each spectrogram type alone (records/s on one in-memory batch);
 * records/s and peak resident memory (whole process tree, each size in a fresh process) at three
-  dataset sizes with all four spectrogram types, to show linear time and constant memory.
+  dataset sizes with all four spectrogram types, to show linear time and constant memory;
+* with ``--baseline REV``: the same full build with ``hms_core`` as it was at git revision ``REV`` (extracted with
+  ``git archive`` and put first on the child's ``sys.path``), alternated with ours (A B A B) in fresh processes on
+  the same records, so a change is measured side by side in one run.
 
 The last line printed is ``RESULT key=value ...``. Besides wall-clock records/s it reports records per CPU-second
-(process CPU time of all threads), which stays meaningful when other jobs share the cores.
+(process CPU time of all threads of the worker process, ``time.process_time``) and CPU milliseconds per record,
+which stay meaningful when other jobs share the cores; ``cpu_bound_rps_2cores`` is 2 x records per CPU-second:
+the wall rate on 2 cores that nothing else uses (the workers keep both busy).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -221,8 +228,11 @@ def _run_size(args: tuple, queue: mp.Queue) -> None:
     shutil.rmtree(out_dir + "_warm", ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
     m = build_partition(rows, Path(eeg_dir), None, Path(out_dir), core_config(workers, specs), batch)
+    import hms_core
+
     queue.put({"n": n_rows, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-               "steps": m.step_seconds, "bytes": m.total_bytes})  # fmt: skip
+               "steps": m.step_seconds, "bytes": m.total_bytes, "code": str(Path(hms_core.__file__).parent),
+               "torch_imported": "torch" in sys.modules})  # fmt: skip
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -241,14 +251,22 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
-def run_in_fresh_process(args: tuple) -> dict:
-    """Run one partition build in a fresh process; sample the RSS of its process tree every 20 ms."""
+def run_in_fresh_process(args: tuple, code_root: Path | None = None) -> dict:
+    """Run one partition build in a fresh process; sample the RSS of its process tree every 20 ms. With
+    ``code_root`` the child imports ``hms_core`` from that folder (a spawned child starts from the parent's
+    ``sys.path``, which is changed for the start only)."""
     import queue as queue_mod
 
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
     p = ctx.Process(target=_run_size, args=(args, q))
-    p.start()
+    saved = sys.path[:]
+    if code_root is not None:
+        sys.path.insert(0, str(code_root))
+    try:
+        p.start()
+    finally:
+        sys.path[:] = saved
     peak = 0
     while True:
         peak = max(peak, _tree_rss_kb(p.pid))
@@ -265,29 +283,34 @@ def run_in_fresh_process(args: tuple) -> dict:
 
 
 def spectrogram_costs(n: int = 100, seed: int = 1) -> dict[str, float]:
-    """records/s of each spectrogram type alone on one in-memory batch of bipolar segments (16 x 2000), with one
-    torch thread as in each preprocessing worker (several intra-op threads on shared, busy cores spin-wait and
-    can run 20x slower)."""
-    import torch
-
+    """records per CPU-second (this thread's CPU time) of each spectrogram type alone on one in-memory batch of
+    bipolar segments (16 x 2000), single-threaded as in each preprocessing worker (idle BLAS threads spin-wait
+    on shared, busy cores)."""
+    from hms_core.preprocess import single_threaded_compute
     from hms_core.spectral import chain_average, compute_spectrogram, log_normalize
 
     cfg = PreprocessingConfig().spectrogram
     rng = np.random.default_rng(seed)
     seg = (30 * rng.standard_normal((n, 16, 2000))).astype(np.float32)
     out = {}
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_threaded_compute():
         for name in ("stft", "multitaper", "wavelet", "mel"):
             compute_spectrogram(name, seg[:2], cfg)  # warm-up (filter banks, tapers)
-            t0 = time.perf_counter()
+            c0 = time.thread_time()
             power, _ = compute_spectrogram(name, seg, cfg)
             log_normalize(chain_average(power))
-            out[name] = n / (time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(n_threads)
+            out[name] = n / (time.thread_time() - c0)
     return out
+
+
+def extract_revision(rev: str, dest: Path) -> Path:
+    """``hms_core`` as it was at git revision ``rev``, extracted under ``dest``; returns the folder to put on
+    ``sys.path``."""
+    repo = Path(__file__).resolve().parents[1]
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "hms_core"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -298,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--baseline", default=None, help="git revision whose hms_core is measured beside ours")
+    ap.add_argument("--baseline-repeats", type=int, default=2, help="A B alternations with --baseline")
     args = ap.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hms_bench_"))
@@ -335,8 +360,28 @@ def main(argv: list[str] | None = None) -> None:
           f"divided by {args.workers} workers)")  # fmt: skip
 
     costs = spectrogram_costs()
-    print("spectrogram cost alone (records/s, 16 derivations x 10 s, one torch thread): "
+    print("spectrogram cost alone (records per CPU-second, 16 derivations x 10 s, one thread): "
           + ", ".join(f"{k}={v:.0f}" for k, v in costs.items()))  # fmt: skip
+
+    base: dict[str, float] = {}
+    if args.baseline:
+        root = extract_revision(args.baseline, work / "baseline")
+        runs: dict[str, list[dict]] = {"ours": [], "baseline": []}
+        for _ in range(args.baseline_repeats):
+            for label, code in (("ours", None), ("baseline", root)):
+                r = run_in_fresh_process((args.n_ref, args.n_files, str(eeg_dir), str(work / f"ab_{label}"),
+                                          args.batch_size, args.workers, ALL_SPECS), code)  # fmt: skip
+                runs[label].append(r)
+                print(f"  [{label}: hms_core from {r['code']}, torch imported: {r['torch_imported']}] "
+                      f"{r['n'] / r['seconds']:.1f} records/s, {r['n'] / r['cpu_seconds']:.1f} per CPU-second, "
+                      f"peak RSS {r['peak_mb']:.0f} MB")  # fmt: skip
+        for label, rs in runs.items():
+            base[f"{label}_cpu"] = sum(r["n"] for r in rs) / sum(r["cpu_seconds"] for r in rs)
+            base[f"{label}_rps"] = sum(r["n"] for r in rs) / sum(r["seconds"] for r in rs)
+        print(f"[A/B, full set, {args.baseline_repeats} alternations] ours {base['ours_cpu']:.1f} vs baseline "
+              f"{args.baseline} {base['baseline_cpu']:.1f} records per CPU-second "
+              f"({base['ours_cpu'] / base['baseline_cpu']:.2f}x); wall {base['ours_rps']:.1f} vs "
+              f"{base['baseline_rps']:.1f} records/s")  # fmt: skip
 
     scaling = []
     for n in args.sizes:
@@ -360,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
         "speedup_core": round(cmp["core"]["ours_rps"] / cmp["core"]["ref_rps"], 1),
         "core_steps_rps": round(core_rps, 1),
         "ours_cpu_rps": round(ours_cpu, 1),
+        "ours_cpu_ms_per_record": round(1000 / ours_cpu, 1),
+        "cpu_bound_rps_2cores": round(2 * ours_cpu, 1),
         "reference_cpu_rps": round(ref_cpu, 1),
         "speedup_cpu": round(ours_cpu / ref_cpu, 1),
         "workers": args.workers,
@@ -367,6 +414,18 @@ def main(argv: list[str] | None = None) -> None:
         **{f"rps_n{r['n']}": round(r["n"] / r["seconds"], 1) for r in scaling},
         **{f"cpu_rps_n{r['n']}": round(r["n"] / r["cpu_seconds"], 1) for r in scaling},
         **{f"peak_mb_n{r['n']}": round(r["peak_mb"]) for r in scaling},
+        **(
+            {
+                "baseline": args.baseline,
+                "ab_ours_cpu_rps": round(base["ours_cpu"], 1),
+                "ab_baseline_cpu_rps": round(base["baseline_cpu"], 1),
+                "ab_cpu_ratio": round(base["ours_cpu"] / base["baseline_cpu"], 2),
+                "ab_ours_rps": round(base["ours_rps"], 1),
+                "ab_baseline_rps": round(base["baseline_rps"], 1),
+            }
+            if base
+            else {}
+        ),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))

@@ -15,9 +15,11 @@ The on-disk layout of a partition lives in :mod:`hms_core.partition`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +52,7 @@ from hms_core.spectral import (
     spectral_cache,
 )
 
-__all__ = ["QUALITY_COLUMNS", "BatchOutput", "preprocess_record", "process_windows"]
+__all__ = ["QUALITY_COLUMNS", "BatchOutput", "preprocess_record", "process_windows", "single_threaded_compute"]
 
 N_EEG = len(EEG_CHANNELS)
 _log = logging.getLogger(__name__)
@@ -60,6 +62,30 @@ QUALITY_COLUMNS: tuple[str, ...] = (
     "nan_fraction", "was_interpolated", "n_flagged_channels", "flagged_mask", "flagged_channels",
     "n_flagged_bipolar", "n_missing_channels", "n_flat", "n_noisy", "n_pops", "clipped_fraction", "bad_window",
 )  # fmt: skip
+
+
+@contextlib.contextmanager
+def single_threaded_compute() -> Iterator[None]:
+    """Run the transform's BLAS products on one thread (and torch's ops, where torch is already imported), restoring
+    the previous settings on exit.
+
+    For callers that parallelise over batches themselves (the partition builder's worker threads, a scanner or a
+    service with several workers): OpenBLAS's own threads spin-wait between the transform's many small products,
+    which on shared cores doubled its CPU time. The setting is process-wide (enter it once around the work, not
+    per call: finding the BLAS libraries takes a few milliseconds). Without threadpoolctl it changes nothing."""
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - installed with scikit-learn
+            pass
+        else:
+            stack.enter_context(threadpool_limits(1, user_api="blas"))
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            n_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, n_threads)
+        yield
 
 
 # --- the shared per-batch transform -----------------------------------------------------------------------------
