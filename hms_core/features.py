@@ -1,6 +1,6 @@
 """Hand-crafted EEG features of bipolar windows, batched, returned as a polars table (one row per window).
 
-Spectral features come from a Welch PSD (Hann 256 / hop 128 / nfft 512 via torch): absolute and relative band
+Spectral features come from a Welch PSD (Hann 256 / hop 128 / nfft 512, :func:`hms_core.spectral.stft_power`): absolute and relative band
 powers per derivation and chain, spectral centroid, bandwidth, 85 % rolloff, normalised entropy, 90 % edge
 frequency and the aperiodic (1/f) slope. Time-domain features: Hjorth activity/mobility/complexity, line length,
 excess kurtosis, zero-crossing rate and a periodicity measure (height and rate of the dominant autocorrelation
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import polars as pl
+import scipy.fft as sfft
 
 from hms_core.constants import CHAIN_NAMES, SFREQ, bipolar_names
 from hms_core.spectral import SpectralCache, stft_power
@@ -116,19 +117,19 @@ def periodicity(
     local maximum there get strength 0 and rate 0. Periodic discharges (LPD/GPD) give high strengths at their
     repetition rate; broadband noise does not.
     """
-    import torch
-
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    n = xt.shape[-1]
-    xc = xt - xt.mean(-1, keepdim=True)
-    nfft = 1 << int(np.ceil(np.log2(2 * n)))
-    spec = torch.fft.rfft(xc, nfft, dim=-1)
-    acf = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft, dim=-1)[..., : n // 2 + 2].numpy()
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[-1]
+    xc = x - x.mean(-1, keepdims=True)
+    # zero padding to >= 2n - 1 points makes the circular autocorrelation the linear one
+    nfft = sfft.next_fast_len(2 * n - 1, real=True)
+    spec = sfft.rfft(xc, nfft, axis=-1)
+    pw = spec.view(np.float32).reshape(*spec.shape, 2)
+    acf = sfft.irfft(np.square(pw).sum(-1), nfft, axis=-1)[..., : n // 2 + 2]
     acf = acf / np.maximum(acf[..., :1], 1e-12)
     lo = max(int(sfreq / max_rate), 2)
     hi = min(int(sfreq / min_rate), n // 2)
     if hi <= lo:
-        z = np.zeros(tuple(xt.shape[:-1]))
+        z = np.zeros(x.shape[:-1])
         return z, z.copy()
     mid = acf[..., lo:hi]
     is_peak = (mid > acf[..., lo - 1 : hi - 1]) & (mid >= acf[..., lo + 1 : hi + 1])

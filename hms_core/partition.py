@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -375,13 +376,25 @@ def _npy_layout(path: Path) -> tuple[int, np.dtype, tuple[int, ...]]:
         return f.tell(), dtype, shape
 
 
-def _as_storage(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``arr`` as a C-contiguous array of ``dtype``. float32 -> float16 goes through torch's vectorised cast
-    (4x faster than numpy's here, bit-identical: both round to nearest even, overflow to inf)."""
-    if dtype == np.float16 and arr.dtype == np.float32:
+@lru_cache(maxsize=1)
+def _torch_half_cast() -> Callable[[np.ndarray], np.ndarray] | None:
+    """torch's vectorised float32 -> float16 cast when torch is installed (4x faster than numpy's here and
+    bit-identical: both round to nearest even, overflow to inf), else None. Only the partition writer uses it; the
+    transform itself never imports torch."""
+    try:
         import torch
+    except ImportError:
+        return None
+    return lambda a: torch.from_numpy(a).to(torch.float16).numpy()
 
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float16).numpy()
+
+def _as_storage(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` as a C-contiguous array of ``dtype`` (float32 -> float16 by :func:`_torch_half_cast` where torch is
+    installed, numpy's identical cast otherwise)."""
+    if dtype == np.float16 and arr.dtype == np.float32:
+        cast = _torch_half_cast()
+        if cast is not None:
+            return cast(np.ascontiguousarray(arr))
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
@@ -568,15 +581,16 @@ def build_partition(
         if with_kaggle else None
     )  # fmt: skip
     workers = max(1, min(cfg.workers, len(jobs)))
-    # threads, not processes: the heavy steps (parquet reads, SOS filters, FFTs, percentiles, torch) release the
-    # GIL, threads start instantly and share the file caches; worker processes paid seconds of imports each and
-    # pyarrow/torch thread pools are not fork-safe. torch runs one intra-op thread per worker, also with a single
-    # worker (two intra-op threads on busy shared cores spin-wait: the CWT and multitaper ran 20-25x slower).
-    import torch
+    # threads, not processes: the heavy steps (parquet reads, filters, FFTs, BLAS products, percentiles) release
+    # the GIL, threads start instantly and share the file caches; worker processes paid seconds of imports each and
+    # pyarrow's thread pool is not fork-safe. BLAS (and torch, where the writer's cast uses it) run one thread per
+    # worker, also with a single worker: idle OpenBLAS threads spin-wait on busy shared cores (the transform cost
+    # 2.1x the CPU time with the default two).
+    from hms_core.preprocess import single_threaded_compute
 
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    if np.dtype(cfg.eeg.dtype) == np.float16:
+        _torch_half_cast()  # imported (where installed) before its threads are limited
+    with single_threaded_compute():
         if workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -592,8 +606,6 @@ def build_partition(
         else:
             for job in jobs:
                 finished(*_run_batch(job, cfg, eegs, spec_tables))
-    finally:
-        torch.set_num_threads(n_threads)
     # finalise: index + features from the per-batch parts, then the arrays, then the manifest
     import polars as pl
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft as sfft
 import scipy.signal as ss
 
 from hms_core.checks import check_option, check_range, invalid_value
@@ -167,10 +168,10 @@ class _FFTFilterPlan:
 
     tail: int  # samples after which the impulse response is negligible
     dc: float  # H(1)^2
-    to_state: object  # torch (tail, r): reversed u tail -> forward filter state at the end and its last output
-    from_state: object  # torch (r, tail): that state -> R, in distance-from-the-end order
+    to_state: np.ndarray  # float32 (tail, r): reversed u tail -> forward state at the end and its last output
+    from_state: np.ndarray  # float32 (r, tail): that state -> R, in distance-from-the-end order
     sos: np.ndarray  # float64 sections
-    gains: dict  # n_fft -> torch (n_fft // 2 + 1,) |H|^2 on that FFT grid, filled on first use
+    gains: dict  # n_fft -> float32 (n_fft // 2 + 1,) |H|^2 on that FFT grid, filled on first use
 
 
 _SMOOTH_SIZES = np.array(sorted({2**a * 3**b * 5**c for a in range(18) for b in range(4) for c in range(3)}))
@@ -180,8 +181,6 @@ _SMOOTH_SIZES = np.array(sorted({2**a * 3**b * 5**c for a in range(18) for b in 
 def _fft_filter_plan(
     sos_bytes: bytes, n_sections: int, tol: float = 1e-8, max_tail: int = 5000
 ) -> _FFTFilterPlan | None:
-    import torch
-
     sos = np.frombuffer(sos_bytes, np.float64).reshape(n_sections, 6).copy()
     imp = np.zeros(3 * max_tail + 2)
     imp[0] = 1.0
@@ -212,49 +211,51 @@ def _fft_filter_plan(
         rows.append(-np.correlate(h[1 : 3 * d + 1], free, "valid")[:d])
     rows.append(dc1 - np.cumsum(h[:d]))
     from_state = np.stack(rows)
-    return _FFTFilterPlan(d, dc1 * dc1, torch.from_numpy(to_state.astype(np.float32)),
-                          torch.from_numpy(from_state.astype(np.float32)), sos, {})  # fmt: skip
+    return _FFTFilterPlan(d, dc1 * dc1, np.ascontiguousarray(to_state, np.float32),
+                          np.ascontiguousarray(from_state, np.float32), sos, {})  # fmt: skip
 
 
-def _fft_gain(plan: _FFTFilterPlan, n_fft: int):
-    import torch
-
+def _fft_gain(plan: _FFTFilterPlan, n_fft: int) -> np.ndarray:
     g = plan.gains.get(n_fft)
     if g is None:
         _, resp = ss.sosfreqz(plan.sos, worN=np.arange(n_fft // 2 + 1) * (2 * np.pi / n_fft))
-        g = torch.from_numpy((np.abs(resp) ** 2).astype(np.float32))
+        g = (np.abs(resp) ** 2).astype(np.float32)
+        g.setflags(write=False)
         plan.gains[n_fft] = g  # benign race: every thread computes the same values
     return g
 
 
-def _fft_filtfilt(x: np.ndarray, plan: _FFTFilterPlan, padlen: int, chunk: int = 256) -> np.ndarray:
+def _fft_filtfilt(x: np.ndarray, plan: _FFTFilterPlan, padlen: int, chunk: int = 64) -> np.ndarray:
     """``sosfiltfilt`` of float32 ``x`` (..., n) along the last axis through the frequency domain (see
     :class:`_FFTFilterPlan`): one rfft/irfft pair of length >= n + 2 padlen + tail per row, exact up to the
     impulse response's tail beyond ``tail`` samples (< 1e-8 of its l1 norm) and float32 rounding."""
-    import torch
-
     lead, n = x.shape[:-1], x.shape[-1]
-    flat = torch.from_numpy(np.ascontiguousarray(x, np.float32).reshape(-1, n))
-    out = torch.empty_like(flat)
+    flat = np.ascontiguousarray(x, np.float32).reshape(-1, n)
+    out = np.empty_like(flat)
     big_l = n + 2 * padlen
     n_fft = int(_SMOOTH_SIZES[np.searchsorted(_SMOOTH_SIZES, big_l + plan.tail)])
     gain = _fft_gain(plan, n_fft)
     d = min(plan.tail, big_l)
     to_state, from_state = plan.to_state[:d], plan.from_state[:, :d]
+    ext = np.empty((min(chunk, flat.shape[0]), big_l), np.float32)
     for r0 in range(0, flat.shape[0], chunk):
         xs = flat[r0 : r0 + chunk]
-        if padlen:  # odd extension, as sosfiltfilt's default padtype
-            ext = torch.cat([2 * xs[:, :1] - xs[:, 1 : padlen + 1].flip(-1), xs,
-                             2 * xs[:, -1:] - xs[:, n - padlen - 1 : n - 1].flip(-1)], -1)  # fmt: skip
-        else:
-            ext = xs.clone()
-        x0 = ext[:, :1].clone()
-        u = ext.sub_(x0)
-        z = torch.fft.irfft(torch.fft.rfft(u, n_fft).mul_(gain), n_fft)
-        corr = (u[:, big_l - d :].flip(-1) @ to_state) @ from_state  # distance order
-        z[:, big_l - d : big_l].add_(corr.flip(-1))
-        torch.add(z[:, padlen : padlen + n], x0, alpha=plan.dc, out=out[r0 : r0 + chunk])
-    return out.numpy().reshape(*lead, n)
+        u = ext[: xs.shape[0]]
+        # odd extension, as sosfiltfilt's default padtype, minus the first extended sample
+        u[:, padlen : padlen + n] = xs
+        if padlen:
+            np.subtract(2 * xs[:, :1], xs[:, padlen:0:-1], out=u[:, :padlen])
+            np.subtract(2 * xs[:, -1:], xs[:, n - 2 : n - padlen - 2 : -1] if n - padlen - 2 >= 0
+                        else xs[:, n - 2 :: -1], out=u[:, padlen + n :])  # fmt: skip
+        x0 = u[:, :1].copy()
+        u -= x0
+        spec = sfft.rfft(u, n_fft, axis=-1)
+        spec *= gain
+        z = sfft.irfft(spec, n_fft, axis=-1, overwrite_x=True)
+        corr = (u[:, big_l - d :][:, ::-1] @ to_state) @ from_state  # distance order
+        z[:, big_l - d : big_l] += corr[:, ::-1]
+        np.add(z[:, padlen : padlen + n], plan.dc * x0, out=out[r0 : r0 + chunk])
+    return out.reshape(*lead, n)
 
 
 # --- artifacts ------------------------------------------------------------------------------------------------

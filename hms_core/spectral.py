@@ -2,8 +2,11 @@
 
 Each transform maps ``(..., n_times)`` float arrays to power ``(..., n_freqs, n_frames)`` plus its frequency axis
 (Hz), and is registered in :data:`SPECTROGRAM_REGISTRY` so the pipeline, the manifest and the tests enumerate the
-same set. STFT, multitaper and mel run in torch (4-15x faster than scipy on CPU); the CWT is PyWavelets' complex
-Morlet, computed band-limited in torch.
+same set. Everything runs in numpy + scipy.fft in float32 (no torch: serving and scanning run where torch is not
+installed): the STFT, mel and Welch frames are strided views (``sliding_window_view``) of the reflect-padded signal,
+windowed and batch-``rfft``-ed in one call; the multitaper PSD is one BLAS product with all tapers' DFT rows; the
+CWT is PyWavelets' complex Morlet, computed band-limited with batched ``scipy.fft.ifft``. scipy.fft's
+``workers`` default (1, or what ``scipy.fft.set_workers`` sets in the calling thread) applies to every FFT.
 All transforms share one frame grid: ``n_frames = 1 + n_times // hop`` with ``hop = window_size - overlap``,
 frames centred at ``k * hop / sfreq`` seconds. Every power is a sum of squares with non-negative weights, so it is
 never negative, for any input (spikes, steps, silence); a :class:`SpectralCache` lets the STFT, the mel spectrogram
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
+import scipy.fft as sfft
+from numpy.lib.stride_tricks import sliding_window_view
 
 from hms_core.checks import check_option, invalid_value
 from hms_core.config import SpectrogramConfig
@@ -54,9 +58,9 @@ def register_spectrogram(name: str) -> Callable[[SpectrogramFn], SpectrogramFn]:
     return deco
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(x)
-    return t.float() if t.dtype != torch.float32 else t
+def _as_float32(x: object) -> np.ndarray:
+    """``x`` (any array-like, a CPU tensor included) as a float32 array, without a copy when it already is one."""
+    return np.asarray(x, dtype=np.float32)
 
 
 def _hop(cfg: SpectrogramConfig) -> int:
@@ -67,28 +71,55 @@ def _band(freqs: np.ndarray, fmin: float, fmax: float) -> np.ndarray:
     return np.flatnonzero((freqs >= fmin - 1e-9) & (freqs <= fmax + 1e-9))
 
 
-def _stft_frames_power(x: torch.Tensor, window: torch.Tensor, nfft: int, hop: int) -> torch.Tensor:
-    """``|STFT|^2`` frame by frame: (..., n_frames, nfft // 2 + 1), contiguous (frames-major, as torch computes
-    it; the transforms transpose their band to (..., F, T) at the end)."""
-    lead = x.shape[:-1]
-    flat = x.reshape(-1, x.shape[-1])
-    spec = torch.stft(
-        flat, n_fft=nfft, hop_length=hop, win_length=window.shape[0], window=window, center=True,
-        pad_mode="reflect", return_complex=True,
-    ).transpose(-1, -2)  # fmt: skip
-    power = spec.real.square()
-    power.addcmul_(spec.imag, spec.imag)
-    return power.reshape(*lead, *power.shape[-2:])
+def _frames(x: np.ndarray, width: int, hop: int, nfft: int) -> np.ndarray:
+    """(..., n_frames, width) read-only strided view of the frames :func:`torch.stft` windows with ``center=True``
+    (reflect padding): frame ``k`` holds samples ``k * hop - lead ... k * hop - lead + width - 1``, with ``lead =
+    nfft // 2 - (nfft - width) // 2`` (the window centred in an ``nfft``-sample frame), ``n_frames = 1 + n_times //
+    hop``. Zero padding a windowed frame to ``nfft`` points moves no sample, so its spectrum's power is the same."""
+    n_times = x.shape[-1]
+    n_frames = 1 + (n_times + 2 * (nfft // 2) - nfft) // hop
+    lead = nfft // 2 - (nfft - width) // 2
+    tail = max(0, (n_frames - 1) * hop - lead + width - n_times)
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(lead, tail)], mode="reflect")
+    return sliding_window_view(padded, width, axis=-1)[..., : (n_frames - 1) * hop + 1 : hop, :]
 
 
-def _to_freq_major(power: torch.Tensor) -> np.ndarray:
-    """(..., T, F) tensor -> contiguous (..., F, T) array."""
-    return power.transpose(-1, -2).contiguous().numpy()
+def _stft_frames_power(x: np.ndarray, window: np.ndarray, nfft: int, hop: int, chunk: int = 64) -> np.ndarray:
+    """``|STFT|^2`` frame by frame: (..., n_frames, nfft // 2 + 1) float32, frames-major (the transforms transpose
+    their band to (..., F, T) at the end). Rows go through in chunks of ``chunk`` signals (the windowed frames and
+    their spectrum stay in cache)."""
+    x = _as_float32(x)
+    lead, n_times = x.shape[:-1], x.shape[-1]
+    flat = x.reshape(-1, n_times)
+    frames = _frames(flat, window.shape[0], hop, nfft)
+    out = np.empty((flat.shape[0], frames.shape[1], nfft // 2 + 1), np.float32)
+    for r0 in range(0, flat.shape[0], chunk):
+        spec = sfft.rfft(frames[r0 : r0 + chunk] * window, nfft, axis=-1)
+        _power(spec, out[r0 : r0 + chunk])
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def _power(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``|z|^2`` of a complex64 array as float32 (re^2 + im^2 on a float view, no complex abs)."""
+    v = z.view(np.float32).reshape(*z.shape, 2)
+    if out is None:
+        out = np.empty(z.shape, np.float32)
+    np.multiply(v[..., 0], v[..., 0], out=out)
+    out += np.square(v[..., 1])
+    return out
+
+
+def _to_freq_major(power: np.ndarray) -> np.ndarray:
+    """(..., T, F) array -> contiguous (..., F, T) array."""
+    return np.ascontiguousarray(np.swapaxes(power, -1, -2))
 
 
 @lru_cache(maxsize=8)
-def _hann(n: int) -> torch.Tensor:
-    return torch.hann_window(n, periodic=True)
+def _hann(n: int) -> np.ndarray:
+    """Periodic Hann window (``torch.hann_window(n, periodic=True)``), float32, read-only."""
+    w = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+    w.setflags(write=False)
+    return w
 
 
 class SpectralCache:
@@ -103,19 +134,19 @@ class SpectralCache:
     def __init__(self, x: np.ndarray, hann_nfft: int | None = None) -> None:
         self.x = x
         self.hann_nfft = hann_nfft
-        self._power: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
+        self._power: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
 
     def holds(self, x: object) -> bool:
         return x is self.x
 
-    def hann_power(self, window_size: int, hop: int, nfft: int) -> torch.Tensor:
+    def hann_power(self, window_size: int, hop: int, nfft: int) -> np.ndarray:
         """One-sided ``|STFT|^2`` (..., n_frames, nfft // 2 + 1) of the cached signal with a periodic Hann window."""
         key = (window_size, hop)
         if key in self._power and self._power[key][0] % nfft == 0:
             n, power = self._power[key]
         else:
             n = self.hann_nfft if self.hann_nfft and self.hann_nfft % nfft == 0 else nfft
-            power = _stft_frames_power(_as_tensor(self.x), _hann(window_size), n, hop)
+            power = _stft_frames_power(self.x, _hann(window_size), n, hop)
             self._power[key] = (n, power)
         return power[..., :: n // nfft]
 
@@ -128,26 +159,24 @@ def _band_slice(nfft: int, sfreq: float, fmin: float, fmax: float) -> tuple[np.n
 
 
 def _windowed_psd(
-    x: np.ndarray | torch.Tensor,
-    windows: torch.Tensor,
+    x: np.ndarray,
+    window: np.ndarray,
     sfreq: float,
     nfft: int,
     hop: int,
     fmin: float,
     fmax: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided PSD (uV^2/Hz) of the sliding frames, averaged over ``windows`` (K, window_size), in [fmin, fmax]."""
+    """One-sided PSD (uV^2/Hz) of the sliding frames with ``window`` (window_size,), in [fmin, fmax]."""
     freqs, sl = _band_slice(nfft, sfreq, fmin, fmax)
-    scales = (2.0 / (sfreq * windows.double().square().sum(-1) * len(windows))).tolist()
-    xt = _as_tensor(x)
-    power = _stft_frames_power(xt, windows[0], nfft, hop)[..., sl].mul_(scales[0])
-    for w, scale in zip(windows[1:], scales[1:]):
-        power.add_(_stft_frames_power(xt, w, nfft, hop)[..., sl], alpha=scale)
+    scale = np.float32(2.0 / (sfreq * float(np.square(window, dtype=np.float64).sum())))
+    power = _stft_frames_power(x, window, nfft, hop)[..., sl]
+    power *= scale
     return _to_freq_major(power), freqs[sl]
 
 
 def stft_power(
-    x: np.ndarray | torch.Tensor,
+    x: np.ndarray,
     sfreq: float = SFREQ,
     window_size: int = 256,
     hop: int = 128,
@@ -160,21 +189,22 @@ def stft_power(
 
     With a ``cache`` that holds ``x`` the frame power is taken from it (shared with the mel spectrogram)."""
     if cache is None or not cache.holds(x):
-        return _windowed_psd(x, _hann(window_size)[None], sfreq, nfft, hop, fmin, fmax)
+        return _windowed_psd(x, _hann(window_size), sfreq, nfft, hop, fmin, fmax)
     freqs, sl = _band_slice(nfft, sfreq, fmin, fmax)
-    scale = 2.0 / (sfreq * float(_hann(window_size).double().square().sum()))
+    scale = np.float32(2.0 / (sfreq * float(np.square(_hann(window_size), dtype=np.float64).sum())))
     return _to_freq_major(cache.hann_power(window_size, hop, nfft)[..., sl] * scale), freqs[sl]
 
 
 @lru_cache(maxsize=8)
-def _dpss(n: int, k: int) -> torch.Tensor:
+def _dpss(n: int, k: int) -> np.ndarray:
+    """(k, n) float64 DPSS tapers with time-half-bandwidth (k + 1) / 2."""
     from scipy.signal.windows import dpss
 
-    return torch.from_numpy(np.atleast_2d(dpss(n, NW=(k + 1) / 2, Kmax=k)).astype(np.float32))
+    return np.atleast_2d(dpss(n, NW=(k + 1) / 2, Kmax=k))
 
 
 def multitaper_power(
-    x: np.ndarray | torch.Tensor,
+    x: np.ndarray,
     sfreq: float = SFREQ,
     window_size: int = 256,
     hop: int = 128,
@@ -182,33 +212,40 @@ def multitaper_power(
     fmin: float = 0.5,
     fmax: float = 50.0,
     n_tapers: int = 3,
+    chunk: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sliding-window multitaper PSD: mean over ``n_tapers`` DPSS tapers (time-half-bandwidth (K+1)/2).
 
-    The frames are those of :func:`torch.stft` (centred, reflect-padded); the tapered DFTs of only the bins in
+    The frames are those of the STFT (centred, reflect-padded); the tapered DFTs of only the bins in
     ``[fmin, fmax]`` are one matrix product with all tapers at once (each taper's PSD scale folded in), which is
-    cheaper than a full FFT per taper when the band is a fraction of the spectrum."""
+    cheaper than a full FFT per taper when the band is a fraction of the spectrum. ``chunk`` frames at a time."""
     freqs, sl = _band_slice(nfft, sfreq, fmin, fmax)
+    n_bins = sl.stop - sl.start
     basis = _tapered_dft(window_size, nfft, n_tapers, sl.start, sl.stop, float(sfreq))
-    xt = _as_tensor(x)
-    lead, n_times = xt.shape[:-1], xt.shape[-1]
-    left = (nfft - window_size) // 2  # torch.stft centres the window inside the nfft-sample frame
-    padded = torch.nn.functional.pad(xt.reshape(-1, 1, n_times), (nfft // 2, nfft // 2), mode="reflect")[:, 0]
-    frames = padded.unfold(-1, nfft, hop)[..., left : left + window_size]  # (N, T, window_size)
-    coef = frames @ basis  # (N, T, 2 * K * F): re and im of every tapered bin, scaled
-    power = coef.square_().view(*coef.shape[:2], 2 * n_tapers, sl.stop - sl.start).sum(2)  # (N, T, F)
-    return _to_freq_major(power.reshape(*lead, *power.shape[1:])), freqs[sl]
+    x = _as_float32(x)
+    lead, n_times = x.shape[:-1], x.shape[-1]
+    frames = _frames(x.reshape(-1, n_times), window_size, hop, nfft)  # (N, T, window_size) view
+    n, t = frames.shape[:2]
+    flat = frames.reshape(n * t, window_size)  # one copy of the frames (they overlap in the view)
+    power = np.empty((n * t, n_bins), np.float32)
+    for r0 in range(0, n * t, chunk):
+        coef = flat[r0 : r0 + chunk] @ basis  # (rows, 2 * K * F): re and im of every tapered bin, scaled
+        np.square(coef, out=coef)
+        power[r0 : r0 + chunk] = coef.reshape(-1, 2 * n_tapers, n_bins).sum(1)
+    return _to_freq_major(power.reshape(*lead, t, n_bins)), freqs[sl]
 
 
 @lru_cache(maxsize=8)
-def _tapered_dft(window_size: int, nfft: int, n_tapers: int, k0: int, k1: int, sfreq: float) -> torch.Tensor:
+def _tapered_dft(window_size: int, nfft: int, n_tapers: int, k0: int, k1: int, sfreq: float) -> np.ndarray:
     """(window_size, 2 * K * (k1 - k0)): columns [cos | -sin] x taper x bin k0..k1-1 of an nfft-point DFT, times
     each DPSS taper and the square root of its PSD scale 2 / (sfreq * sum(taper^2) * K)."""
-    tapers = _dpss(window_size, n_tapers).double().numpy()
+    tapers = _dpss(window_size, n_tapers)
     phase = 2 * np.pi * np.arange(window_size)[:, None] * np.arange(k0, k1)[None] / nfft
     scaled = tapers * np.sqrt(2.0 / (sfreq * np.square(tapers).sum(1, keepdims=True) * n_tapers))  # (K, W)
     cols = [trig(phase) * sign * w[:, None] for trig, sign in ((np.cos, 1.0), (np.sin, -1.0)) for w in scaled]
-    return torch.from_numpy(np.concatenate(cols, 1).astype(np.float32))
+    basis = np.ascontiguousarray(np.concatenate(cols, 1).astype(np.float32))
+    basis.setflags(write=False)
+    return basis
 
 
 #: log2 of the number of points the wavelet is sampled at for ``pywt.cwt`` (its default, 12, is too coarse
@@ -282,21 +319,29 @@ class _MorletGroup:
 
     n_fft: int
     step: int  # power sampled every ``step`` samples, at t = offset + j * step
-    rows: torch.Tensor  # (S,) indices into the frequency axis
-    bands: tuple[tuple[int, int], ...]  # FFT bins [k0, k1) of each scale
-    responses: tuple[torch.Tensor, ...]  # (2 (k1 - k0),) each scale's real response (1/n_fft included), twice
-    pool: torch.Tensor  # (2 * n_grid, n_frames): weights of the interleaved (re^2, im^2) samples of c
+    rows: np.ndarray  # (S,) indices into the frequency axis
+    first: np.ndarray  # (S,) first FFT bin k0 of each scale's band (its K bins k0 .. k0 + K - 1 are gathered)
+    weights: np.ndarray  # (S, K) each scale's real response (1/n_fft included) on those bins, 0 past its band
+    folds: int  # Q: bins that are m = n_fft // step apart coincide on the grid; Q = 1 unless a band exceeds m
+    # K: the widest band of the group; the grid points past it are zero (the step rule keeps K < m in practice)
+    pool: np.ndarray  # (2 * n_grid, n_frames): weights of the interleaved (re^2, im^2) samples of c
     span: tuple[int, int]  # FFT bins [lo, hi) that hold every band of the group
-    start: torch.Tensor  # (hi - lo, S) responses: c(0) = spectrum[lo:hi] @ start
-    end: torch.Tensor | None  # (hi - lo, S) complex: c(n_times - 1) = spectrum[lo:hi] @ end; None when unused
-    edge_pool: torch.Tensor  # (1 or 2, n_frames): weights of |c(0)|^2 (and |c(n_times - 1)|^2), replicated edges
+    start: np.ndarray  # (2 (hi - lo), 2 S): interleaved (re, im) spectrum[lo:hi] -> (re, im) of c(0)
+    end: np.ndarray | None  # (hi - lo, S) complex: c(n_times - 1) = spectrum[lo:hi] @ end; None when unused
+    edge_pool: np.ndarray  # (1 or 2, n_frames): weights of |c(0)|^2 (and |c(n_times - 1)|^2), replicated edges
 
 
 @dataclass(frozen=True)
 class _MorletPlan:
     n_frames: int
-    shifts: dict[int, torch.Tensor]  # n_fft -> (n_fft // 2 + 1,) phase ramp that moves the grid to ``offset``
+    shifts: dict[int, np.ndarray]  # n_fft -> (n_fft // 2 + 1,) phase ramp that moves the grid to ``offset``
     groups: tuple[_MorletGroup, ...]
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
 
 
 @lru_cache(maxsize=16)
@@ -337,17 +382,26 @@ def _morlet_plan(n_times: int, freqs: tuple[float, ...], sfreq: float, hop: int,
     groups = []
     for n_fft, step in sorted({(int(a), int(b)) for a, b in zip(n_ffts, steps)}):
         idx = np.flatnonzero((n_ffts == n_fft) & (steps == step))
+        m, n_bins = n_fft // step, n_fft // 2 + 1
         # pywt integrates the wavelet and differentiates the convolution: a one-sample box, sinc(nu) in frequency
-        nu = np.arange(n_fft // 2 + 1) / n_fft
+        nu = np.arange(n_bins) / n_fft
         lo, hi = int(k0s[idx].min()), int(k1s[idx].max())
+        widest = int((k1s[idx] - k0s[idx]).max())
+        folds = -(-widest // m)
+        width = widest  # <= n_bins
+        first = np.minimum(k0s[idx], n_bins - width)  # the K-bin window stays inside the spectrum
+        weights = np.zeros((len(idx), width))
         start = np.zeros((hi - lo, len(idx)))  # c(0) = spectrum[lo:hi] @ start
-        resps = []
         for j, i in enumerate(idx):
             b = np.arange(k0s[i], k1s[i])
             resp = np.sqrt(scales[i]) * np.exp(-(np.pi**2) * bw * scales[i] ** 2 * (nu[b] - fc[i]) ** 2)
             resp *= np.sinc(nu[b]) / n_fft
-            resps.append(torch.from_numpy(np.repeat(resp, 2).astype(np.float32)))
+            weights[j, b - first[j]] = resp
             start[b - lo, j] = resp
+        # (re, im) of c(0) from the interleaved (re, im) spectrum: re = Re(S) @ start, im = Im(S) @ start
+        start_ri = np.zeros((2 * (hi - lo), 2 * len(idx)))
+        start_ri[0::2, : len(idx)] = start
+        start_ri[1::2, len(idx) :] = start
         end = start * np.exp(2j * np.pi * np.arange(lo, hi) * (n_times - 1) / n_fft)[:, None]
         n_grid = int(np.floor((n_times - 0.5 - offset) / step)) + 2
         pool = np.zeros((n_grid, n_frames))
@@ -358,52 +412,53 @@ def _morlet_plan(n_times: int, freqs: tuple[float, ...], sfreq: float, hop: int,
             edge[:, k] = max(0, -a) / hop, max(0, a + hop - n_times) / hop
         groups.append(
             _MorletGroup(
-                n_fft, step, torch.from_numpy(idx), tuple((int(k0s[i]), int(k1s[i])) for i in idx), tuple(resps),
-                torch.from_numpy(np.repeat(pool, 2, axis=0).astype(np.float32)), (lo, hi),
-                torch.from_numpy(start.astype(np.float32)),
-                torch.from_numpy(end.astype(np.complex64)) if end_used else None,
-                torch.from_numpy(edge[: 2 if end_used else 1].astype(np.float32)),
+                n_fft, step, _frozen(idx), _frozen(first), _frozen(weights.astype(np.float32)), folds,
+                _frozen(np.repeat(pool, 2, axis=0).astype(np.float32)), (lo, hi),
+                _frozen(start_ri.astype(np.float32)),
+                _frozen(end.astype(np.complex64)) if end_used else None,
+                _frozen(edge[: 2 if end_used else 1].astype(np.float32)),
             )
         )  # fmt: skip
     shifts = {
-        int(n): torch.from_numpy(np.exp(2j * np.pi * np.arange(n // 2 + 1) * offset / n).astype(np.complex64))
+        int(n): _frozen(np.exp(2j * np.pi * np.arange(n // 2 + 1) * offset / n).astype(np.complex64))
         for n in np.unique(n_ffts)
     }
     return _MorletPlan(n_frames, shifts, tuple(groups))
 
 
-def _morlet_chunk(x: torch.Tensor, plan: _MorletPlan, out: torch.Tensor) -> None:
-    """Frame-mean CWT power of the rows of ``x`` (R, n_times) into ``out`` (R, F, T)."""
+def _morlet_chunk(x: np.ndarray, plan: _MorletPlan, out: np.ndarray) -> None:
+    """Frame-mean CWT power of the rows of ``x`` (R, n_times) float32 into ``out`` (R, F, T)."""
     r = x.shape[0]
-    spectra = {n: torch.fft.rfft(x, n=n) for n in plan.shifts}
-    # real views (R, 2 * bins) of the spectra, as they are and moved onto the grid
-    plain = {n: torch.view_as_real(v).view(r, -1) for n, v in spectra.items()}
-    shifted = {n: torch.view_as_real(spectra[n] * s).view(r, -1) for n, s in plan.shifts.items()}
+    spectra = {n: sfft.rfft(x, n, axis=-1) for n in plan.shifts}  # complex64
+    shifted = {n: spectra[n] * s for n, s in plan.shifts.items()}  # the spectra moved onto the grid
     for g in plan.groups:
-        m, n_scales = g.n_fft // g.step, len(g.bands)
-        sp, raw = shifted[g.n_fft], plain[g.n_fft]
-        z = torch.empty((r, n_scales, m), dtype=torch.complex64)
-        zr = torch.view_as_real(z).view(r, n_scales, 2 * m)
-        for s, ((k0, k1), resp) in enumerate(zip(g.bands, g.responses)):
-            k = k1 - k0
-            first = min(k, m)
-            torch.mul(sp[:, 2 * k0 : 2 * (k0 + first)], resp[: 2 * first], out=zr[:, s, : 2 * first])
-            zr[:, s, 2 * first :].zero_()
-            # c sampled every `step` samples: bins that are `m` apart coincide on that grid (exact, no aliasing)
-            for q0 in range(m, k, m):
-                q1 = min(q0 + m, k)
-                zr[:, s, : 2 * (q1 - q0)].addcmul_(sp[:, 2 * (k0 + q0) : 2 * (k0 + q1)], resp[2 * q0 : 2 * q1])
-        c = torch.fft.ifft(z, dim=-1, norm="forward")
+        m, n_scales, width = g.n_fft // g.step, len(g.rows), g.weights.shape[1]
+        sp = shifted[g.n_fft]
+        # each scale's band (K bins from k0) times its response, written straight into the grid's spectrum
+        if g.folds == 1:
+            z = np.empty((r, n_scales, m), np.complex64)
+            z[..., width:] = 0.0
+            for s, (k0, w) in enumerate(zip(g.first, g.weights)):
+                np.multiply(sp[:, k0 : k0 + width], w, out=z[:, s, :width])
+        else:  # bins m apart coincide on the grid: add them up
+            banded = sliding_window_view(sp, width, axis=-1)[:, g.first] * g.weights
+            pad = [(0, 0), (0, 0), (0, g.folds * m - width)]
+            z = np.pad(banded, pad).reshape(r, n_scales, g.folds, m).sum(2)
+        # c sampled every `step` samples (m points): one batched inverse FFT, in place
+        c = sfft.ifft(z, axis=-1, norm="forward", overwrite_x=True)
         n_grid = g.pool.shape[0] // 2
-        c2 = torch.view_as_real(c[..., :n_grid]).square_().view(r, n_scales, 2 * n_grid)
+        c2 = c.reshape(r * n_scales, m).view(np.float32)[:, : 2 * n_grid]
+        np.square(c2, out=c2)
+        power = (c2 @ g.pool).reshape(r, n_scales, -1)
         # the replicated edge samples |c(0)|^2 (and |c(n_times - 1)|^2), exactly
         lo, hi = g.span
-        band = raw[:, 2 * lo : 2 * hi].view(r, hi - lo, 2).transpose(1, 2)
-        edges = (band @ g.start).square().sum(1)[..., None]  # (R, S, 1)
+        band = spectra[g.n_fft][:, lo:hi]
+        e0 = np.square(np.ascontiguousarray(band).view(np.float32) @ g.start)
+        edges = (e0[:, :n_scales] + e0[:, n_scales:])[..., None]  # (R, S, 1)
         if g.end is not None:
-            end = (spectra[g.n_fft][:, lo:hi] @ g.end).abs().square()
-            edges = torch.cat([edges, end[..., None]], -1)
-        out[:, g.rows] = c2 @ g.pool + edges @ g.edge_pool
+            edges = np.concatenate([edges, _power(band @ g.end)[..., None]], -1)
+        power += edges @ g.edge_pool
+        out[:, g.rows] = power
 
 
 def morlet_power(
@@ -412,7 +467,7 @@ def morlet_power(
     freqs: np.ndarray | None = None,
     hop: int = 128,
     wavelet: str = "cmor1.5-1.0",
-    chunk: int = 128,
+    chunk: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Complex-Morlet CWT power averaged over ``hop``-sample frames on the STFT grid (``(..., F, T)``).
 
@@ -431,13 +486,13 @@ def morlet_power(
     freqs = np.asarray(freqs, dtype=np.float64)
     lead, n_times = x.shape[:-1], x.shape[-1]
     plan = _morlet_plan(n_times, tuple(float(f) for f in freqs), float(sfreq), int(hop), wavelet)
-    flat = torch.from_numpy(np.ascontiguousarray(x.reshape(-1, n_times)))
-    out = torch.empty((flat.shape[0], len(freqs), plan.n_frames), dtype=torch.float32)
+    flat = x.reshape(-1, n_times)
+    out = np.empty((flat.shape[0], len(freqs), plan.n_frames), dtype=np.float32)
     for s0 in range(0, flat.shape[0], chunk):
         _morlet_chunk(flat[s0 : s0 + chunk], plan, out[s0 : s0 + chunk])
     # a cheap guard: the weights and samples are non-negative, so this only removes a -0.0
-    out.clamp_(min=0.0)
-    return out.numpy().reshape(*lead, len(freqs), plan.n_frames), freqs
+    np.maximum(out, 0.0, out=out)
+    return out.reshape(*lead, len(freqs), plan.n_frames), freqs
 
 
 def morlet_power_reference(
@@ -477,32 +532,39 @@ def morlet_power_reference(
     return out.reshape(*lead, len(freqs), n_frames), freqs
 
 
-@lru_cache(maxsize=4)
-def _mel_filterbank(
-    sfreq: float, nfft: int, fmin: float, fmax: float, n_mels: int
-) -> tuple[torch.Tensor, int, int]:
-    """torchaudio mel filter bank (HTK scale, Slaney area normalisation) restricted to its non-zero FFT bins.
-
-    Returns (fb (n_used_bins, n_mels), first bin, last bin + 1).
-    """
-    import torchaudio.functional as AF
-
-    fb = AF.melscale_fbanks(nfft // 2 + 1, fmin, fmax, n_mels, int(sfreq), norm="slaney", mel_scale="htk")
-    used = torch.nonzero(fb.sum(1) > 0).flatten()
-    lo, hi = int(used[0]), int(used[-1]) + 1
-    return fb[lo:hi].contiguous(), lo, hi
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)
 
 
-def _mel_centres(fmin: float, fmax: float, n_mels: int) -> np.ndarray:
-    def hz_to_mel(f: float) -> float:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-
-    m = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)[1:-1]
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return 700.0 * (10 ** (m / 2595.0) - 1.0)
 
 
+@lru_cache(maxsize=4)
+def _mel_filterbank(sfreq: float, nfft: int, fmin: float, fmax: float, n_mels: int) -> tuple[np.ndarray, int, int]:
+    """Mel filter bank of ``torchaudio.functional.melscale_fbanks`` (HTK scale, Slaney area normalisation: the
+    same triangles on the same FFT grid, computed in numpy) restricted to its non-zero FFT bins.
+
+    Returns (fb (n_used_bins, n_mels) float32, first bin, last bin + 1).
+    """
+    all_freqs = np.linspace(0, int(sfreq) // 2, nfft // 2 + 1)
+    f_pts = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    f_diff = np.diff(f_pts)
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (n_freqs, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    fb = np.maximum(0.0, np.minimum(down, up)) * (2.0 / (f_pts[2:] - f_pts[:-2]))
+    used = np.flatnonzero(fb.sum(1) > 0)
+    lo, hi = int(used[0]), int(used[-1]) + 1
+    return _frozen(fb[lo:hi].astype(np.float32)), lo, hi
+
+
+def _mel_centres(fmin: float, fmax: float, n_mels: int) -> np.ndarray:
+    return _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2)[1:-1])
+
+
 def mel_power(
-    x: np.ndarray | torch.Tensor,
+    x: np.ndarray,
     sfreq: float = SFREQ,
     window_size: int = 256,
     hop: int = 128,
@@ -520,8 +582,10 @@ def mel_power(
     if cache is not None and cache.holds(x):
         power = cache.hann_power(window_size, hop, nfft)[..., lo:hi]
     else:
-        power = _stft_frames_power(_as_tensor(x), _hann(window_size), nfft, hop)[..., lo:hi]
-    return _to_freq_major(torch.matmul(power, fb)), _mel_centres(fmin, fmax, n_mels)
+        power = _stft_frames_power(x, _hann(window_size), nfft, hop)[..., lo:hi]
+    lead = power.shape[:-1]
+    mel = power.reshape(-1, hi - lo) @ fb  # one BLAS product for every frame
+    return _to_freq_major(mel.reshape(*lead, n_mels)), _mel_centres(fmin, fmax, n_mels)
 
 
 # --- registry entries (config-driven) -------------------------------------------------------------------------
