@@ -149,3 +149,35 @@ def test_channel_major_input_without_copy_gives_the_same_outputs() -> None:
             a.spectrograms["stft"], b.spectrograms["stft"]
         )
         assert a.features.equals(b.features)
+
+
+def test_sub_batches_give_the_outputs_of_one_batch(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builder transforms and writes SUB_BATCH windows at a time: with 2 (three sub-batches of a 5-row batch,
+    rows of one file split across them) the partition equals the one built in a single sub-batch, row for row
+    (up to float32 rounding: pocketfft and BLAS round a row differently with the batch it is in)."""
+    import pandas as pd
+
+    from hms_core import partition
+    from hms_core.constants import EEG_FILE_COLUMNS
+
+    rng = np.random.default_rng(12)
+    (tmp_path / "eegs").mkdir()
+    for i in range(2):
+        x = _eeg(rng)
+        x[1000:1040, 3 + i] = np.nan
+        pd.DataFrame(x, columns=list(EEG_FILE_COLUMNS)).to_parquet(tmp_path / "eegs" / f"{i}.parquet")
+    rows = pd.DataFrame({"eeg_id": [0, 1, 0, 1, 0], "eeg_label_offset_seconds": [0.0, 0.0, 4.0, 7.0, 9.0],
+                         "patient_id": [1, 2, 1, 2, 1], "fold": 0})  # fmt: skip
+    cfg = _cfg(types=["stft", "wavelet"])
+    parts = {}
+    for sub in (2, 100):
+        monkeypatch.setattr(partition, "SUB_BATCH", sub)
+        partition.build_partition(rows, tmp_path / "eegs", None, tmp_path / f"p{sub}", cfg, batch_size=5)
+        parts[sub] = partition.load_partition(tmp_path / f"p{sub}")
+    a, b = parts[2], parts[100]
+    assert a.array_names == b.array_names and len(a) == 5
+    for name in a.array_names:
+        x, y = np.asarray(a.array(name), np.float32), np.asarray(b.array(name), np.float32)
+        np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-3 * np.abs(y).max(), err_msg=name)
+    pd.testing.assert_frame_equal(a.index, b.index)
+    pd.testing.assert_frame_equal(a.features(), b.features(), rtol=1e-4)
