@@ -28,6 +28,8 @@ from hms_core.io import atomic_path
 __all__ = [
     "EXPORTERS",
     "TTAProbs",
+    "attention_heads",
+    "count_ops",
     "export_lightgbm",
     "export_torch",
     "float32_thresholds",
@@ -80,16 +82,90 @@ def _quiet() -> Any:
             lg.setLevel(lv)
 
 
+#: The fused attention kernel of onnxruntime's CPU (and CUDA) providers (contrib domain ``com.microsoft``).
+FUSED_ATTENTION_OP = "MultiHeadAttention"
+
+
+def attention_heads(module: nn.Module) -> int | None:
+    """The number of heads of every attention block of ``module`` that calls ``F.scaled_dot_product_attention``
+    (:class:`hms_core.foundation.model.Block`), or None when it has none or blocks with different head counts
+    (then the exporter's own attention graph is kept)."""
+    from hms_core.foundation.model import Block
+
+    heads = {int(m.heads) for m in module.modules() if isinstance(m, Block)}
+    return heads.pop() if len(heads) == 1 else None
+
+
+@contextlib.contextmanager
+def fused_attention(heads: int | None, opset: int) -> Any:
+    """While exporting with the TorchScript exporter, ``aten::scaled_dot_product_attention`` with a broadcast
+    boolean key-padding mask ``(B, 1, 1, L)`` (the foundation encoder's) becomes one ``com.microsoft``
+    ``MultiHeadAttention`` node (query/key/value ``(B, L, heads * head_dim)``, ``key_padding_mask (B, L)`` int32,
+    scale ``1/sqrt(head_dim)``: the maths of SDPA); any other call keeps torch's own decomposition.
+
+    The stock decomposition (MatMul, Where over a float mask, Softmax, a NaN guard over the whole ``(B, heads, L, L)``
+    score tensor, MatMul) runs at about half of torch's fused CPU kernel; the contrib op runs the whole attention
+    in one kernel. Masked keys get ``-10000`` instead of ``-inf`` before the softmax: ``exp`` underflows to 0 in
+    float32 either way (no token row is fully masked: the encoder attends to every token of a window without a
+    usable derivation). Parity is measured on every engine like any other export."""
+    if heads is None:
+        yield
+        return
+    from torch.onnx import symbolic_helper as sh
+    from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_opset9, symbolic_opset14
+
+    stock = symbolic_opset14.scaled_dot_product_attention
+
+    @sh.parse_args("v", "v", "v", "v", "f", "b", "v", "b")
+    def symbolic(g: Any, query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+                 is_causal: bool = False, scale: Any = None, enable_gqa: bool = False) -> Any:  # fmt: skip
+        mask_ok = (
+            not sh._is_none(attn_mask)
+            and _type_utils.JitScalarType.from_value(attn_mask) == _type_utils.JitScalarType.BOOL
+            and sh._get_tensor_rank(attn_mask) == 4
+            and (sh._get_tensor_sizes(attn_mask) or [None] * 4)[1:3] == [1, 1]
+        )
+        if not mask_ok or is_causal or enable_gqa or dropout_p != 0.0 or not sh._is_none(scale):
+            return stock.__wrapped__(g, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+        def const(v: list[int]) -> Any:
+            return g.op("Constant", value_t=torch.tensor(v, dtype=torch.int64))
+
+        def bsd(t: Any) -> Any:  # (B, heads, L, head_dim) -> (B, L, heads * head_dim)
+            return g.op("Reshape", g.op("Transpose", t, perm_i=[0, 2, 1, 3]), const([0, 0, -1]))
+
+        mask = g.op("Cast", g.op("Reshape", attn_mask, const([0, -1])), to_i=6)  # (B, L) int32, 1 = attend
+        out = g.op(f"com.microsoft::{FUSED_ATTENTION_OP}", bsd(query), bsd(key), bsd(value),
+                   symbolic_opset9.unused(g), mask, num_heads_i=int(heads))  # fmt: skip
+        return g.op("Transpose", g.op("Reshape", out, const([0, 0, int(heads), -1])), perm_i=[0, 2, 1, 3])
+
+    name = "aten::scaled_dot_product_attention"
+    torch.onnx.register_custom_op_symbolic(name, symbolic, int(opset))
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, int(opset))
+
+
+def count_ops(path: str | os.PathLike[str], op_type: str) -> int:
+    """How many nodes of ``op_type`` the ONNX model at ``path`` has (e.g. :data:`FUSED_ATTENTION_OP`)."""
+    import onnx
+
+    return sum(n.op_type == op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def export_torch(module: nn.Module, example: np.ndarray, path: str | os.PathLike[str], exporter: str,
-                 opset: int = 18) -> Path:  # fmt: skip
+                 opset: int = 18, fuse_attention: bool = True) -> Path:  # fmt: skip
     """Export ``module`` (``x -> probs``) to ``path`` with a dynamic batch axis, with ``exporter`` (dynamo |
-    torchscript). Raises whatever the exporter raises."""
+    torchscript). With ``fuse_attention`` the TorchScript exporter writes the attention blocks as onnxruntime's
+    fused ``MultiHeadAttention`` (:func:`fused_attention`). Raises whatever the exporter raises."""
     check_option("exporter", exporter, EXPORTERS[1:])
     module = module.eval()
     x = torch.from_numpy(np.ascontiguousarray(example[: max(2, min(len(example), 3))]))
     if len(x) < 2:  # an example batch of 1 lets the exporters freeze the batch axis
         x = torch.cat([x, x])
-    with atomic_path(path, suffix=".onnx") as tmp, _quiet(), torch.no_grad():
+    heads = attention_heads(module) if fuse_attention and exporter == "torchscript" else None
+    with atomic_path(path, suffix=".onnx") as tmp, _quiet(), torch.no_grad(), fused_attention(heads, opset):
         if exporter == "dynamo":
             torch.onnx.export(module, (x,), str(tmp), dynamo=True, external_data=False, input_names=["x"],
                               output_names=["probs"], dynamic_shapes={"x": {0: torch.export.Dim("batch", max=65536)}},
@@ -195,6 +271,7 @@ def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], mode: str
              calibration: np.ndarray | None = None) -> Path:  # fmt: skip
     """int8 ``dst`` from the fp32 export ``src``: dynamic (weights int8, activations per batch) or static (QDQ,
     activations calibrated on ``calibration`` inputs: training windows, never the parity windows)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -206,7 +283,18 @@ def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], mode: str
     check_option("mode", mode, ("dynamic", "static"))
     with atomic_path(dst, suffix=".onnx") as tmp, _quiet():
         if mode == "dynamic":
-            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+            # onnx's shape inference has no types for contrib ops (the fused MultiHeadAttention): every tensor of
+            # these graphs is float32, and the value_info entries it could not type are dropped afterwards
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+            model = onnx.load(str(tmp))
+            typed = [
+                v for v in model.graph.value_info if v.type.tensor_type.elem_type != onnx.TensorProto.UNDEFINED
+            ]
+            if len(typed) != len(model.graph.value_info):
+                del model.graph.value_info[:]
+                model.graph.value_info.extend(typed)
+                onnx.save(model, str(tmp))
         else:
             if calibration is None or len(calibration) == 0:
                 raise ValueError("static int8 quantisation needs calibration inputs (training windows)")

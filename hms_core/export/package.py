@@ -198,7 +198,9 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
 
     from hms_core.ensemble.build import load_ensemble
     from hms_core.export.onnx_export import (
+        FUSED_ATTENTION_OP,
         TTAProbs,
+        count_ops,
         export_lightgbm,
         export_torch,
         optimise,
@@ -268,6 +270,8 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
                     continue
                 secs = time.perf_counter() - t0
                 rec.update(exporter=exp, max_abs_diff=err, kl=kl, export_seconds=round(secs, 2), path=str(path))
+                if exp != "onnxmltools":  # attention blocks written as onnxruntime's fused kernel (onnx_export)
+                    rec["fused_attention_nodes"] = count_ops(path, FUSED_ATTENTION_OP)
                 if err <= e.fp32_tolerance:
                     rec.update(deployed=True, size_bytes=path.stat().st_size,
                                latency_ms_b1=_latency_ms(sess, x[:1], e.benchmark_runs))  # fmt: skip

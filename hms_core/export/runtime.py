@@ -15,6 +15,11 @@ naming it). :meth:`DeploymentPackage.predict_batch` turns a preprocessed batch
 (:class:`hms_core.preprocess.BatchOutput`) into each member's inputs exactly as training did
 (:func:`member_inputs`: the stored dtype, the labelled segment, the tiled spectrogram image, the feature columns),
 averages each member over its fold models (as the ensemble does for test rows), blends and calibrates in numpy.
+
+Sessions: each member's fold engines run as one graph with the fold mean inside (:func:`merge_folds`, built in
+memory at load time from the verified files), at onnxruntime's full optimisation level (the CPU-specific layout
+rewrites happen at load time), with the package's intra-op threads (``load_package(threads=...)``: the service
+gives each concurrent request its share of the cores), one inter-op thread and no spinning.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = [
     "latest_package",
     "load_package",
     "member_inputs",
+    "merge_folds",
     "resize_bilinear",
     "verify_manifest",
 ]
@@ -120,6 +126,14 @@ def _stored(a: Any, dtype: str) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
+def _nan_to_num(a: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(a)`` (NaN -> 0, +-inf -> the largest finite values), without its copies and masks when ``a``
+    is finite throughout (the float64 sum of float32 values is finite exactly then), as preprocessed batches are."""
+    if np.isfinite(a.sum(dtype=np.float64)):
+        return a
+    return np.nan_to_num(a)
+
+
 def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scale = np.float32(n_in / n_out)
     src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
@@ -154,9 +168,10 @@ def _feature_matrix(features: Any, names: Sequence[str]) -> np.ndarray:
         raise PackageError(
             f"the batch's features lack {len(missing)} column(s) the package reads, e.g. {missing[:5]}"
         )
-    return np.column_stack([np.asarray(features[c], dtype=np.float32) for c in names]).astype(
-        np.float32, copy=False
-    )
+    names = list(names)
+    if hasattr(features, "select") and not hasattr(features, "iloc"):  # polars: one conversion, not one per column
+        return np.ascontiguousarray(features.select(names).to_numpy(), dtype=np.float32)
+    return np.ascontiguousarray(features[names].to_numpy(), dtype=np.float32)  # pandas
 
 
 def member_inputs(member: Mapping[str, Any], out: Any, layout: Mapping[str, Any]) -> np.ndarray:
@@ -179,7 +194,7 @@ def member_inputs(member: Mapping[str, Any], out: Any, layout: Mapping[str, Any]
         elif x.shape[-1] != spec["n_times"]:
             raise PackageError(f"member '{member['name']}' reads the whole context of {spec['n_times']} samples, "
                                f"got {x.shape[-1]}")  # fmt: skip
-        return np.ascontiguousarray(np.nan_to_num(_stored(x, dtype)))
+        return np.ascontiguousarray(_nan_to_num(_stored(x, dtype)))
     if kind != "spectrogram":
         raise PackageError(f"member '{member['name']}': unknown input kind {kind!r}")
     tile = tuple(spec["tile"])
@@ -191,7 +206,7 @@ def member_inputs(member: Mapping[str, Any], out: Any, layout: Mapping[str, Any]
         a = _stored(out.spectrograms[t], dtype)
         if a.ndim != 4 or a.shape[1] != N_CHAINS:
             raise PackageError(f"spectrogram '{t}': expected (batch, {N_CHAINS}, F, T), got {a.shape}")
-        a = np.nan_to_num(resize_bilinear(a, tile))
+        a = _nan_to_num(resize_bilinear(a, tile))
         chans.append(a.reshape(a.shape[0], N_CHAINS * tile[0], tile[1]))
     return np.ascontiguousarray(np.stack(chans, axis=1))
 
@@ -261,8 +276,11 @@ def session_options(threads: int) -> Any:
     # bursty request load: threads sleep between requests instead of spinning on the cores
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    # engines are saved already optimised (hms_core.export.onnx_export.optimise)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # engines are saved optimised up to `export.graph_optimization` (portable rewrites); the layout rewrites of
+    # level "all" (blocked NCHWc convolutions for this CPU's vector width) are hardware-specific, so they are done
+    # here, at load time, where they are cheap: about 2x on the CNN members at batch 32. The export's parity gate
+    # measures sessions made with these options.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
 
@@ -276,12 +294,56 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
 
 
-def make_session(path: str | os.PathLike[str], threads: int = 2, providers: Sequence[str] | None = None) -> Any:
+def make_session(
+    path: str | os.PathLike[str] | bytes, threads: int = 2, providers: Sequence[str] | None = None
+) -> Any:
+    """An onnxruntime session of the model at ``path`` (or serialized model bytes) with :func:`session_options`."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(
-        str(path), session_options(threads), providers=list(providers or default_providers())
-    )
+    src = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(src, session_options(threads), providers=list(providers or default_providers()))
+
+
+def merge_folds(paths: Sequence[str | os.PathLike[str]]) -> bytes | None:
+    """One ONNX model computing what :meth:`DeploymentPackage.member_probs` computes from the fold engines at
+    ``paths``: every fold's graph on the shared input ``x``, each fold's probabilities divided by their row sum,
+    their mean as ``probs``. One session run per member instead of one per fold (per-run overhead, thread hand-offs:
+    what dominates at batch 1). Returns None where the folds cannot share a graph (different opsets, model-local
+    functions), and the caller keeps one session per fold."""
+    import onnx
+    from onnx import TensorProto, compose, helper
+
+    models = [onnx.load(str(p)) for p in paths]
+    opsets = [{o.domain or "ai.onnx": o.version for o in m.opset_import} for m in models]
+    names = [(m.graph.input[0].name, m.graph.output[0].name) for m in models]
+    if (any(o != opsets[0] for o in opsets) or any(m.functions for m in models)
+            or any(len(m.graph.input) != 1 or len(m.graph.output) != 1 or n != ("x", "probs") for m, n in zip(models, names))):  # fmt: skip
+        return None
+    new_reduce = opsets[0].get("ai.onnx", 1) >= 13  # ReduceSum takes its axes as an input from opset 13
+    graph = helper.make_graph([], "fold_mean", [models[0].graph.input[0]], [])
+    axes = helper.make_tensor("fold_mean/axes", TensorProto.INT64, [1], [1])
+    inv = helper.make_tensor("fold_mean/inv_k", TensorProto.FLOAT, [], [1.0 / len(models)])
+    graph.initializer.extend([axes, inv] if new_reduce else [inv])
+    normed = []
+    for k, m in enumerate(models):
+        g = compose.add_prefix_graph(m.graph, f"fold{k}/", rename_inputs=False)
+        graph.node.extend(g.node)
+        graph.initializer.extend(g.initializer)
+        graph.sparse_initializer.extend(g.sparse_initializer)
+        graph.value_info.extend(g.value_info)
+        out = g.output[0].name
+        rowsum = (helper.make_node("ReduceSum", [out, axes.name], [f"{out}/rowsum"], keepdims=1) if new_reduce
+                  else helper.make_node("ReduceSum", [out], [f"{out}/rowsum"], keepdims=1, axes=[1]))  # fmt: skip
+        graph.node.extend([rowsum, helper.make_node("Div", [out, f"{out}/rowsum"], [f"{out}/normed"])])
+        normed.append(f"{out}/normed")
+    graph.node.extend([helper.make_node("Sum", normed, ["fold_mean/sum"]),
+                       helper.make_node("Mul", ["fold_mean/sum", inv.name], ["probs"])])  # fmt: skip
+    out_info = onnx.ValueInfoProto()
+    out_info.CopyFrom(models[0].graph.output[0])
+    graph.output.append(out_info)
+    merged = helper.make_model(graph, opset_imports=list(models[0].opset_import),
+                               ir_version=max(m.ir_version for m in models))  # fmt: skip
+    return merged.SerializeToString()
 
 
 def run_probs(session: Any, x: np.ndarray) -> np.ndarray:
@@ -306,6 +368,8 @@ class DeploymentPackage:
     meta: dict[str, Any]
     threads: int = 2
     providers: list[str] | None = None
+    #: run each member's fold engines as one merged graph (:func:`merge_folds`); False: one session per fold
+    merged: bool = True
     _sessions: dict[tuple[str, str, str], Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -376,10 +440,21 @@ class DeploymentPackage:
         return precision
 
     def session(self, member: str, fold: str, precision: str) -> Any:
+        """The session of one fold engine."""
         key = (member, fold, precision)
         if key not in self._sessions:
             rel = self.member(member)["engines"][precision][fold]
             self._sessions[key] = make_session(self.path / rel, self.threads, self.providers)
+        return self._sessions[key]
+
+    def merged_session(self, member: str, precision: str) -> Any | None:
+        """The session of the member's fold engines merged into one graph (:func:`merge_folds`), None where they
+        cannot be merged (then :meth:`member_probs_from_inputs` runs one session per fold)."""
+        key = (member, "*", precision)
+        if key not in self._sessions:
+            m = self.member(member)
+            model = merge_folds([self.path / m["engines"][precision][f] for f in m["folds"]])
+            self._sessions[key] = None if model is None else make_session(model, self.threads, self.providers)
         return self._sessions[key]
 
     def member_probs(self, name: str, out: Any, precision: str = "fp32") -> tuple[np.ndarray, str]:
@@ -394,31 +469,53 @@ class DeploymentPackage:
         """:meth:`member_probs` on the member's ready-made input ``x`` (:func:`member_inputs`)."""
         m = self.member(name)
         prec = self.engine_precision(m, precision)
+        merged = self.merged_session(name, prec) if self.merged else None
+        if merged is not None:
+            return run_probs(merged, x), prec
         mean = np.mean([run_probs(self.session(name, f, prec), x) for f in m["folds"]], axis=0)
         return mean / mean.sum(axis=1, keepdims=True), prec
 
-    def predict_batch(self, out: Any, precision: str = "fp32") -> PackagePrediction:
-        """Probabilities of the preprocessed batch ``out`` (:class:`hms_core.preprocess.BatchOutput`)."""
+    def predict_batch(
+        self, out: Any, precision: str = "fp32", members: Sequence[str] | None = None
+    ) -> PackagePrediction:
+        """Probabilities of the preprocessed batch ``out`` (:class:`hms_core.preprocess.BatchOutput`).
+
+        ``members``: the members to run (default: every packaged member). They must include every member of the
+        blend (:attr:`blend_members`); the disagreement is then the mean over those members."""
         check_option("precision", precision, PRECISIONS)
+        names = self.member_names if members is None else [n for n in self.member_names if n in set(members)]
+        unknown = sorted(set(members or ()) - set(self.member_names))
+        lacking = [n for n in self.blend_members if n not in names]
+        if unknown or lacking:
+            raise PackageError(f"members {list(members or ())} must be packaged members {self.member_names} that "
+                               f"include the blend's {self.blend_members}"
+                               + (f" (unknown: {unknown})" if unknown else "")
+                               + (f" (missing from the blend: {lacking})" if lacking else ""))  # fmt: skip
         members, used = {}, {}
-        for name in self.member_names:
+        for name in names:
             members[name], used[name] = self.member_probs(name, out, precision)
         probs = combine(self.meta["combiner"], self.meta.get("calibration"), members)
         dis = np.mean([kl_rows(p, probs) for p in members.values()], axis=0)
         return PackagePrediction(probs, members, entropy(probs), dis, used)
 
-    def warm_up(self, precision: str = "best") -> None:
-        """Open every session ``precision`` uses (the first request then pays no load time)."""
+    def warm_up(self, precision: str = "best", members: Sequence[str] | None = None) -> None:
+        """Open every session ``precision`` uses for ``members`` (default: all; the first request then pays no
+        load time)."""
         for m in self.meta["members"]:
+            if members is not None and m["name"] not in members:
+                continue
             prec = self.engine_precision(m, precision)
-            for f in m["folds"]:
-                self.session(m["name"], f, prec)
+            if not (self.merged and self.merged_session(m["name"], prec) is not None):
+                for f in m["folds"]:
+                    self.session(m["name"], f, prec)
 
 
 def load_package(path: str | os.PathLike[str], verify: bool = True, threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> DeploymentPackage:  # fmt: skip
+                 providers: Sequence[str] | None = None, merged: bool = True) -> DeploymentPackage:  # fmt: skip
     """Open the package at ``path`` (a version folder, or a ``deployments`` folder: its ``latest.json``).
-    ``verify`` checks every file against the manifest first (:func:`verify_manifest`)."""
+    ``verify`` checks every file against the manifest first (:func:`verify_manifest`); ``threads`` onnxruntime
+    intra-op threads per session (default: the package's ``export.intra_op_threads``); ``merged`` runs each
+    member's fold engines as one graph (:func:`merge_folds`)."""
     root = Path(path)
     if (root / LATEST_FILE).is_file() and not (root / PACKAGE_FILE).is_file():
         root = latest_package(root)
@@ -436,7 +533,7 @@ def load_package(path: str | os.PathLike[str], verify: bool = True, threads: int
     if list(meta.get("classes", [])) != list(CLASSES):
         raise PackageError(f"{ppath}: classes {meta.get('classes')} differ from {list(CLASSES)}")
     t = meta.get("threads", 2) if threads is None else threads
-    return DeploymentPackage(root, meta, int(t), list(providers) if providers else None)
+    return DeploymentPackage(root, meta, int(t), list(providers) if providers else None, bool(merged))
 
 
 def latest_package(deployments: str | os.PathLike[str]) -> Path:

@@ -21,7 +21,7 @@ from hms_dagster.resources import WorkspaceResource, progress_logger
 from hms_dagster.stages import DEPLOYMENT_PACKAGE, ENSEMBLE_MODEL, EXPORT, ONNX_ENGINES, export_asset_keys
 
 GROUP = EXPORT
-VERSION = "1"
+VERSION = "2"  # 2: attention exported as onnxruntime's fused MultiHeadAttention
 ENSEMBLE_CHECK = "not_worse_than_best_member"
 FP32_CHECK, INT8_CHECK = "fp32_parity", "int8_tolerance"
 MANIFEST_CHECK, ENSEMBLE_PARITY_CHECK, INT8_ENSEMBLE_CHECK = (

@@ -268,3 +268,63 @@ def test_lightgbm_engine_takes_lightgbm_branches_for_inputs_at_the_thresholds(tm
     path = export_lightgbm(booster, 4, tmp_path / "lgbm.onnx")
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["probs"], {"x": probe})[0]
     assert np.abs(got - want).max() < 1e-5
+
+
+def test_merged_fold_graph_equals_the_mean_of_the_fold_engines(deployment_package, trained_workspace):
+    """Each member's fold engines run as one graph (fold mean inside): the same probabilities as one session per
+    fold averaged in numpy, for every member and precision."""
+    from hms_core.export.package import batch_from_partition
+    from hms_core.partition import load_partition
+
+    part = load_partition(trained_workspace.cfg.processed_dir / "windows" / "test")
+    batch = batch_from_partition(part)
+    merged, per_fold = load_package(deployment_package), load_package(deployment_package, merged=False)
+    for m in merged.meta["members"]:
+        assert merged.merged_session(m["name"], "fp32") is not None, m["name"]
+        x = member_inputs(m, batch, merged.meta["layout"])
+        for prec in m["engines"]:
+            a, _ = merged.member_probs_from_inputs(m["name"], x, prec)
+            b, _ = per_fold.member_probs_from_inputs(m["name"], x, prec)
+            assert np.abs(a - b).max() <= 1e-6, (m["name"], prec)
+    np.testing.assert_allclose(merged.predict_batch(batch).probs, per_fold.predict_batch(batch).probs, atol=1e-6)
+
+
+def test_attention_exports_as_the_fused_kernel_within_parity(deployment_package, tmp_path):
+    """The foundation member's attention blocks are onnxruntime's MultiHeadAttention in the deployed engines
+    (passed parity like every engine); SDPA with a key-padding mask through the same symbolic matches torch, and
+    a call the fused op does not cover (causal) keeps torch's decomposition."""
+    import onnxruntime as ort
+    import torch
+    import torch.nn.functional as F
+
+    from hms_core.export.onnx_export import FUSED_ATTENTION_OP, count_ops, fused_attention
+    from hms_core.foundation.model import Block
+
+    pkg = load_package(deployment_package)
+    foundation = [m for m in pkg.meta["members"] if m["name"] == "eeg_foundation"]
+    for m in foundation:
+        for fold, rel in m["engines"]["fp32"].items():
+            assert count_ops(pkg.path / rel, FUSED_ATTENTION_OP) == 2, fold  # tiny encoder: depth 2
+            assert m["parity"]["fp32"][fold]["max_abs_diff"] <= pkg.meta["tolerances"]["fp32_max_abs"]
+
+    class Causal(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = x.reshape(x.shape[0], x.shape[1], 2, 16).transpose(1, 2)
+            return F.scaled_dot_product_attention(q, q, q, is_causal=True).transpose(1, 2).reshape(x.shape)
+
+    torch.manual_seed(0)
+    block = Block(32, 2, 64, 0.0).eval()
+    x = torch.randn(3, 40, 32)
+    keep = torch.ones(3, 40, dtype=torch.bool)
+    keep[1, 10:30] = False
+    for name, module, args, n_fused in (("block", block, (x, keep), 1), ("causal", Causal(), (x,), 0)):
+        path = tmp_path / f"{name}.onnx"
+        names = ["x", "keep"][: len(args)]
+        with torch.no_grad(), fused_attention(2, 18):
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=18, input_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in names})  # fmt: skip
+        assert count_ops(path, FUSED_ATTENTION_OP) == n_fused, name
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(*args).numpy(), atol=1e-5, rtol=0, err_msg=name)
