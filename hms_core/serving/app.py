@@ -138,6 +138,38 @@ class _BodyLimit:
         return await self.app(scope, limited, send)
 
 
+#: OpenAPI schemas of the request bodies (the endpoints read the body themselves: several content types).
+_BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
+_RECORDING_JSON: dict[str, Any] = {
+    "type": "object",
+    "required": ["sampling_rate", "channels", "data"],
+    "properties": {
+        "sampling_rate": {"type": "number", "description": "Hz"},
+        "channels": {"type": "array", "items": {"type": "string"}},
+        "data": {"type": "array", "items": {"type": "array", "items": {"type": ["number", "null"]}},
+                 "description": "channels x samples; null = missing"},
+        "name": {"type": "string", "description": "a label for the recording (batch requests)"},
+    },
+}  # fmt: skip
+
+
+def _request_body(content: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` of an endpoint whose required body takes the media types of ``content``."""
+    return {"requestBody": {"content": content, "required": True}}
+
+
+_PREDICT_BODY = _request_body({
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": _BINARY}}},
+    "application/json": {"schema": _RECORDING_JSON},
+    "application/octet-stream": {"schema": _BINARY},
+})  # fmt: skip
+_BATCH_BODY = _request_body({
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"files": {"type": "array", "items": _BINARY}}}},
+    "application/json": {"schema": {"type": "object", "required": ["recordings"],
+                                    "properties": {"recordings": {"type": "array", "items": _RECORDING_JSON}}}},
+})  # fmt: skip
+
+
 def _api_key(settings: ServingConfig) -> str | None:
     key = os.environ.get(settings.api_key_env, "")
     return key or None
@@ -166,7 +198,8 @@ def create_app(
         predictor.attach_log(prediction_log, "serve")
     pkg = predictor.pkg
     if hasattr(pkg, "warm_up"):
-        pkg.warm_up(settings.precision)  # open every engine now: the first request pays no load time
+        # open every engine the service runs now: the first request pays no load time
+        pkg.warm_up(settings.precision, members=predictor.members)
     key = _api_key(settings)
     slots = _Slots(settings.max_concurrency, settings.queue_timeout_s)
     limit = int(settings.max_request_mb * _MB)
@@ -299,31 +332,7 @@ def create_app(
         "/predict",
         summary="Class probabilities per 10-s window of one recording",
         dependencies=[Security(authorize)],
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                        }
-                    },
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["sampling_rate", "channels", "data"],
-                            "properties": {
-                                "sampling_rate": {"type": "number"},
-                                "channels": {"type": "array", "items": {"type": "string"}},
-                                "data": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                            },
-                        }
-                    },
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                },
-                "required": True,
-            }
-        },
+        openapi_extra=_PREDICT_BODY,
     )
     async def predict(request: Request) -> JSONResponse:
         request_id = uuid.uuid4().hex[:16]
@@ -352,24 +361,7 @@ def create_app(
         "/predict/batch",
         summary="Several recordings in one request (one result or one error each)",
         dependencies=[Security(authorize)],
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                            },
-                        }
-                    },
-                    "application/json": {
-                        "schema": {"type": "object", "properties": {"recordings": {"type": "array"}}}
-                    },
-                },
-                "required": True,
-            }
-        },
+        openapi_extra=_BATCH_BODY,
     )
     async def predict_batch(request: Request) -> JSONResponse:
         request_id = uuid.uuid4().hex[:16]

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PackageNotFound",
+    "available_cores",
+    "limit_threads",
     "open_prediction_log",
     "package_errors",
     "predict_to_csv",
+    "request_threads",
     "resolve_package",
     "serve",
     "write_csv",
@@ -78,15 +81,70 @@ def open_prediction_log(cfg: PlatformConfig) -> Any | None:
         return None
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+#: Environment variable overriding :func:`request_threads` (a positive integer), e.g. on a machine whose cores are
+#: shared with other work.
+THREADS_ENV = "HMS_SERVE_THREADS"
+
+
+def request_threads(max_concurrency: int, cores: int | None = None) -> int:
+    """Threads one request may use so that ``max_concurrency`` requests at once fill the cores without
+    oversubscribing them: ``cores // max_concurrency``, at least 1 (2 cores, 2 slots: 1 thread each); the
+    environment variable :data:`THREADS_ENV` overrides it."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"Invalid value for the {THREADS_ENV} environment variable: {env!r}. It must be a "
+                             "positive integer (threads per request).")  # fmt: skip
+        return int(env)
+    return max(1, (available_cores() if cores is None else cores) // max(1, int(max_concurrency)))
+
+
+def limit_threads(n: int) -> None:
+    """Limit the compute pools every request shares to ``n`` threads: torch's intra-op pool (the preprocessing's
+    FFTs) and the BLAS/OpenMP pools numpy and LightGBM use (threadpoolctl). onnxruntime's intra-op threads are
+    set per session (``load_package(threads=...)``)."""
+    import sys
+
+    if "torch" in sys.modules or _importable("torch"):
+        import torch
+
+        torch.set_num_threads(n)
+    if _importable("threadpoolctl"):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def serve(cfg: PlatformConfig, package: str | None, host: str | None, port: int | None) -> None:
-    """Run the service under uvicorn (one process; concurrency is ``serving.max_concurrency`` threads)."""
+    """Run the service under uvicorn: one process, at most ``serving.max_concurrency`` requests predicted at once
+    (threads of the pool), each on :func:`request_threads` threads (torch, BLAS and onnxruntime alike), so the
+    concurrent requests do not oversubscribe the cores."""
     import uvicorn
 
     from hms_core.serving.app import create_app
 
     settings = cfg.serving
     path = resolve_package(cfg, package)
-    app = create_app(path, settings, prediction_log=open_prediction_log(cfg))
+    threads = request_threads(settings.max_concurrency)
+    limit_threads(threads)
+    predictor = Predictor.from_path(path, settings, threads=threads)
+    _log.info("%d thread(s) per request: %d core(s), serving.max_concurrency %d", threads, available_cores(),
+              settings.max_concurrency)  # fmt: skip
+    app = create_app(settings=settings, predictor=predictor, prediction_log=open_prediction_log(cfg))
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info", server_header=False)
 
 

@@ -5,8 +5,10 @@ preprocessing -> the deployment package -> per-window results.
 what depends on the package (missing channels against ``pkg.max_missing_channels``, the sampling rate against the
 package's band-pass, the length against its context), cuts the windows of :mod:`hms_core.serving.windows`,
 runs :func:`hms_core.preprocess.process_windows` with ``pkg.preprocessing`` (the same code and parameters as
-training; only the spectrogram types and features that some member reads, or that the monitoring log keeps, are
-computed: :func:`needed_preprocessing`) in batches of ``serving.batch_size`` and ``pkg.predict_batch``. A window whose own input lacks more EEG
+training) in batches of ``serving.batch_size`` and ``pkg.predict_batch``. Only the members of the blend run
+(:func:`serving_members`: the combiner's members in ``package.json``, what the ensemble's selection kept; members
+packaged to be reported only are not run), and only the spectrogram types and features that they read, or that the
+monitoring log keeps, are computed (:func:`needed_preprocessing`). A window whose own input lacks more EEG
 channels than the package allows, or that the preprocessing marked ``bad_window`` (all NaN, or outputs that were
 not finite), gets no probabilities (``probabilities: null`` with the reason): never a confident answer from zeros.
 
@@ -36,7 +38,15 @@ from hms_core.serving.errors import BadInput, ServingError, Unprocessable
 from hms_core.serving.inputs import Recording, read_json, read_upload, safe_name
 from hms_core.serving.windows import iter_window_batches, plan_windows
 
-__all__ = ["Predictor", "RecordingResult", "WindowResult", "needed_preprocessing", "result_columns", "result_rows"]
+__all__ = [
+    "Predictor",
+    "RecordingResult",
+    "WindowResult",
+    "needed_preprocessing",
+    "result_columns",
+    "result_rows",
+    "serving_members",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -102,6 +112,10 @@ class RecordingResult:
     request_id: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def window_id(self, index: int) -> str | None:
+        """``<request_id>:<index>``: the monitoring log's id of the window (what a labels CSV refers to)."""
+        return None if self.request_id is None else f"{self.request_id}:{index}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -115,7 +129,7 @@ class RecordingResult:
             "missing_channels": list(self.missing_channels),
             "ignored_channels": list(self.ignored_channels),
             "n_windows": len(self.windows),
-            "windows": [w.to_dict() for w in self.windows],
+            "windows": [{"window_id": self.window_id(w.index), **w.to_dict()} for w in self.windows],
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
         }
 
@@ -123,7 +137,8 @@ class RecordingResult:
 def result_columns() -> list[str]:
     """Columns of the per-window table (``hms predict --out``): the same values as the JSON response."""
     return [
-        "source", "kind", "package_version", "precision", "window", "start_s", "end_s", "predicted_class",
+        "source", "kind", "package_version", "precision", "request_id", "window_id", "window", "start_s", "end_s",
+        "predicted_class",
         *(f"prob_{c}" for c in CLASSES), "entropy", "disagreement", *QUALITY_FIELDS, "reason",
     ]  # fmt: skip
 
@@ -134,8 +149,8 @@ def result_rows(response: dict[str, Any]) -> list[dict[str, Any]]:
     for w in response["windows"]:
         probs = w["probabilities"] or {}
         q = w["quality"]
-        row = {k: response[k] for k in ("source", "kind", "package_version", "precision")}
-        row |= {"window": w["index"], "start_s": w["start_s"], "end_s": w["end_s"]}
+        row = {k: response[k] for k in ("source", "kind", "package_version", "precision", "request_id")}
+        row |= {"window_id": w["window_id"], "window": w["index"], "start_s": w["start_s"], "end_s": w["end_s"]}
         row |= {"predicted_class": w["predicted_class"]} | {f"prob_{c}": probs.get(c) for c in CLASSES}
         row |= {"entropy": w["uncertainty"]["entropy"], "disagreement": w["uncertainty"]["disagreement"]}
         row |= {k: (",".join(q[k]) if k == "flagged_channels" else q[k]) for k in QUALITY_FIELDS}
@@ -146,7 +161,10 @@ def result_rows(response: dict[str, Any]) -> list[dict[str, Any]]:
 class Predictor:
     """Predictions of one deployment package (thread-safe: inference keeps no state between calls)."""
 
-    def __init__(self, package: Any, settings: ServingConfig | None = None) -> None:
+    def __init__(self, package: Any, settings: ServingConfig | None = None,
+                 members: Sequence[str] | None | str = "blend") -> None:  # fmt: skip
+        """``members``: ``"blend"`` (the members the blend uses, :func:`serving_members`), None (every packaged
+        member, as ``pkg.predict_batch`` runs them) or a list (that includes the blend's)."""
         self.pkg = package
         self.settings = settings or ServingConfig()
         classes = tuple(package.classes)
@@ -161,10 +179,15 @@ class Predictor:
             )
         #: read once: the package's properties parse its package.json on every access
         self.preprocessing = package.preprocessing
-        self._needed = {
-            flag: needed_preprocessing(self.preprocessing, getattr(package, "meta", {}).get("members"), flag)
-            for flag in (False, True)
-        }
+        #: the members the service runs: those of the blend (``package.json``'s combiner, i.e. the ensemble's
+        #: selection), not the packaged members it reports only; their inputs are all that is preprocessed
+        self.members = (
+            serving_members(package) if members == "blend" else (None if members is None else list(members))
+        )
+        records = getattr(package, "meta", {}).get("members")
+        if records is not None and self.members is not None:
+            records = [m for m in records if m.get("name") in set(self.members)]
+        self._needed = {flag: needed_preprocessing(self.preprocessing, records, flag) for flag in (False, True)}
         self.layout = package.layout
         self.max_missing_channels = int(package.max_missing_channels)
         ecfg = self.preprocessing.eeg
@@ -175,11 +198,14 @@ class Predictor:
         self._log_error: str | None = None
 
     @classmethod
-    def from_path(cls, path: str | Path, settings: ServingConfig | None = None) -> Predictor:
-        """Load and verify (every SHA-256 of the manifest) the package at ``path``."""
+    def from_path(
+        cls, path: str | Path, settings: ServingConfig | None = None, threads: int | None = None
+    ) -> Predictor:
+        """Load and verify (every SHA-256 of the manifest) the package at ``path``; ``threads``: onnxruntime
+        intra-op threads per engine (default: the package's)."""
         from hms_core.export import load_package
 
-        return cls(load_package(path, verify=True), settings)
+        return cls(load_package(path, verify=True, threads=threads), settings)
 
     @property
     def run_preprocessing(self) -> Any:
@@ -251,8 +277,10 @@ class Predictor:
 
     # --- predicting -----------------------------------------------------------------------------------------
     def predict_recording(self, rec: Recording, request_id: str | None = None) -> RecordingResult:
-        """Per-window results of one recording (raises :class:`~hms_core.serving.errors.ServingError`)."""
+        """Per-window results of one recording (raises :class:`~hms_core.serving.errors.ServingError`); window ``i``
+        is ``<request_id>:<i>`` in the answer and in the monitoring log (a new random id when none is given)."""
         t0 = time.perf_counter()
+        request_id = request_id or _new_request_id()
         self.check(rec)
         plan = plan_windows(rec.n_times, self.layout, rec.source, self.settings.max_windows)
         starts, ends = plan.segment_start_s, plan.segment_end_s
@@ -268,7 +296,7 @@ class Predictor:
             except RecordError as e:
                 raise Unprocessable(str(e), field="data") from None
             t1 = time.perf_counter()
-            pred = self.pkg.predict_batch(out, precision=self.settings.precision)
+            pred = self.pkg.predict_batch(out, precision=self.settings.precision, members=self.members)
             seconds["preprocess"] += t1 - t
             seconds["predict"] += time.perf_counter() - t1
             probs.append(np.asarray(pred.probs, np.float64))
@@ -356,9 +384,10 @@ class Predictor:
         pkg = self.pkg
         meta = getattr(pkg, "meta", {}) or {}
         members = [
-            {"name": m.get("name"), "folds": list(m.get("folds", [])), "precisions": sorted(m.get("engines", {}))}
+            {"name": m.get("name"), "folds": list(m.get("folds", [])), "precisions": sorted(m.get("engines", {})),
+             "served": self.members is None or m.get("name") in self.members}
             for m in meta.get("members", [])
-        ]
+        ]  # fmt: skip
         card_path = Path(pkg.path) / "model_card.md"
         card = _card_summary(card_path.read_text(encoding="utf-8")) if card_path.is_file() else ""
         return {
@@ -373,6 +402,7 @@ class Predictor:
             "metrics": meta.get("metrics"),
             "max_missing_channels": self.max_missing_channels,
             "precision": self.settings.precision,
+            "threads": _threads(pkg),
             "preprocessing": self.preprocessing.model_dump(mode="json"),
             "layout": {
                 "context_length": self.layout.context_length,
@@ -388,6 +418,18 @@ class Predictor:
             },
             "model_card": card,
         }
+
+
+def serving_members(package: Any) -> list[str] | None:
+    """The members a prediction runs: the blend's (``package.blend_members``, the combiner's members: what the
+    ensemble's member selection kept), in the package's order; None (every member) for a package object without
+    a blend. Members the package carries only to report them are not run by the service: the disagreement is
+    over the blend's members."""
+    blend = getattr(package, "blend_members", None)
+    names = getattr(package, "member_names", None)
+    if not blend or not names:
+        return None
+    return [n for n in names if n in set(blend)]
 
 
 def needed_preprocessing(cfg: Any, members: list[dict[str, Any]] | None, keep_features: bool = False) -> Any:
@@ -420,6 +462,16 @@ def needed_preprocessing(cfg: Any, members: list[dict[str, Any]] | None, keep_fe
             "features": cfg.features.model_copy(update={"enabled": features}),
         }
     )
+
+
+def _threads(pkg: Any) -> dict[str, int | None]:
+    """Threads a request computes on: onnxruntime intra-op per engine, torch's intra-op pool (the preprocessing's
+    FFTs; None when torch is not loaded)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return {"onnxruntime_intra_op": getattr(pkg, "threads", None),
+            "torch_intra_op": torch.get_num_threads() if torch is not None else None}  # fmt: skip
 
 
 def _card_summary(text: str, limit: int = 1500) -> str:

@@ -49,6 +49,10 @@ def _error(resp, status: int, *needles: str) -> dict:
     return body["error"]
 
 
+def _without_ids(windows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in w.items() if k != "window_id"} for w in windows]
+
+
 def _check_windows(body: dict, pkg) -> None:
     assert body["package_version"] == pkg.version
     for w in body["windows"]:
@@ -72,16 +76,32 @@ def test_hms_parquet_gets_its_central_window_with_the_training_preprocessing(cli
     # the same numbers as the training transform (every output of the package's config) + the package, called
     # directly: the service computes only what the members read, and that part identically
     eeg = pq.read_table(io.BytesIO(data)).select(list(EEG_FILE_COLUMNS)).to_pandas().to_numpy(np.float32)
-    direct = predictor.pkg.predict_batch(process_windows(eeg[None], predictor.pkg.preprocessing))
+    pkg = predictor.pkg
+    full = process_windows(eeg[None], pkg.preprocessing)
+    direct = pkg.predict_batch(full)  # every packaged member
     got = np.array([list(body["windows"][0]["probabilities"].values())])
     np.testing.assert_array_equal(got, direct.probs)
-    read = {t for m in predictor.pkg.meta["members"] for t in (m.get("input_spec") or {}).get("spectrograms", [])}
+    # the service runs the blend's members only (the ensemble's selection, from package.json's combiner) and
+    # preprocesses only what they read; its disagreement is over those members
+    assert predictor.members == [n for n in pkg.member_names if n in pkg.blend_members]
+    served = pkg.predict_batch(full, members=predictor.members)
+    assert body["windows"][0]["uncertainty"]["disagreement"] == float(served.disagreement[0])
+    assert sorted(served.members) == sorted(pkg.blend_members)
+    records = [m for m in pkg.meta["members"] if m["name"] in predictor.members]
+    read = {t for m in records for t in (m.get("input_spec") or {}).get("spectrograms", [])}
     assert read <= set(predictor.run_preprocessing.spectrogram.types) <= read | {"mel"}
+    logged = predictor._log_sink is not None and predictor.settings.log_predictions  # drift reads the features
+    features = any(m["input_kind"] == "features" for m in records) or logged
+    assert predictor.run_preprocessing.features.enabled == (features and pkg.preprocessing.features.enabled)
+    with pytest.raises(ValueError, match="include the blend"):  # a member list without the blend's is refused
+        pkg.predict_batch(full, members=[n for n in pkg.member_names if n not in pkg.blend_members][:1])
     nan = body["windows"][0]["quality"]["nan_fraction"]  # the 2-s NaN stretch of Fp1, over 19 channels
     assert abs(nan - 400 / 10_000 / len(EEG_CHANNELS)) < 1e-6
     # a raw parquet body says the same
     raw = client.post("/predict", content=data, headers={"Content-Type": PARQUET, "X-Filename": "1234.parquet"})
-    assert raw.json()["windows"] == body["windows"]
+    assert _without_ids(raw.json()["windows"]) == _without_ids(body["windows"])
+    rid = body["request_id"]  # window i of a request is <request_id>:i (the monitoring log's window_id)
+    assert rid and [w["window_id"] for w in body["windows"]] == [f"{rid}:{w['index']}" for w in body["windows"]]
     # and so does the same recording as JSON (channels x samples at 200 Hz)
     short = [[None if np.isnan(v) else float(str(v)) for v in eeg[:, j]] for j in range(20)]  # float32 str: exact
     obj = {"sampling_rate": 200, "channels": list(EEG_FILE_COLUMNS), "data": short}
@@ -253,6 +273,7 @@ def test_predictions_reach_the_monitoring_log_and_its_failure_shows_on_ready(pre
             rows = read_predictions(tmp_path / "predictions", day)
             assert len(rows) == 1 and rows["package_version"].iloc[0] == predictor.pkg.version
             assert rows["prob_seizure"].iloc[0] == body["windows"][0]["probabilities"]["Seizure"]
+            assert rows["window_id"].iloc[0] == body["windows"][0]["window_id"]  # the answer's id is the log's
             assert c.get("/ready").json()["prediction_log"]["ok"] is True
         blocked = tmp_path / "a_file"
         blocked.write_text("not a folder")
@@ -294,10 +315,14 @@ def test_hms_predict_csv_rows_equal_the_service_json(client, deployment_package,
         body = client.post("/predict", files={"file": (path.name, path.read_bytes(), None)}).json()
         expected += result_rows(body)
     assert len(rows) == len(expected) == 3
+    ids = {"request_id", "window_id"}  # the CLI's requests are other requests than the client's
     for got, want in zip(rows, expected, strict=True):
         assert list(got) == list(want)
         for k, v in want.items():
-            assert got[k] == ("" if v is None else str(v)), k
+            if k not in ids:
+                assert got[k] == ("" if v is None else str(v)), k
+        assert got["request_id"] and got["window_id"] == f"{got['request_id']}:{got['window']}"
+    assert len({r["window_id"] for r in rows}) == len(rows)  # one id per row: what a labels CSV refers to
     # a bad file: named on stderr, exit 1; no package: exit 2
     (tmp_path / "bad.edf").write_bytes(b"0       garbage")
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "bad.edf"), "--package", str(deployment_package),
@@ -325,3 +350,30 @@ def test_hms_serve_refuses_a_missing_or_tampered_package(deployment_package, tmp
     card.write_text(card.read_text() + "\nedited after export\n")
     res = CliRunner().invoke(app, ["serve", "--package", str(copy), "-c", str(cfg)])
     assert res.exit_code == 2 and "model_card.md" in res.output and "Traceback" not in res.output
+
+
+def test_concurrent_requests_share_the_cores_without_oversubscribing_them(deployment_package):
+    """``hms serve`` gives each of ``serving.max_concurrency`` requests cores // slots threads (torch, BLAS and
+    every onnxruntime session alike): 2 cores and 2 slots are 1 thread per request, not 2 x 2."""
+    from hms_core.serving.commands import request_threads
+    from hms_core.serving.predictor import Predictor
+
+    assert [request_threads(n, cores=2) for n in (1, 2, 3)] == [2, 1, 1]
+    assert request_threads(2, cores=8) == 4
+    pred = Predictor.from_path(deployment_package, SETTINGS, threads=1)
+    pred.pkg.warm_up("fp32", members=pred.members)
+    sessions = [s for s in pred.pkg._sessions.values() if s is not None]
+    assert sessions and all(s.get_session_options().intra_op_num_threads == 1 for s in sessions)
+    assert {k[0] for k in pred.pkg._sessions} == set(pred.members)  # only the served members' engines are opened
+    assert pred.metadata()["threads"]["onnxruntime_intra_op"] == 1
+
+
+def test_openapi_documents_every_request_body(client):
+    spec = client.get("/openapi.json").json()["paths"]
+    one = spec["/predict"]["post"]["requestBody"]
+    many = spec["/predict/batch"]["post"]["requestBody"]
+    assert one["required"] and set(one["content"]) == {"multipart/form-data", "application/json",
+                                                        "application/octet-stream"}  # fmt: skip
+    rec = one["content"]["application/json"]["schema"]
+    assert rec["required"] == ["sampling_rate", "channels", "data"]
+    assert many["content"]["application/json"]["schema"]["properties"]["recordings"]["items"] == rec
