@@ -7,25 +7,32 @@ Reads the deployment package (default: ``latest.json`` under ``<root>/models/dep
 workspace's trained fold models, builds each member's inputs once from rows of the test partition (repeated up to
 the batch size) and times, in one process on ``--threads`` threads (torch intra-op = onnxruntime intra-op):
 
-- per member (all its fold models, as the package runs it): torch eager (``TrainedModel``'s model in eval mode,
-  flip TTA as ``predict_torch``: two forward passes; LightGBM's own booster for the features member), the fp32
-  engines and the int8 engines (where the package has them);
+- per member (all its fold models, as the package runs it): torch eager (the very module each engine was exported
+  from, :class:`~hms_core.export.onnx_export.TTAProbs`: softmax with flip TTA as one doubled batch, in
+  ``torch.inference_mode``; LightGBM's own booster for the features member), the fp32 engines and the int8 engines
+  (where the package has them), as the package runs them (each member's folds as one merged graph);
 - the whole ensemble: every member + the combiner and calibration (``hms_core.ensemble`` for torch, numpy in the
-  package), inputs built from the preprocessed rows on both sides (``member_inputs``).
+  package), inputs built from the preprocessed rows on both sides (``member_inputs``); ``int8`` is the package's
+  ``best`` precision; ``BLEND ONLY`` is what the service runs (the blend's members, not the reported ones).
 
-The three variants run interleaved, repetition by repetition (so a busy machine slows all of them alike); the
-figure is the median. On a CUDA machine the same is timed for torch CUDA and onnxruntime's CUDA provider (and
-TensorRT when ``tensorrt`` imports), with the device named. ``--service`` adds the service latency from
+The variants run interleaved, repetition by repetition (so a busy machine slows all of them alike); the figure is
+the median wall time, and the median CPU time of the process (every thread) per call beside it (``cpu x``: the
+eager / fp32 ratio of CPU times, steadier than wall time on a shared machine). Run it with
+``OMP_WAIT_POLICY=PASSIVE`` so torch's OpenMP threads sleep between calls as onnxruntime's do (spinning threads
+inflate CPU time). On a CUDA machine the same is timed for torch CUDA and onnxruntime's CUDA provider (and TensorRT
+when ``tensorrt`` imports), with the device named. ``--service`` adds the service latency from
 :func:`benchmarks.service.service_benchmark` (a real ``hms serve`` under a bounded httpx load) to the same RESULT
 line. The last line is
 
-    RESULT threads=2 ensemble_b1_eager_ms=... ensemble_b1_fp32_ms=... ensemble_b1_int8_ms=... speedup_fp32_b1=...
-           ... ensemble_b32_... min_member_speedup_fp32_b1=... [service_p50_ms=... service_p95_ms=...]
+    RESULT threads=2 ... ensemble_b1_eager_ms=... ensemble_b1_fp32_ms=... speedup_fp32_b1=... speedup_cpu_fp32_b1=...
+           ... x_<member>_b<batch>_fp32=... min_member_speedup_fp32_b32=... [service_p50_ms=... service_p95_ms=...
+           service_cpu_ms_per_request=... server_preprocess_p50_ms=...] load_avg_1m=...
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -37,17 +44,26 @@ import numpy as np
 __all__ = ["inference_benchmark", "main"]
 
 
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
 def _median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
-    """Each function's median wall time (ms) over ``runs`` rounds, the functions interleaved within a round."""
+    """Each function's median wall time (ms) over ``runs`` rounds, the functions interleaved within a round; the
+    median CPU time of the process (all its threads, ms) per call under ``<name>_cpu``."""
     for f in fns.values():  # warm-up: first-call allocations, lazy session init
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             f()
             times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+            cpu[k].append((time.process_time() - c0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()} | {
+        f"{k}_cpu": statistics.median(v) for k, v in cpu.items()
+    }
 
 
 def _batch(batch: Any, n: int) -> Any:
@@ -60,22 +76,21 @@ def _batch(batch: Any, n: int) -> Any:
 
 
 def _eager(models: list[Any], x: np.ndarray) -> Callable[[], np.ndarray]:
-    """A member's eager prediction over its fold models (mean), as the torch path computes it."""
+    """A member's eager prediction over its fold models (mean): the module each engine was exported from
+    (:class:`~hms_core.export.onnx_export.TTAProbs`: softmax, flip TTA as one doubled batch), in
+    ``torch.inference_mode``, on torch's own kernels (its fused CPU attention included)."""
     import torch
+
+    from hms_core.export.onnx_export import TTAProbs
 
     if models[0].input_kind == "features":
         return lambda: np.mean([m.model.predict_proba(x) for m in models], axis=0)
     xt = torch.from_numpy(x)
+    mods = [TTAProbs(m.model, m.config["training"].get("flip_tta", True)).eval() for m in models]
 
     @torch.inference_mode()
     def run() -> np.ndarray:
-        out = []
-        for m in models:
-            p = torch.softmax(m.model(xt).float(), dim=1)
-            if m.config["training"].get("flip_tta", True):
-                p = 0.5 * (p + torch.softmax(m.model(m.model.flip_input(xt)).float(), dim=1))
-            out.append(p.numpy())
-        return np.mean(out, axis=0)
+        return np.mean([mod(xt).numpy() for mod in mods], axis=0)
 
     return run
 
@@ -99,10 +114,14 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
     base = batch_from_partition(load_partition(cfg.processed_dir / "windows" / TEST_PARTITION))
     pkg.warm_up("fp32")
     pkg.warm_up("best")
-    res: dict[str, Any] = {"threads": threads, "package": pkg.version, "members": len(pkg.member_names)}
+    blend = pkg.blend_members
+    res: dict[str, Any] = {"threads": threads, "package": pkg.version, "members": len(pkg.member_names),
+                           "blend_members": len(blend)}  # fmt: skip
     speed_fp32: dict[int, list[float]] = {}
-    log(f"package {pkg.version} ({pkg.path}); {threads} threads; median of {runs} interleaved runs")
-    log(f"{'member':<16}{'batch':>6}{'eager ms':>11}{'fp32 ms':>10}{'int8 ms':>10}{'fp32 x':>8}{'int8 x':>8}")
+    log(f"package {pkg.version} ({pkg.path}); {threads} threads (torch and onnxruntime); median of {runs} "
+        f"interleaved runs; the blend uses {blend}; load average {_load():.1f}")  # fmt: skip
+    log(f"{'member':<16}{'batch':>6}{'eager ms':>10}{'fp32 ms':>9}{'int8 ms':>9}{'fp32 x':>8}{'int8 x':>8}"
+        f"{'cpu x':>7}  (cpu x: eager / fp32 CPU time)")  # fmt: skip
     for b in batches:
         batch = _batch(base, b)
         speed_fp32[b] = []
@@ -118,12 +137,14 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
             i8 = t.get("int8")
             i8_ms = "-" if i8 is None else f"{i8:.2f}"
             i8_x = "-" if i8 is None else f"{t['eager'] / i8:.2f}"
-            log(
-                f"{name:<16}{b:>6}{t['eager']:>11.2f}{t['fp32']:>10.2f}{i8_ms:>10}{t['eager'] / t['fp32']:>8.2f}{i8_x:>8}"
-            )
+            cpu_x = t["eager_cpu"] / max(t["fp32_cpu"], 1e-6)
+            log(f"{name:<16}{b:>6}{t['eager']:>10.2f}{t['fp32']:>9.2f}{i8_ms:>9}{t['eager'] / t['fp32']:>8.2f}"
+                f"{i8_x:>8}{cpu_x:>7.2f}")  # fmt: skip
             res[f"{name}_b{b}_eager_ms"], res[f"{name}_b{b}_fp32_ms"] = round(t["eager"], 3), round(t["fp32"], 3)
+            res[f"x_{name}_b{b}_fp32"] = round(t["eager"] / t["fp32"], 2)
             if i8 is not None:
                 res[f"{name}_b{b}_int8_ms"] = round(i8, 3)
+                res[f"x_{name}_b{b}_int8"] = round(t["eager"] / i8, 2)
 
         def torch_ensemble(batch=batch) -> np.ndarray:
             probs = {}
@@ -133,14 +154,21 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
             return ens.predict(probs)
 
         t = _median_ms({"eager": torch_ensemble, "fp32": lambda batch=batch: pkg.predict_batch(batch, "fp32"),
-                        "int8": lambda batch=batch: pkg.predict_batch(batch, "best")}, runs)  # fmt: skip
-        log(f"{'ENSEMBLE':<16}{b:>6}{t['eager']:>11.2f}{t['fp32']:>10.2f}{t['int8']:>10.2f}"
-            f"{t['eager'] / t['fp32']:>8.2f}{t['eager'] / t['int8']:>8.2f}")  # fmt: skip
-        for k in ("eager", "fp32", "int8"):
+                        "int8": lambda batch=batch: pkg.predict_batch(batch, "best"),
+                        "served": lambda batch=batch: pkg.predict_batch(batch, "fp32", members=blend)}, runs)  # fmt: skip
+        log(f"{'ENSEMBLE':<16}{b:>6}{t['eager']:>10.2f}{t['fp32']:>9.2f}{t['int8']:>9.2f}"
+            f"{t['eager'] / t['fp32']:>8.2f}{t['eager'] / t['int8']:>8.2f}"
+            f"{t['eager_cpu'] / max(t['fp32_cpu'], 1e-6):>7.2f}   (int8 = precision best)")  # fmt: skip
+        log(f"{'BLEND ONLY':<16}{b:>6}{'':>10}{t['served']:>9.2f}{'':>9}{t['eager'] / t['served']:>8.2f}"
+            f"{'':>8}{t['eager_cpu'] / max(t['served_cpu'], 1e-6):>7.2f}   (what the service runs: {blend})")  # fmt: skip
+        for k in ("eager", "fp32", "int8", "served"):
             res[f"ensemble_b{b}_{k}_ms"] = round(t[k], 3)
+            res[f"ensemble_b{b}_{k}_cpu_ms"] = round(t[f"{k}_cpu"], 3)
         res[f"speedup_fp32_b{b}"] = round(t["eager"] / t["fp32"], 2)
         res[f"speedup_int8_b{b}"] = round(t["eager"] / t["int8"], 2)
+        res[f"speedup_cpu_fp32_b{b}"] = round(t["eager_cpu"] / max(t["fp32_cpu"], 1e-6), 2)
         res[f"min_member_speedup_fp32_b{b}"] = round(min(speed_fp32[b]), 2)
+    res["load_avg_1m"] = round(_load(), 2)
     res.update(gpu_benchmark(pkg, models, base, runs, log))
     return res
 
@@ -221,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from benchmarks.service import service_benchmark
 
         res.update(service_benchmark(package, args.config, requests=args.requests, concurrency=args.concurrency))
-    keys = [k for k in res if k.startswith(("threads", "members", "ensemble_", "speedup_", "min_member_", "service_",
-                                            "gpu"))]  # fmt: skip
+    keys = [k for k in res if k.startswith(("threads", "members", "blend_members", "ensemble_", "speedup_",
+                                            "min_member_", "x_", "service_", "server_", "load_avg", "gpu"))]  # fmt: skip
     print("RESULT " + " ".join(f"{k}={res[k]}" for k in keys), flush=True)
     return res
 
