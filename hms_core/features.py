@@ -122,9 +122,10 @@ def periodicity(
     xc = x - x.mean(-1, keepdims=True)
     # zero padding to >= 2n - 1 points makes the circular autocorrelation the linear one
     nfft = sfft.next_fast_len(2 * n - 1, real=True)
-    spec = sfft.rfft(xc, nfft, axis=-1)
-    pw = spec.view(np.float32).reshape(*spec.shape, 2)
-    acf = sfft.irfft(np.square(pw).sum(-1), nfft, axis=-1)[..., : n // 2 + 2]
+    spec = sfft.rfft(xc, nfft, axis=-1).view(np.float32)  # interleaved (re, im)
+    power = np.square(spec[..., 0::2])
+    power += np.square(spec[..., 1::2])
+    acf = sfft.irfft(power, nfft, axis=-1)[..., : n // 2 + 2]
     acf = acf / np.maximum(acf[..., :1], 1e-12)
     lo = max(int(sfreq / max_rate), 2)
     hi = min(int(sfreq / min_rate), n // 2)

@@ -91,11 +91,16 @@ def _stft_frames_power(x: np.ndarray, window: np.ndarray, nfft: int, hop: int, c
     x = _as_float32(x)
     lead, n_times = x.shape[:-1], x.shape[-1]
     flat = x.reshape(-1, n_times)
-    frames = _frames(flat, window.shape[0], hop, nfft)
-    out = np.empty((flat.shape[0], frames.shape[1], nfft // 2 + 1), np.float32)
+    width = window.shape[0]
+    frames = _frames(flat, width, hop, nfft)
+    n_frames = frames.shape[1]
+    out = np.empty((flat.shape[0], n_frames, nfft // 2 + 1), np.float32)
+    # windowed frames written straight into a zero-padded buffer (no padding copy inside the FFT)
+    buf = np.zeros((min(chunk, flat.shape[0]), n_frames, max(nfft, width)), np.float32)
     for r0 in range(0, flat.shape[0], chunk):
-        spec = sfft.rfft(frames[r0 : r0 + chunk] * window, nfft, axis=-1)
-        _power(spec, out[r0 : r0 + chunk])
+        part = buf[: min(chunk, flat.shape[0] - r0)]
+        np.multiply(frames[r0 : r0 + chunk], window, out=part[..., :width])
+        _power(sfft.rfft(part, nfft, axis=-1), out[r0 : r0 + chunk])
     return out.reshape(*lead, *out.shape[1:])
 
 
