@@ -302,9 +302,10 @@ def test_attention_exports_as_the_fused_kernel_within_parity(deployment_package,
 
     pkg = load_package(deployment_package)
     foundation = [m for m in pkg.meta["members"] if m["name"] == "eeg_foundation"]
+    assert foundation, "the tiny profile packages the foundation member"
     for m in foundation:
         for fold, rel in m["engines"]["fp32"].items():
-            assert count_ops(pkg.path / rel, FUSED_ATTENTION_OP) == 2, fold  # tiny encoder: depth 2
+            assert count_ops(pkg.path / rel, FUSED_ATTENTION_OP) >= 1, fold  # one per encoder block
             assert m["parity"]["fp32"][fold]["max_abs_diff"] <= pkg.meta["tolerances"]["fp32_max_abs"]
 
     class Causal(torch.nn.Module):
