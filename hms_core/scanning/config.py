@@ -39,6 +39,11 @@ class DistillConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     stride_s: float = Field(2.0, gt=0, description="Window stride over the training recordings (teacher windows).")
     max_windows: int | None = Field(20000, ge=50, description="Cap on teacher windows (a seeded subset).")
+    recordings_dir: str | None = Field(
+        None,
+        description="Folder of unlabelled long recordings (EDF/BDF/...; relative to workspace.root) scanned first for "
+        "more teacher windows, one pseudo-patient per file; null = the training recordings only.",
+    )
     holdout_fraction: float = Field(
         0.25, gt=0, lt=1, description="Patients held out to measure the KL between ensemble and distilled model."
     )

@@ -6,9 +6,10 @@ overlapping window shares: the log STFT power of the four double-banana chains o
 (:func:`hms_core.scanning.frontend.distill_inputs`: Hann ``distill.window_size``, hop ``distill.hop``,
 ``freq_min``-``freq_max`` Hz, standardised per window, plus the window's mean and spread of log power).
 
-Teacher windows: the training recordings (``train_eegs``; no labels are read) scanned with the scanner itself,
-every ``distill.stride_s`` seconds, classified by the ensemble engine (the deployment package's, or the workspace
-ensemble before one exists). The student is trained on the teacher's probabilities (KL(teacher || student), with
+Teacher windows: the long recordings of ``distill.recordings_dir`` when set (unlabelled, e.g. a unit's own ICU
+recordings; each file one pseudo-patient) and the training recordings (``train_eegs``; no labels are read), scanned
+with the scanner itself every ``distill.stride_s`` seconds and classified by the ensemble engine (the deployment
+package's, or the workspace ensemble before one exists). The student is trained on the teacher's probabilities (KL(teacher || student), with
 the label-preserving left/right flip as augmentation) on the windows of ``1 - holdout_fraction`` of the patients;
 its agreement with the ensemble, the mean KL(ensemble || distilled) and the top-class agreement on the held-out
 patients' windows, is recorded in ``distill.json`` beside ``model.onnx``.
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hms_core.config import PlatformConfig
-from hms_core.constants import CLASSES, SFREQ
+from hms_core.constants import CLASSES, EEG_CHANNELS, SFREQ
 from hms_core.io import atomic_path, sha256_file, write_json
 from hms_core.scanning.config import ScanConfig
 
@@ -83,24 +84,39 @@ def _training_recordings(cfg: PlatformConfig) -> list[tuple[Path, int]]:
     return [(cfg.raw_dir / "train_eegs" / f"{e}.parquet", int(p)) for e, p in ids.iter_rows()]
 
 
+def _extra_recordings(cfg: PlatformConfig, dcfg: Any) -> list[Path]:
+    """The files of ``distill.recordings_dir`` that :func:`hms_core.recording.open_recording` reads."""
+    if not dcfg.recordings_dir:
+        return []
+    folder = cfg.path(dcfg.recordings_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"scan.distill.recordings_dir: {folder} is not a folder of recordings")
+    suffixes = (".edf", ".bdf", ".rec", ".fif", ".vhdr", ".set", ".cnt", ".gdf")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
 def teacher_windows(cfg: PlatformConfig, scanner: Any, scan: ScanConfig,
                     progress: Callable[[int, int], None] | None = None) -> TeacherWindows:  # fmt: skip
-    """Scan the training recordings (a seeded order, until ``distill.max_windows``) with the ensemble engine and
-    keep every evaluated window's distilled-model input and the ensemble's probabilities."""
+    """Scan the recordings of ``distill.recordings_dir`` (each its own pseudo-patient, ids -1, -2, ...), then the
+    training recordings (a seeded order), until ``distill.max_windows``, with the ensemble engine, and keep every
+    evaluated window's distilled-model input and the ensemble's probabilities."""
     from hms_core.eeg_io import read_hms_eeg
+    from hms_core.recording import open_recording
     from hms_core.scanning.engine import scan_reader
 
     dcfg = scan.distill
     t0 = time.perf_counter()
+    extra = _extra_recordings(cfg, dcfg)
     recs = _training_recordings(cfg)
     order = np.random.default_rng(dcfg.seed).permutation(len(recs))
+    sources: list[tuple[Path, int, bool]] = [(p, -(i + 1), True) for i, p in enumerate(extra)]
+    sources += [(recs[j][0], recs[j][1], False) for j in order]
     sub = scan.model_copy(update={"stride_s": dcfg.stride_s})
     ens = scanner.ensemble
     max_missing = scanner.max_missing_channels if scan.max_missing_channels is None else scan.max_missing_channels
     parts: dict[str, list[np.ndarray]] = {"spec": [], "scalars": [], "probs": [], "patient": []}
     n = 0
-    for i, j in enumerate(order):
-        path, patient = recs[j]
+    for i, (path, patient, long) in enumerate(sources):
 
         def keep(spec: np.ndarray, scal: np.ndarray, probs: np.ndarray, patient: int = patient) -> None:
             parts["spec"].append(spec)
@@ -108,15 +124,19 @@ def teacher_windows(cfg: PlatformConfig, scanner: Any, scan: ScanConfig,
             parts["probs"].append(probs)
             parts["patient"].append(np.full(len(probs), patient, np.int64))
 
-        scan_reader(ArrayRecording(read_hms_eeg(path, missing_channels="flag")), ens, sub, max_missing,
-                    on_batch=keep)  # fmt: skip
+        if long:
+            with open_recording(path, min_eeg_channels=len(EEG_CHANNELS) - max_missing) as rec:
+                scan_reader(rec, ens, sub, max_missing, on_batch=keep)
+        else:
+            scan_reader(ArrayRecording(read_hms_eeg(path, missing_channels="flag")), ens, sub, max_missing,
+                        on_batch=keep)  # fmt: skip
         n = sum(len(p) for p in parts["probs"])
         if progress is not None:
-            progress(i + 1, len(order))
+            progress(i + 1, len(sources))
         if dcfg.max_windows is not None and n >= dcfg.max_windows:
             break
     if not n:
-        raise ValueError(f"no evaluable window in the {len(recs)} training recordings of {cfg.raw_dir}")
+        raise ValueError(f"no evaluable window in the {len(sources)} teacher recordings ({cfg.raw_dir})")
     out = {k: np.concatenate(v) for k, v in parts.items()}
     if dcfg.max_windows is not None and n > dcfg.max_windows:
         keep_idx = np.sort(np.random.default_rng(dcfg.seed).choice(n, dcfg.max_windows, replace=False))
@@ -212,6 +232,7 @@ def train_student(tw: TeacherWindows, scan: ScanConfig) -> tuple[Any, dict[str, 
     metrics = {
         "windows": len(tw.probs), "train_windows": int(train.sum()), "heldout_windows": int(test.sum()),
         "patients": len(patients), "heldout_patients": sorted(int(x) for x in held),
+        "unlabelled_recording_windows": int((tw.patient < 0).sum()),
         "kl_heldout": float(kl[test].mean()) if test.any() else None,
         "kl_train": float(kl[train].mean()),
         "top1_agreement_heldout": float(agree[test].mean()) if test.any() else None,

@@ -102,11 +102,13 @@ def test_scan_model_asset_distils_the_package_and_the_scan_uses_it(
         "scan": base.scan.model_copy(update={
             "package": str(deployment_package), "engine": "auto", "stride_s": 10.0,
             "recordings_dir": str(tmp_path / "recordings"),
-            "distill": base.scan.distill.model_copy(update={"epochs": 8, "max_windows": 400}),  # seconds, not minutes
+            "distill": base.scan.distill.model_copy(update={  # seconds, not minutes; plus an unlabelled recording
+                "epochs": 4, "max_windows": 120, "stride_s": 1.0, "recordings_dir": str(tmp_path / "unlabelled")}),
         }),
     })  # fmt: skip
-    (tmp_path / "recordings").mkdir()
-    write_edf(tmp_path / "recordings" / "bed1.edf", duration_s=120)
+    for folder in ("recordings", "unlabelled"):
+        (tmp_path / folder).mkdir()
+        write_edf(tmp_path / folder / "bed1.edf", duration_s=120)
     assets, jobs, _ = build_scan_definitions(cfg, {DEPLOYMENT_PACKAGE, RAW_DATASET})
     model_asset = next(a for a in assets if a.key.to_user_string() == SCAN_MODEL)
     assert {d.to_user_string() for d in model_asset.asset_deps[model_asset.key]} == {
@@ -128,7 +130,9 @@ def test_scan_model_asset_distils_the_package_and_the_scan_uses_it(
         (made,) = list(folder.iterdir())  # one model folder, no temporary or old folder beside it
         assert str(made) == meta["path"].value and made.name in str(deployment_package)
         assert {p.name for p in made.iterdir()} == {"model.onnx", "distill.json", "manifest.json"}
-        assert json.loads((made / "distill.json").read_text())["metrics"]["kl_heldout"] == kl
+        metrics = json.loads((made / "distill.json").read_text())["metrics"]
+        assert metrics["kl_heldout"] == kl
+        assert metrics["unlabelled_recording_windows"] > 20  # distill.recordings_dir's windows are teacher windows
         # the scan asset now takes the distilled model by default
         inst.add_dynamic_partitions(RECORDINGS_PARTITIONS, ["bed1.edf"])
         scan = dg.materialize(assets, partition_key="bed1.edf", instance=inst, resources=resources,
