@@ -17,6 +17,7 @@ from hms_core.config import load_config
 from hms_dagster.cli import app
 from hms_dagster.runner import run_pipeline
 from tests.hms_dagster.conftest import write_config
+from tests.reliability import tally
 
 
 def _hms(*args: str, cfg: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -70,6 +71,7 @@ def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert done and len(done) < 3, done
+    tally.add("preprocessing_cli", faults_injected=1)
 
     status = _status(cfg)
     states = {(a["asset"], a["partition"]): a["state"] for a in status["assets"]}
@@ -86,3 +88,4 @@ def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
     assert _materialized(home, "eeg_windows") == {"fold_0", "fold_1", "fold_2"}
     status = _status(cfg)
     assert status["stages"]["data"] == "complete" and status["stages"]["preprocessing"] == "complete"
+    tally.add("preprocessing_cli", faults_survived=1)

@@ -21,11 +21,10 @@ LONG_EXAMPLES = 300
 
 
 @pytest.fixture(scope="module")
-def api_schema(deployment_package):
+def api_schema(quiet_predictor):
     from hms_core.serving.app import create_app
-    from hms_core.serving.predictor import Predictor
 
-    app = create_app(predictor=Predictor.from_path(deployment_package, SETTINGS), settings=SETTINGS)
+    app = create_app(predictor=quiet_predictor, settings=SETTINGS)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -162,11 +162,10 @@ SETTINGS = ServingConfig(max_request_mb=3.0, max_files=3, max_concurrency=2, que
 
 
 @pytest.fixture(scope="module")
-def client(deployment_package):
+def client(quiet_predictor):
     from hms_core.serving.app import create_app
-    from hms_core.serving.predictor import Predictor
 
-    app = create_app(predictor=Predictor.from_path(deployment_package, SETTINGS), settings=SETTINGS)
+    app = create_app(predictor=quiet_predictor, settings=SETTINGS)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

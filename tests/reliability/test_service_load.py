@@ -63,10 +63,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def predictor(deployment_package):
-    from hms_core.serving.predictor import Predictor
-
-    return Predictor.from_path(deployment_package, ServingConfig(log_predictions=False))
+def predictor(quiet_predictor):
+    return quiet_predictor
 
 
 @pytest.fixture(scope="module")
