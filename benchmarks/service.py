@@ -114,17 +114,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def path_benchmark(package: str | os.PathLike[str], config: str = "tiny", runs: int = 15) -> dict[str, float]:
-    """The server's own path per 50-s record (parse, preprocess, engines, blend) in this process, for the
+def path_benchmark(package: str | os.PathLike[str], config: str = "tiny", runs: int = 15,
+                   concurrency: int = 2) -> dict[str, float]:  # fmt: skip
+    """The server's own path per 50-s record (parse, preprocess, engines, blend) in this process, on the threads
+    ``hms serve`` gives a request at ``concurrency`` (:func:`hms_core.serving.commands.request_threads`), for the
     predictor the service runs (the blend's members, only their inputs preprocessed) and for every packaged
     member (what the service ran before), interleaved record by record; medians of wall and CPU time (ms)."""
     import time
 
     from hms_core.config import load_config
+    from hms_core.serving.commands import limit_threads, request_threads
     from hms_core.serving.predictor import Predictor
 
     settings = load_config(config).serving.model_copy(update={"log_predictions": False})
-    served = Predictor.from_path(package, settings)
+    threads = request_threads(concurrency)
+    limit_threads(threads)
+    served = Predictor.from_path(package, settings, threads=threads)
     every = Predictor(served.pkg, settings, members=None)
     served.pkg.warm_up(settings.precision)
     records = _records(str(config), runs + 1)
@@ -144,6 +149,7 @@ def path_benchmark(package: str | os.PathLike[str], config: str = "tiny", runs: 
     med["path_speedup"] = med["path_all_ms"] / med["path_blend_ms"]
     med["path_speedup_cpu"] = med["path_all_cpu_ms"] / med["path_blend_cpu_ms"]
     med["path_blend_members"] = ",".join(served.members or served.pkg.member_names)
+    med["path_threads"] = threads
     return med
 
 
@@ -254,9 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
     load0 = os.getloadavg()[0]
     res: dict = {}
     if args.path_runs:
-        res.update(path_benchmark(args.package, args.config, args.path_runs))
+        res.update(path_benchmark(args.package, args.config, args.path_runs, args.concurrency))
         print(
-            f"server path per record (in process, interleaved, median of {args.path_runs}): blend members "
+            f"server path per record (in process, {res['path_threads']} thread(s), interleaved, median of "
+            f"{args.path_runs}): blend members "
             f"[{res['path_blend_members']}] {res['path_blend_ms']:.1f} ms wall / {res['path_blend_cpu_ms']:.1f} ms "
             f"CPU (preprocess {res['path_blend_preprocess_ms']:.1f}, engines {res['path_blend_predict_ms']:.1f}); "
             f"every packaged member {res['path_all_ms']:.1f} ms / {res['path_all_cpu_ms']:.1f} ms CPU (preprocess "
