@@ -327,8 +327,7 @@ class _MorletGroup:
     rows: np.ndarray  # (S,) indices into the frequency axis
     first: np.ndarray  # (S,) first FFT bin k0 of each scale's band (its K bins k0 .. k0 + K - 1 are gathered)
     weights: np.ndarray  # (S, K) each scale's real response (1/n_fft included) on those bins, 0 past its band
-    folds: int  # Q: bins that are m = n_fft // step apart coincide on the grid; Q = 1 unless a band exceeds m
-    # K: the widest band of the group; the grid points past it are zero (the step rule keeps K < m in practice)
+    # K: the widest band of the group, at most m = n_fft // step (the grid's points past it are zero)
     pool: np.ndarray  # (2 * n_grid, n_frames): weights of the interleaved (re^2, im^2) samples of c
     span: tuple[int, int]  # FFT bins [lo, hi) that hold every band of the group
     start: np.ndarray  # (2 (hi - lo), 2 S): interleaved (re, im) spectrum[lo:hi] -> (re, im) of c(0)
@@ -391,9 +390,12 @@ def _morlet_plan(n_times: int, freqs: tuple[float, ...], sfreq: float, hop: int,
         # pywt integrates the wavelet and differentiates the convolution: a one-sample box, sinc(nu) in frequency
         nu = np.arange(n_bins) / n_fft
         lo, hi = int(k0s[idx].min()), int(k1s[idx].max())
-        widest = int((k1s[idx] - k0s[idx]).max())
-        folds = -(-widest // m)
-        width = widest  # <= n_bins
+        width = int((k1s[idx] - k0s[idx]).max())
+        # the step rule (step * std <= _MORLET_STEP_WIDTH for step > 1; m = n_fft for step 1) keeps every band
+        # (9 std wide) inside the m-point grid, so its bins map one to one onto the grid's spectrum
+        if width > m:
+            raise RuntimeError(f"Morlet plan: a band of {width} bins exceeds its {m}-point grid (n_fft {n_fft}, "
+                               f"step {step}); lower _MORLET_STEP_WIDTH")  # fmt: skip
         first = np.minimum(k0s[idx], n_bins - width)  # the K-bin window stays inside the spectrum
         weights = np.zeros((len(idx), width))
         start = np.zeros((hi - lo, len(idx)))  # c(0) = spectrum[lo:hi] @ start
@@ -417,7 +419,7 @@ def _morlet_plan(n_times: int, freqs: tuple[float, ...], sfreq: float, hop: int,
             edge[:, k] = max(0, -a) / hop, max(0, a + hop - n_times) / hop
         groups.append(
             _MorletGroup(
-                n_fft, step, _frozen(idx), _frozen(first), _frozen(weights.astype(np.float32)), folds,
+                n_fft, step, _frozen(idx), _frozen(first), _frozen(weights.astype(np.float32)),
                 _frozen(np.repeat(pool, 2, axis=0).astype(np.float32)), (lo, hi),
                 _frozen(start_ri.astype(np.float32)),
                 _frozen(end.astype(np.complex64)) if end_used else None,
@@ -439,16 +441,12 @@ def _morlet_chunk(x: np.ndarray, plan: _MorletPlan, out: np.ndarray) -> None:
     for g in plan.groups:
         m, n_scales, width = g.n_fft // g.step, len(g.rows), g.weights.shape[1]
         sp = shifted[g.n_fft]
-        # each scale's band (K bins from k0) times its response, written straight into the grid's spectrum
-        if g.folds == 1:
-            z = np.empty((r, n_scales, m), np.complex64)
-            z[..., width:] = 0.0
-            for s, (k0, w) in enumerate(zip(g.first, g.weights)):
-                np.multiply(sp[:, k0 : k0 + width], w, out=z[:, s, :width])
-        else:  # bins m apart coincide on the grid: add them up
-            banded = sliding_window_view(sp, width, axis=-1)[:, g.first] * g.weights
-            pad = [(0, 0), (0, 0), (0, g.folds * m - width)]
-            z = np.pad(banded, pad).reshape(r, n_scales, g.folds, m).sum(2)
+        # each scale's band (K bins from k0) times its response, written straight into the grid's spectrum; the
+        # window's first bin lands on grid frequency 0: a phase ramp over the grid that |c|^2 does not see
+        z = np.empty((r, n_scales, m), np.complex64)
+        z[..., width:] = 0.0
+        for s, (k0, w) in enumerate(zip(g.first, g.weights)):
+            np.multiply(sp[:, k0 : k0 + width], w, out=z[:, s, :width])
         # c sampled every `step` samples (m points): one batched inverse FFT, in place
         c = sfft.ifft(z, axis=-1, norm="forward", overwrite_x=True)
         n_grid = g.pool.shape[0] // 2
