@@ -1,7 +1,7 @@
 """Inference speed: torch eager vs onnxruntime fp32 vs int8, per member and for the whole ensemble, side by side.
 
     python -m benchmarks.inference [--config tiny] [--package PATH] [--threads 2] [--runs 15] [--batches 1 32]
-                                   [--service [--requests 40 --concurrency 2]]
+                                   [--baseline PACKAGE] [--service [--requests 40 --concurrency 2]]
 
 Reads the deployment package (default: ``latest.json`` under ``<root>/models/deployments`` of ``--config``) and the
 workspace's trained fold models, builds each member's inputs once from rows of the test partition (repeated up to
@@ -14,6 +14,10 @@ the batch size) and times, in one process on ``--threads`` threads (torch intra-
 - the whole ensemble: every member + the combiner and calibration (``hms_core.ensemble`` for torch, numpy in the
   package), inputs built from the preprocessed rows on both sides (``member_inputs``); ``int8`` is the package's
   ``best`` precision; ``BLEND ONLY`` is what the service runs (the blend's members, not the reported ones).
+
+``--baseline PACKAGE`` (a package of the same members, e.g. exported by an earlier version: without the fused
+attention) adds its fp32 engines run as the runtime ran them before (one session per fold, load-time level
+``basic``): ``base ms`` and ``x_<member>_b<batch>_new_vs_base`` (baseline time / fp32 time), side by side.
 
 The variants run interleaved, repetition by repetition (so a busy machine slows all of them alike); the figure is
 the median wall time, and the median CPU time of the process (every thread) per call beside it (``cpu x``: the
@@ -96,8 +100,11 @@ def _eager(models: list[Any], x: np.ndarray) -> Callable[[], np.ndarray]:
 
 
 def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: int = 15,
-                        batches: tuple[int, ...] = (1, 32), log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
-    """The timings of the module docstring; returns the RESULT fields."""
+                        batches: tuple[int, ...] = (1, 32), log: Callable[[str], None] = print,
+                        baseline: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """The timings of the module docstring; returns the RESULT fields. ``baseline``: another package of the same
+    members (e.g. one exported by an earlier version) run as the runtime ran engines before the fold merge and the
+    load-time level ``all`` (one session per fold, level ``basic``), timed beside the others (``base ms``)."""
     import torch
 
     from hms_core.ensemble.build import load_ensemble
@@ -114,6 +121,13 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
     base = batch_from_partition(load_partition(cfg.processed_dir / "windows" / TEST_PARTITION))
     pkg.warm_up("fp32")
     pkg.warm_up("best")
+    old = None
+    if baseline is not None:
+        old = load_package(baseline, threads=threads, providers=["CPUExecutionProvider"], merged=False,
+                           level="basic")  # fmt: skip
+        if sorted(old.member_names) != sorted(pkg.member_names):
+            raise ValueError(f"--baseline {baseline} has members {old.member_names}, not {pkg.member_names}")
+        old.warm_up("fp32")
     blend = pkg.blend_members
     res: dict[str, Any] = {"threads": threads, "package": pkg.version, "members": len(pkg.member_names),
                            "blend_members": len(blend)}  # fmt: skip
@@ -121,7 +135,9 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
     log(f"package {pkg.version} ({pkg.path}); {threads} threads (torch and onnxruntime); median of {runs} "
         f"interleaved runs; the blend uses {blend}; load average {_load():.1f}")  # fmt: skip
     log(f"{'member':<16}{'batch':>6}{'eager ms':>10}{'fp32 ms':>9}{'int8 ms':>9}{'fp32 x':>8}{'int8 x':>8}"
-        f"{'cpu x':>7}  (cpu x: eager / fp32 CPU time)")  # fmt: skip
+        f"{'cpu x':>7}" + (f"{'base ms':>9}{'base x':>8}" if old else "")
+        + "  (cpu x: eager / fp32 CPU time" + ("; base: the baseline package, per-fold sessions, level basic)"
+                                               if old else ")"))  # fmt: skip
     for b in batches:
         batch = _batch(base, b)
         speed_fp32[b] = []
@@ -132,14 +148,20 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
                    "fp32": lambda n=name, x=x: pkg.member_probs_from_inputs(n, x, "fp32")}  # fmt: skip
             if "int8" in m["engines"]:
                 fns["int8"] = lambda n=name, x=x: pkg.member_probs_from_inputs(n, x, "int8")
+            if old is not None:
+                fns["base"] = lambda n=name, x=x: old.member_probs_from_inputs(n, x, "fp32")
             t = _median_ms(fns, runs)
             speed_fp32[b].append(t["eager"] / t["fp32"])
             i8 = t.get("int8")
             i8_ms = "-" if i8 is None else f"{i8:.2f}"
             i8_x = "-" if i8 is None else f"{t['eager'] / i8:.2f}"
             cpu_x = t["eager_cpu"] / max(t["fp32_cpu"], 1e-6)
+            base = f"{t['base']:>9.2f}{t['eager'] / t['base']:>8.2f}" if old is not None else ""
             log(f"{name:<16}{b:>6}{t['eager']:>10.2f}{t['fp32']:>9.2f}{i8_ms:>9}{t['eager'] / t['fp32']:>8.2f}"
-                f"{i8_x:>8}{cpu_x:>7.2f}")  # fmt: skip
+                f"{i8_x:>8}{cpu_x:>7.2f}{base}")  # fmt: skip
+            if old is not None:
+                res[f"x_{name}_b{b}_base"] = round(t["eager"] / t["base"], 2)
+                res[f"x_{name}_b{b}_new_vs_base"] = round(t["base"] / t["fp32"], 2)
             res[f"{name}_b{b}_eager_ms"], res[f"{name}_b{b}_fp32_ms"] = round(t["eager"], 3), round(t["fp32"], 3)
             res[f"x_{name}_b{b}_fp32"] = round(t["eager"] / t["fp32"], 2)
             if i8 is not None:
@@ -153,15 +175,24 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
                 probs[name] = p / p.sum(axis=1, keepdims=True)
             return ens.predict(probs)
 
-        t = _median_ms({"eager": torch_ensemble, "fp32": lambda batch=batch: pkg.predict_batch(batch, "fp32"),
-                        "int8": lambda batch=batch: pkg.predict_batch(batch, "best"),
-                        "served": lambda batch=batch: pkg.predict_batch(batch, "fp32", members=blend)}, runs)  # fmt: skip
+        fns = {"eager": torch_ensemble, "fp32": lambda batch=batch: pkg.predict_batch(batch, "fp32"),
+               "int8": lambda batch=batch: pkg.predict_batch(batch, "best"),
+               "served": lambda batch=batch: pkg.predict_batch(batch, "fp32", members=blend)}  # fmt: skip
+        if old is not None:
+            fns["base"] = lambda batch=batch: old.predict_batch(batch, "fp32")
+        t = _median_ms(fns, runs)
         log(f"{'ENSEMBLE':<16}{b:>6}{t['eager']:>10.2f}{t['fp32']:>9.2f}{t['int8']:>9.2f}"
             f"{t['eager'] / t['fp32']:>8.2f}{t['eager'] / t['int8']:>8.2f}"
             f"{t['eager_cpu'] / max(t['fp32_cpu'], 1e-6):>7.2f}   (int8 = precision best)")  # fmt: skip
         log(f"{'BLEND ONLY':<16}{b:>6}{'':>10}{t['served']:>9.2f}{'':>9}{t['eager'] / t['served']:>8.2f}"
             f"{'':>8}{t['eager_cpu'] / max(t['served_cpu'], 1e-6):>7.2f}   (what the service runs: {blend})")  # fmt: skip
-        for k in ("eager", "fp32", "int8", "served"):
+        if old is not None:
+            log(f"{'BASELINE':<16}{b:>6}{'':>10}{t['base']:>9.2f}{'':>9}{t['eager'] / t['base']:>8.2f}{'':>8}"
+                f"{t['eager_cpu'] / max(t['base_cpu'], 1e-6):>7.2f}   (the baseline package, per-fold sessions, "
+                f"level basic: {t['base'] / t['fp32']:.2f}x the time of fp32)")  # fmt: skip
+            res[f"speedup_base_b{b}"] = round(t["eager"] / t["base"], 2)
+            res[f"new_vs_base_b{b}"] = round(t["base"] / t["fp32"], 2)
+        for k in [k for k in ("eager", "fp32", "int8", "served", "base") if k in t]:
             res[f"ensemble_b{b}_{k}_ms"] = round(t[k], 3)
             res[f"ensemble_b{b}_{k}_cpu_ms"] = round(t[f"{k}_cpu"], 3)
         res[f"speedup_fp32_b{b}"] = round(t["eager"] / t["fp32"], 2)
@@ -239,18 +270,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--service", action="store_true", help="also the service latency (benchmarks.service)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a package of the same members timed beside, "
+        "one session per fold at level basic (the runtime before the fold merge)",
+    )
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--concurrency", type=int, default=2)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     package = args.package or latest_package(cfg.models_dir / DEPLOYMENTS_DIR)
-    res = inference_benchmark(package, cfg, args.threads, args.runs, tuple(args.batches))
+    res = inference_benchmark(package, cfg, args.threads, args.runs, tuple(args.batches), baseline=args.baseline)
     if args.service:
         from benchmarks.service import service_benchmark
 
         res.update(service_benchmark(package, args.config, requests=args.requests, concurrency=args.concurrency))
     keys = [k for k in res if k.startswith(("threads", "members", "blend_members", "ensemble_", "speedup_",
-                                            "min_member_", "x_", "service_", "server_", "load_avg", "gpu"))]  # fmt: skip
+                                            "new_vs_base", "min_member_", "x_", "service_", "server_", "load_avg",
+                                            "gpu"))]  # fmt: skip
     print("RESULT " + " ".join(f"{k}={res[k]}" for k in keys), flush=True)
     return res
 

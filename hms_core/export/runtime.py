@@ -266,8 +266,16 @@ def kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 # --- sessions -------------------------------------------------------------------------------------------------
-def session_options(threads: int) -> Any:
+#: Load-time graph optimisation levels of :func:`session_options`.
+LOAD_LEVELS = ("basic", "all")
+
+
+def session_options(threads: int, level: str = "all") -> Any:
+    """Session options: ``threads`` intra-op threads, one inter-op thread, no spinning, load-time optimisation
+    ``level`` (``all``: the default; ``basic``: only the portable rewrites, as the engines were saved)."""
     import onnxruntime as ort
+
+    check_option("level", level, LOAD_LEVELS)
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
@@ -280,7 +288,8 @@ def session_options(threads: int) -> Any:
     # level "all" (blocked NCHWc convolutions for this CPU's vector width) are hardware-specific, so they are done
     # here, at load time, where they are cheap: about 2x on the CNN members at batch 32. The export's parity gate
     # measures sessions made with these options.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)  # fmt: skip
     so.log_severity_level = 3
     return so
 
@@ -294,14 +303,15 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
 
 
-def make_session(
-    path: str | os.PathLike[str] | bytes, threads: int = 2, providers: Sequence[str] | None = None
-) -> Any:
+def make_session(path: str | os.PathLike[str] | bytes, threads: int = 2, providers: Sequence[str] | None = None,
+                 level: str = "all") -> Any:  # fmt: skip
     """An onnxruntime session of the model at ``path`` (or serialized model bytes) with :func:`session_options`."""
     import onnxruntime as ort
 
     src = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(src, session_options(threads), providers=list(providers or default_providers()))
+    return ort.InferenceSession(
+        src, session_options(threads, level), providers=list(providers or default_providers())
+    )
 
 
 def merge_folds(paths: Sequence[str | os.PathLike[str]]) -> bytes | None:
@@ -370,6 +380,8 @@ class DeploymentPackage:
     providers: list[str] | None = None
     #: run each member's fold engines as one merged graph (:func:`merge_folds`); False: one session per fold
     merged: bool = True
+    #: load-time graph optimisation (:data:`LOAD_LEVELS`)
+    level: str = "all"
     _sessions: dict[tuple[str, str, str], Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -444,7 +456,7 @@ class DeploymentPackage:
         key = (member, fold, precision)
         if key not in self._sessions:
             rel = self.member(member)["engines"][precision][fold]
-            self._sessions[key] = make_session(self.path / rel, self.threads, self.providers)
+            self._sessions[key] = make_session(self.path / rel, self.threads, self.providers, self.level)
         return self._sessions[key]
 
     def merged_session(self, member: str, precision: str) -> Any | None:
@@ -454,7 +466,8 @@ class DeploymentPackage:
         if key not in self._sessions:
             m = self.member(member)
             model = merge_folds([self.path / m["engines"][precision][f] for f in m["folds"]])
-            self._sessions[key] = None if model is None else make_session(model, self.threads, self.providers)
+            self._sessions[key] = (None if model is None
+                                   else make_session(model, self.threads, self.providers, self.level))  # fmt: skip
         return self._sessions[key]
 
     def member_probs(self, name: str, out: Any, precision: str = "fp32") -> tuple[np.ndarray, str]:
@@ -511,11 +524,13 @@ class DeploymentPackage:
 
 
 def load_package(path: str | os.PathLike[str], verify: bool = True, threads: int | None = None,
-                 providers: Sequence[str] | None = None, merged: bool = True) -> DeploymentPackage:  # fmt: skip
+                 providers: Sequence[str] | None = None, merged: bool = True,
+                 level: str = "all") -> DeploymentPackage:  # fmt: skip
     """Open the package at ``path`` (a version folder, or a ``deployments`` folder: its ``latest.json``).
     ``verify`` checks every file against the manifest first (:func:`verify_manifest`); ``threads`` onnxruntime
     intra-op threads per session (default: the package's ``export.intra_op_threads``); ``merged`` runs each
-    member's fold engines as one graph (:func:`merge_folds`)."""
+    member's fold engines as one graph (:func:`merge_folds`); ``level`` the load-time graph optimisation
+    (:data:`LOAD_LEVELS`)."""
     root = Path(path)
     if (root / LATEST_FILE).is_file() and not (root / PACKAGE_FILE).is_file():
         root = latest_package(root)
@@ -533,7 +548,8 @@ def load_package(path: str | os.PathLike[str], verify: bool = True, threads: int
     if list(meta.get("classes", [])) != list(CLASSES):
         raise PackageError(f"{ppath}: classes {meta.get('classes')} differ from {list(CLASSES)}")
     t = meta.get("threads", 2) if threads is None else threads
-    return DeploymentPackage(root, meta, int(t), list(providers) if providers else None, bool(merged))
+    check_option("level", level, LOAD_LEVELS)
+    return DeploymentPackage(root, meta, int(t), list(providers) if providers else None, bool(merged), level)
 
 
 def latest_package(deployments: str | os.PathLike[str]) -> Path:
