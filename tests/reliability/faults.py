@@ -210,24 +210,31 @@ def onnx_diff(ref: Path, got: Path, batch: int = 2) -> float:
     return worst
 
 
-def json_diff(ref: Path, got: Path) -> float:
+def json_diff(ref: Path, got: Path, roots: tuple[Path, Path] | None = None, ignore: tuple[str, ...] = ("created",)
+              ) -> float:  # fmt: skip
     """Largest absolute difference between the numbers of two JSON documents of the same structure (inf when keys,
-    lengths or non-numeric values differ)."""
+    lengths or other values differ). ``roots``: the two workspace folders, written as ``<root>`` in each; keys in
+    ``ignore`` (a creation time) are left out."""
     import json
+
+    def load(path: Path, root: Path | None):
+        text = Path(path).read_text()
+        return json.loads(text.replace(str(root), "<root>") if root is not None else text)
 
     def walk(x, y) -> float:
         if isinstance(x, dict) and isinstance(y, dict):
-            return max((walk(x[k], y[k]) for k in x), default=0.0) if x.keys() == y.keys() else float("inf")
+            if x.keys() != y.keys():
+                return float("inf")
+            return max((walk(x[k], y[k]) for k in x if k not in ignore), default=0.0)
         if isinstance(x, list) and isinstance(y, list):
-            return (
-                max((walk(u, v) for u, v in zip(x, y, strict=True)), default=0.0)
-                if len(x) == len(y)
-                else float("inf")
-            )
+            if len(x) != len(y):
+                return float("inf")
+            return max((walk(u, v) for u, v in zip(x, y, strict=True)), default=0.0)
         if isinstance(x, bool) or isinstance(y, bool) or not isinstance(x, (int, float)):
             return 0.0 if x == y else float("inf")
         if not isinstance(y, (int, float)):
             return float("inf")
         return 0.0 if x == y else abs(float(x) - float(y))
 
-    return walk(json.loads(Path(ref).read_text()), json.loads(Path(got).read_text()))
+    a, b = roots or (None, None)
+    return walk(load(ref, a), load(got, b))
