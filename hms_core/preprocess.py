@@ -229,7 +229,7 @@ def process_windows(
         y = y[..., c0 : c0 + ecfg.context_length]
     with tm("artifacts"):
         # loose/noisy electrodes are judged after the band-pass, so slow drifts and DC offsets do not count
-        # one partition serves this check and the robust scaling of the (clipped) referential channels
+        # one sort serves this check and the robust scaling of the (clipped) referential channels
         ref_stats = order_statistics(y[:, :N_EEG], (25, 50, 75), stride=4)
         q25, _, q75 = ref_stats.percentiles()
         art.noisy = (q75 - q25) / 1.349 > ecfg.noisy_uv

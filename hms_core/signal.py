@@ -377,13 +377,15 @@ class OrderStatistics:
 
 
 def order_statistics(x: np.ndarray, qs: tuple[float, ...], stride: int = 4) -> OrderStatistics:
-    """:class:`OrderStatistics` of ``x[..., ::stride]`` along the last axis (one partition for all ``qs``)."""
+    """:class:`OrderStatistics` of ``x[..., ::stride]`` along the last axis (one sort for all ``qs``)."""
     sub = x[..., ::stride]
     n = sub.shape[-1]
     pos = np.asarray(qs, dtype=np.float64) / 100.0 * (n - 1)
     below = np.floor(pos).astype(int)
     above = np.minimum(below + 1, n - 1)
-    part = np.partition(sub, np.unique(np.concatenate([below, above])), axis=-1)
+    # a full sort: numpy's SIMD sort of these rows is ~5x cheaper than np.partition at the 4-6 positions needed
+    # (same order statistics exactly)
+    part = np.sort(sub, axis=-1)
     return OrderStatistics(np.moveaxis(part[..., below], -1, 0), np.moveaxis(part[..., above], -1, 0), pos - below)
 
 
