@@ -1,11 +1,11 @@
 """Hand-crafted EEG features of bipolar windows, batched, returned as a polars table (one row per window).
 
-Spectral features come from a Welch PSD (Hann 256 / hop 128 / nfft 512, :func:`hms_core.spectral.stft_power`): absolute and relative band
-powers per derivation and chain, spectral centroid, bandwidth, 85 % rolloff, normalised entropy, 90 % edge
-frequency and the aperiodic (1/f) slope. Time-domain features: Hjorth activity/mobility/complexity, line length,
-excess kurtosis, zero-crossing rate and a periodicity measure (height and rate of the dominant autocorrelation
-peak, for periodic discharges). Left/right asymmetry compares the LL/RL and LP/RP chains. Inputs are filtered,
-unscaled signals in microvolts.
+Spectral features come from a Welch PSD (Hann 256 / hop 128 / nfft 512, :func:`hms_core.spectral.stft_power`):
+absolute and relative band powers per derivation and chain, spectral centroid, bandwidth, 85 % rolloff,
+normalised entropy, 90 % edge frequency and the aperiodic (1/f) slope. Time-domain features: Hjorth
+activity/mobility/complexity, line length, excess kurtosis, zero-crossing rate and a periodicity measure (height
+and rate of the dominant autocorrelation peak, for periodic discharges). Left/right asymmetry compares the LL/RL
+and LP/RP chains. Inputs are filtered, unscaled signals in microvolts.
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ def periodicity(
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[-1]
     xc = x - x.mean(-1, keepdims=True)
-    # zero padding to >= 2n - 1 points makes the circular autocorrelation the linear one
-    nfft = sfft.next_fast_len(2 * n - 1, real=True)
+    # the lags used are 0 .. n // 2 + 1: zero padding to n + n // 2 + 1 points keeps them free of wrap-around
+    # (the circular autocorrelation equals the linear one up to lag nfft - n)
+    nfft = sfft.next_fast_len(n + n // 2 + 1, real=True)
     spec = sfft.rfft(xc, nfft, axis=-1).view(np.float32)  # interleaved (re, im)
     power = np.square(spec[..., 0::2])
     power += np.square(spec[..., 1::2])

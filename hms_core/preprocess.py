@@ -66,8 +66,8 @@ QUALITY_COLUMNS: tuple[str, ...] = (
 
 @contextlib.contextmanager
 def single_threaded_compute() -> Iterator[None]:
-    """Run the transform's BLAS products on one thread (and torch's ops, where torch is already imported), restoring
-    the previous settings on exit.
+    """Run the transform's BLAS products on one thread (and torch's ops, where torch is already imported),
+    restoring the previous settings on exit.
 
     For callers that parallelise over batches themselves (the partition builder's worker threads, a scanner or a
     service with several workers): OpenBLAS's own threads spin-wait between the transform's many small products,

@@ -3,9 +3,9 @@
 Each transform maps ``(..., n_times)`` float arrays to power ``(..., n_freqs, n_frames)`` plus its frequency axis
 (Hz), and is registered in :data:`SPECTROGRAM_REGISTRY` so the pipeline, the manifest and the tests enumerate the
 same set. Everything runs in numpy + scipy.fft in float32 (no torch: serving and scanning run where torch is not
-installed): the STFT, mel and Welch frames are strided views (``sliding_window_view``) of the reflect-padded signal,
-windowed and batch-``rfft``-ed in one call; the multitaper PSD is one BLAS product with all tapers' DFT rows; the
-CWT is PyWavelets' complex Morlet, computed band-limited with batched ``scipy.fft.ifft``. scipy.fft's
+installed): the STFT, mel and Welch frames are strided views (``sliding_window_view``) of the reflect-padded
+signal, windowed and batch-``rfft``-ed in one call; the multitaper PSD is one BLAS product with all tapers' DFT
+rows; the CWT is PyWavelets' complex Morlet, computed band-limited with batched ``scipy.fft.ifft``. scipy.fft's
 ``workers`` default (1, or what ``scipy.fft.set_workers`` sets in the calling thread) applies to every FFT.
 All transforms share one frame grid: ``n_frames = 1 + n_times // hop`` with ``hop = window_size - overlap``,
 frames centred at ``k * hop / sfreq`` seconds. Every power is a sum of squares with non-negative weights, so it is
@@ -75,7 +75,8 @@ def _frames(x: np.ndarray, width: int, hop: int, nfft: int) -> np.ndarray:
     """(..., n_frames, width) read-only strided view of the frames :func:`torch.stft` windows with ``center=True``
     (reflect padding): frame ``k`` holds samples ``k * hop - lead ... k * hop - lead + width - 1``, with ``lead =
     nfft // 2 - (nfft - width) // 2`` (the window centred in an ``nfft``-sample frame), ``n_frames = 1 + n_times //
-    hop``. Zero padding a windowed frame to ``nfft`` points moves no sample, so its spectrum's power is the same."""
+    hop``. Zero padding a windowed frame to ``nfft`` points moves no sample, so its spectrum's power is the
+    same."""
     n_times = x.shape[-1]
     n_frames = 1 + (n_times + 2 * (nfft // 2) - nfft) // hop
     lead = nfft // 2 - (nfft - width) // 2
@@ -326,7 +327,8 @@ class _MorletGroup:
     step: int  # power sampled every ``step`` samples, at t = offset + j * step
     rows: np.ndarray  # (S,) indices into the frequency axis
     first: np.ndarray  # (S,) first FFT bin k0 of each scale's band (its K bins k0 .. k0 + K - 1 are gathered)
-    weights: np.ndarray  # (S, K) each scale's real response (1/n_fft included) on those bins, 0 past its band
+    weights: np.ndarray  # (S, 2 K) each scale's real response (1/n_fft included) on those bins, each value twice
+    # (for the interleaved re, im of the spectrum), 0 past its band
     # K: the widest band of the group, at most m = n_fft // step (the grid's points past it are zero)
     pool: np.ndarray  # (2 * n_grid, n_frames): weights of the interleaved (re^2, im^2) samples of c
     span: tuple[int, int]  # FFT bins [lo, hi) that hold every band of the group
@@ -419,7 +421,8 @@ def _morlet_plan(n_times: int, freqs: tuple[float, ...], sfreq: float, hop: int,
             edge[:, k] = max(0, -a) / hop, max(0, a + hop - n_times) / hop
         groups.append(
             _MorletGroup(
-                n_fft, step, _frozen(idx), _frozen(first), _frozen(weights.astype(np.float32)),
+                n_fft, step, _frozen(idx), _frozen(first),
+                _frozen(np.repeat(weights, 2, axis=1).astype(np.float32)),
                 _frozen(np.repeat(pool, 2, axis=0).astype(np.float32)), (lo, hi),
                 _frozen(start_ri.astype(np.float32)),
                 _frozen(end.astype(np.complex64)) if end_used else None,
@@ -439,14 +442,15 @@ def _morlet_chunk(x: np.ndarray, plan: _MorletPlan, out: np.ndarray) -> None:
     spectra = {n: sfft.rfft(x, n, axis=-1) for n in plan.shifts}  # complex64
     shifted = {n: spectra[n] * s for n, s in plan.shifts.items()}  # the spectra moved onto the grid
     for g in plan.groups:
-        m, n_scales, width = g.n_fft // g.step, len(g.rows), g.weights.shape[1]
-        sp = shifted[g.n_fft]
+        m, n_scales, width = g.n_fft // g.step, len(g.rows), g.weights.shape[1] // 2
+        sp = shifted[g.n_fft].view(np.float32)  # interleaved (re, im): a real multiply per value
         # each scale's band (K bins from k0) times its response, written straight into the grid's spectrum; the
         # window's first bin lands on grid frequency 0: a phase ramp over the grid that |c|^2 does not see
         z = np.empty((r, n_scales, m), np.complex64)
         z[..., width:] = 0.0
+        zf = z.view(np.float32)
         for s, (k0, w) in enumerate(zip(g.first, g.weights)):
-            np.multiply(sp[:, k0 : k0 + width], w, out=z[:, s, :width])
+            np.multiply(sp[:, 2 * k0 : 2 * (k0 + width)], w, out=zf[:, s, : 2 * width])
         # c sampled every `step` samples (m points): one batched inverse FFT, in place
         c = sfft.ifft(z, axis=-1, norm="forward", overwrite_x=True)
         n_grid = g.pool.shape[0] // 2

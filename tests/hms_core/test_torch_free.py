@@ -59,7 +59,7 @@ eeg = pd.read_parquet(tmp / "eegs" / "7.parquet").to_numpy()
 out = preprocess_record(eeg, cfg, record_id="torch-free")
 np.savez(tmp / "child.npz", **{k: v for k, v in out.items() if isinstance(v, np.ndarray)},
          features=out["features"].to_numpy())
-rows = pd.DataFrame({"eeg_id": [7, 7], "eeg_label_offset_seconds": [0.0, 5.0], "patient_id": [1, 1], "fold": [0, 0]})
+rows = pd.DataFrame({"eeg_id": [7, 7], "eeg_label_offset_seconds": [0.0, 5.0], "patient_id": 1, "fold": 0})
 build_partition(rows, tmp / "eegs", None, tmp / "part", cfg, batch_size=2)
 part = load_partition(tmp / "part")
 print(json.dumps({"blocked": blocked, "torch_loaded": sorted(m for m in sys.modules if m.startswith("torch")),
@@ -77,8 +77,8 @@ def test_transform_and_partition_run_with_torch_blocked(tmp_path: Path) -> None:
     pd.DataFrame(eeg, columns=list(EEG_FILE_COLUMNS)).to_parquet(tmp_path / "eegs" / "7.parquet")
     code = _BLOCK_TORCH + textwrap.dedent(_CHILD)
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=repo, check=False,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=repo,
+                          check=False, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["blocked"] is True, "the finder did not block torch"
