@@ -156,9 +156,9 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
             i8_ms = "-" if i8 is None else f"{i8:.2f}"
             i8_x = "-" if i8 is None else f"{t['eager'] / i8:.2f}"
             cpu_x = t["eager_cpu"] / max(t["fp32_cpu"], 1e-6)
-            base = f"{t['base']:>9.2f}{t['eager'] / t['base']:>8.2f}" if old is not None else ""
+            base_cols = f"{t['base']:>9.2f}{t['eager'] / t['base']:>8.2f}" if old is not None else ""
             log(f"{name:<16}{b:>6}{t['eager']:>10.2f}{t['fp32']:>9.2f}{i8_ms:>9}{t['eager'] / t['fp32']:>8.2f}"
-                f"{i8_x:>8}{cpu_x:>7.2f}{base}")  # fmt: skip
+                f"{i8_x:>8}{cpu_x:>7.2f}{base_cols}")  # fmt: skip
             if old is not None:
                 res[f"x_{name}_b{b}_base"] = round(t["eager"] / t["base"], 2)
                 res[f"x_{name}_b{b}_new_vs_base"] = round(t["base"] / t["fp32"], 2)
