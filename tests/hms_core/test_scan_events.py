@@ -164,3 +164,24 @@ def test_benchmark_scoring_follows_szcore() -> None:
     assert s["sens"] == pytest.approx(3 / 4) and s["prec"] == pytest.approx(3 / 4)
     assert s["fa24h"] == pytest.approx(1 / (2 / 24)) and s["f1"] == pytest.approx(0.75)
     assert 0 < s["sample_f1"] < 1
+
+
+def test_benchmark_tuning_picks_thresholds_from_its_own_recordings() -> None:
+    """benchmarks.scan --tune: a seizure whose probability only reaches 0.35 is missed at the default onset 0.5; the
+    grid search on that (tuning) timeline lowers the seizure onset below it and finds the event, without a false
+    alarm on a 0.15 bump elsewhere."""
+    from types import SimpleNamespace
+
+    from benchmarks.scan import tune_events
+
+    p = np.full(1800, 0.02)  # one hour, windows every 2 s
+    p[600:650] = 0.35  # a 100-s seizure from 1,200 s on
+    p[1300:1320] = 0.15
+    scanned = SimpleNamespace(timeline=timeline(p), duration_s=3600.0)
+    truth = pd.DataFrame({"onset": [1200.0], "duration": [100.0], "eventType": ["sz"]})
+    assert detect_class_events(scanned.timeline, "Seizure", EventConfig()).empty
+    chosen, info = tune_events([scanned], [truth], EventConfig())
+    on, off = chosen.thresholds("Seizure")
+    assert off <= on <= 0.35 and info["per_class"]["Seizure"]["f1"] == 1.0
+    ev = detect_class_events(scanned.timeline, "Seizure", chosen)
+    assert len(ev) == 1 and abs(ev["start_s"].iloc[0] - 1200.0) < 30
