@@ -41,7 +41,9 @@ def fingerprint(path: Path) -> str:
     for sub in RAW_SUBDIRS:
         d = path / sub
         if d.is_dir():
-            entries = sorted((e.name, e.stat().st_size) for e in os.scandir(d) if e.name.endswith(".parquet"))
+            # hidden names are never data: a killed run's atomic-write temporary (".1.parquet.x1.tmp.parquet")
+            entries = sorted((e.name, e.stat().st_size) for e in os.scandir(d)
+                             if e.name.endswith(".parquet") and not e.name.startswith("."))  # fmt: skip
             h.update(f"{sub}:{entries}".encode())
     return h.hexdigest()[:16]
 
@@ -83,6 +85,15 @@ def _stale_synthetic(raw: Path, cfg: PlatformConfig) -> bool:
 def _temp_leftover(name: str) -> bool:
     """A temporary file of :func:`hms_core.io.atomic_path` (``.train.csv.k3j2.tmp.csv``) left by a killed run."""
     return name.startswith(".") and ".tmp" in name
+
+
+def _remove_temp_leftovers(raw: Path) -> None:
+    """Delete the atomic-write temporaries (:func:`_temp_leftover`) a killed generation left in ``raw``."""
+    for d in (raw, *(raw / sub for sub in RAW_SUBDIRS)):
+        if d.is_dir():
+            for e in os.scandir(d):
+                if e.is_file() and _temp_leftover(e.name):
+                    Path(e.path).unlink(missing_ok=True)
 
 
 def _check_generated(raw: Path) -> None:
@@ -153,6 +164,7 @@ def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None]
     if source == "synthetic" or (source == "auto" and ds.allow_synthetic):
         from hms_core.synthetic import generate_dataset
 
+        _remove_temp_leftovers(raw)  # what a killed generation left half-written (the finished files are kept)
         summary = generate_dataset(raw, ds.synthetic, progress=progress)
         return RawDataset(raw, "synthetic", fingerprint(raw), generated=summary)
     raise RawDataUnavailableError(

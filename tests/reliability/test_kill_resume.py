@@ -85,6 +85,7 @@ def _manifest_without_times(path: Path) -> dict:
 
 @pytest.mark.parametrize("point", _points())
 def test_data_stage_killed_then_resumed(trained_workspace, tmp_path, point):
+    from hms_core.raw import fingerprint
     from hms_dagster.runner import run_pipeline
 
     case = f"data[{point}]"
@@ -113,6 +114,8 @@ def test_data_stage_killed_then_resumed(trained_workspace, tmp_path, point):
     if _manifest_without_times(ref.raw_dir / manifest) != _manifest_without_times(cfg.raw_dir / manifest):
         bad.append(manifest)
     bad += [n for n in processed if faults.sha256(ref.processed_dir / n) != faults.sha256(cfg.processed_dir / n)]
+    if fingerprint(cfg.raw_dir) != fingerprint(ref.raw_dir):  # raw_dataset's data version: downstream not stale
+        bad.append("raw_dataset data version")
     _compare(case, bad, len(faults.tree_hashes(ref.raw_dir)) + len(processed))
     tally.add(case, faults_survived=1)
 
