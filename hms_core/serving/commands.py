@@ -108,12 +108,13 @@ def request_threads(max_concurrency: int, cores: int | None = None) -> int:
 
 
 def limit_threads(n: int) -> None:
-    """Limit the compute pools every request shares to ``n`` threads: torch's intra-op pool (the preprocessing's
-    FFTs) and the BLAS/OpenMP pools numpy and LightGBM use (threadpoolctl). onnxruntime's intra-op threads are
-    set per session (``load_package(threads=...)``)."""
+    """Limit the compute pools every request shares to ``n`` threads: the BLAS/OpenMP pools numpy and LightGBM use
+    (threadpoolctl), and torch's intra-op pool where something already imported torch (the prediction path does
+    not: the transform is numpy + scipy.fft, the engines onnxruntime). onnxruntime's intra-op threads are set per
+    session (``load_package(threads=...)``)."""
     import sys
 
-    if "torch" in sys.modules or _importable("torch"):
+    if "torch" in sys.modules:
         import torch
 
         torch.set_num_threads(n)

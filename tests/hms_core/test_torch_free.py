@@ -93,3 +93,44 @@ def test_transform_and_partition_run_with_torch_blocked(tmp_path: Path) -> None:
         assert np.isfinite(a).all(), name
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3, err_msg=name)
     np.testing.assert_allclose(child["features"], here["features"].to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+_PREDICT_CHILD = """
+import json, sys
+from pathlib import Path
+try:
+    import torch  # noqa: F401
+    blocked = False
+except ImportError:
+    blocked = True
+from hms_core.serving.predictor import Predictor
+
+pred = Predictor.from_path(Path(sys.argv[1]))
+res = pred.predict_files([Path(sys.argv[2])])[0].to_dict()
+print(json.dumps({"blocked": blocked, "torch_loaded": sorted(m for m in sys.modules if m.startswith("torch")),
+                  "windows": res["windows"]}))
+"""
+
+
+def test_the_whole_prediction_path_runs_with_torch_blocked(tmp_path: Path, deployment_package) -> None:
+    """A deployment package loaded (manifest verified) and an HMS parquet predicted through the service's path
+    (reader, preprocessing, onnxruntime engines, blend) in a child whose torch imports fail: the same windows and
+    probabilities as in this process, where torch is importable."""
+    from hms_core.serving.predictor import Predictor
+    from tests.hms_core.test_serving_inputs import hms_parquet
+
+    record = tmp_path / "1234.parquet"
+    record.write_bytes(hms_parquet(seed=5))
+    code = _BLOCK_TORCH + textwrap.dedent(_PREDICT_CHILD)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code, str(deployment_package), str(record)], capture_output=True,
+                          text=True, cwd=repo, check=False, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["blocked"] is True and got["torch_loaded"] == []
+    here = Predictor.from_path(deployment_package).predict_files([record])[0].to_dict()["windows"]
+    assert len(got["windows"]) == len(here) >= 1
+    for a, b in zip(got["windows"], here, strict=True):
+        assert a["probabilities"] is not None
+        assert a["probabilities"].keys() == b["probabilities"].keys()
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-6)
