@@ -160,8 +160,10 @@ def smooth_probabilities(p: np.ndarray, n: int) -> np.ndarray:
         return p.copy()
     valid = np.isfinite(p)
     kernel = np.ones(n)
-    num = np.convolve(np.where(valid, p, 0.0), kernel, mode="same")
-    den = np.convolve(valid.astype(np.float64), kernel, mode="same")
+    # the centred part of the full convolution (np.convolve's "same", which returns n values for a shorter input)
+    keep = slice((n - 1) // 2, (n - 1) // 2 + p.size)
+    num = np.convolve(np.where(valid, p, 0.0), kernel, mode="full")[keep]
+    den = np.convolve(valid.astype(np.float64), kernel, mode="full")[keep]
     out = np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
     out[~valid] = np.nan
     return out

@@ -51,6 +51,15 @@ def test_smoothing_ignores_windows_not_evaluated() -> None:
     np.testing.assert_array_equal(smooth_probabilities(p, 1), p)
 
 
+def test_smoothing_longer_than_the_recording() -> None:
+    """A smoothing window longer than the timeline (a short recording) averages what there is, same length."""
+    p = np.array([0.1, 0.2, np.nan, 0.6])
+    s = smooth_probabilities(p, 15)
+    assert s.shape == p.shape and np.isnan(s[2])
+    assert np.allclose(s[[0, 1, 3]], np.nanmean(p))
+    assert np.allclose(smooth_probabilities(np.arange(10.0), 3)[1:-1], np.arange(1.0, 9.0))
+
+
 def test_hysteresis_starts_at_on_and_holds_above_off() -> None:
     s = np.array([0.1, 0.4, 0.6, 0.45, 0.4, 0.3, 0.45, 0.2, np.nan, 0.9])
     np.testing.assert_array_equal(hysteresis(s, 0.5, 0.35), [0, 0, 1, 1, 1, 0, 0, 0, 0, 1])
