@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None:
             env["HMS_FAULT_SEED"] = str(args.seed)
         # a private basetemp: other pytest sessions on the machine rotate the shared one (and its workspace) away
-        cmd = [sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider", "-rf",
+        cmd = [sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider", "-rf", "--tb=short",
                "--basetemp", str(Path(tmp) / "basetemp"),
                "-m", "fuzz or not fuzz" if args.fuzz else "not fuzz"]  # fmt: skip
         if args.keyword:
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         tail = proc.stdout.strip().splitlines()
-        print("\n".join(line for line in tail if line.startswith(("FAILED", "ERROR"))))
+        errors = [line for line in tail if line.startswith("E ")]
+        print("\n".join([*errors[:30], *(line for line in tail if line.startswith(("FAILED", "ERROR")))]))
         summary = tail[-1] if tail else proc.stderr.strip()[-500:]
         print(summary)
         passed = sum(int(n) for n in re.findall(r"(\d+) passed", summary))
