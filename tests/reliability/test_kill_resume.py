@@ -57,18 +57,27 @@ def _points(always: int = 1, fuzz: int = FUZZ_POINTS) -> list:
     return [*range(always), *(pytest.param(i, marks=pytest.mark.fuzz) for i in range(always, always + fuzz))]
 
 
-def _kill(case: str, point: int, ws, stage: str, job: str, seconds: float, fold: int | None = None) -> faults.Kill:
-    """Start ``stage`` of ``ws`` in a child and kill it at the drawn point of its run; retried once at a third of
-    the delay when the child finished first (a machine faster than the reference run)."""
+#: Kill delays tried, as factors of ``u * T``, when the child finished first (a machine faster than the reference
+#: run, e.g. the reference trained under load); 0: at the start of its run.
+ATTEMPTS = (1.0, 1 / 3, 1 / 9, 0.0)
+
+
+def _kill(case: str, point: int, ws, stage: str, job: str, seconds: float, fold: int | None = None,
+          reset=None) -> faults.Kill:  # fmt: skip
+    """Start ``stage`` of ``ws`` in a child and kill it at the drawn point ``u * T`` of its run. When the child
+    finished first, ``reset()`` (what the case removed before its first attempt) and again at the next factor of
+    :data:`ATTEMPTS`."""
     u = faults.kill_fraction(case, point)
-    for attempt in range(2):
+    for factor in ATTEMPTS:
+        if reset is not None:
+            reset()
         proc = faults.start_stage(ws.config_path, stage, fold)
         started = faults.run_started(ws.cfg.dagster_home, job, proc.pid)
-        kill = faults.kill_after(proc, u * seconds / (1 + 2 * attempt), started)
+        kill = faults.kill_after(proc, u * seconds * factor, started)
         if kill.killed:
             tally.add(case, faults_injected=1)
             return kill
-    raise AssertionError(f"{case}: the child finished before the kill point twice (u={u:.3f}, T={seconds:.1f} s)")
+    raise AssertionError(f"{case}: the child finished before every kill point (u={u:.3f}, T={seconds:.1f} s)")
 
 
 def _compare(case: str, mismatched: list[str], compared: int) -> None:
@@ -92,11 +101,14 @@ def test_data_stage_killed_then_resumed(trained_workspace, tmp_path, point):
     ref = trained_workspace.cfg
     ws = _copy(trained_workspace, tmp_path)
     cfg = ws.cfg
-    shutil.rmtree(cfg.raw_dir)  # the synthetic data set is generated again ...
     processed = ("labels.parquet", "test_rows.parquet", "folds.parquet")
-    for name in processed:  # ... and labelled and folded again
-        (cfg.processed_dir / name).unlink()
-    _kill(case, point, ws, "data", "data_job", faults.run_seconds(ref.dagster_home, "data_job"))
+
+    def reset() -> None:
+        shutil.rmtree(cfg.raw_dir, ignore_errors=True)  # the synthetic data set is generated again ...
+        for name in processed:  # ... and labelled and folded again
+            (cfg.processed_dir / name).unlink(missing_ok=True)
+
+    _kill(case, point, ws, "data", "data_job", faults.run_seconds(ref.dagster_home, "data_job"), reset=reset)
     spectrograms_at_kill = len(list(cfg.raw_dir.glob("*_spectrograms/*.parquet")))
 
     report = run_pipeline(cfg, "data", resume=True)
@@ -130,9 +142,13 @@ def test_a_classifier_fold_killed_then_resumed(trained_workspace, tmp_path, poin
     ws = _copy(trained_workspace, tmp_path)
     cfg = ws.cfg
     models = cfg.enabled_models()
-    for m in models:  # fold_1 of every classifier trains again; fold_0 and fold_2 stay as trained
-        shutil.rmtree(cfg.models_dir / m / "fold_1")
-    _kill(case, point, ws, "models", "models_job", faults.run_seconds(ref.dagster_home, "models_job", "fold_1"), 1)
+
+    def reset() -> None:  # fold_1 of every classifier trains again; fold_0 and fold_2 stay as trained
+        for m in models:
+            shutil.rmtree(cfg.models_dir / m / "fold_1", ignore_errors=True)
+
+    seconds = faults.run_seconds(ref.dagster_home, "models_job", "fold_1")
+    _kill(case, point, ws, "models", "models_job", seconds, 1, reset)
     home = cfg.dagster_home
     before = {f: faults.materializations(home, model_asset_key(models[0]), f) for f in cfg.fold_names}
 
@@ -166,8 +182,8 @@ def test_ensemble_stage_killed_then_resumed(trained_workspace, tmp_path, point):
     ref = trained_workspace.cfg
     ws = _copy(trained_workspace, tmp_path)
     cfg = ws.cfg
-    shutil.rmtree(cfg.ensemble_dir)
-    _kill(case, point, ws, "ensemble", "ensemble_job", faults.run_seconds(ref.dagster_home, "ensemble_job"))
+    _kill(case, point, ws, "ensemble", "ensemble_job", faults.run_seconds(ref.dagster_home, "ensemble_job"),
+          reset=lambda: shutil.rmtree(cfg.ensemble_dir, ignore_errors=True))  # fmt: skip
 
     report = run_pipeline(cfg, "ensemble", resume=True)
     assert report.ok, report.failed
@@ -262,8 +278,8 @@ def test_foundation_pretraining_killed_then_resumed(trained_workspace, tmp_path,
     ws = _copy(trained_workspace, tmp_path)
     cfg = ws.cfg
     folder = cfg.root / "foundation"
-    shutil.rmtree(folder)
-    _kill(case, point, ws, "foundation", "foundation_job", faults.run_seconds(ref.dagster_home, "foundation_job"))
+    _kill(case, point, ws, "foundation", "foundation_job", faults.run_seconds(ref.dagster_home, "foundation_job"),
+          reset=lambda: shutil.rmtree(folder, ignore_errors=True))  # fmt: skip
 
     report = run_pipeline(cfg, "foundation", resume=True)
     assert report.ok, report.failed
