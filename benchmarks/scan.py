@@ -204,21 +204,52 @@ def _scan_key(edf: Path, scanner: Any, engine: str, scan_cfg: Any) -> str:
     ]
 
 
+def _cached(base: Path, suffix: str) -> Path:
+    return base.with_name(base.name + suffix)
+
+
+def _save_scanned(done: Scanned, base: Path) -> None:
+    """A cached scan as plain files (no pickle): ``<base>.parquet`` (timeline), ``<base>.npz`` (spectrogram),
+    ``<base>.json`` (the rest), the JSON written last so that its presence means the others are whole."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    done.timeline.to_parquet(_cached(base, ".parquet"))
+    if done.spectrogram is not None:
+        sp = done.spectrogram
+        np.savez(_cached(base, ".npz"), times_s=sp.times_s, freqs_hz=sp.freqs_hz, power=sp.power)
+    start = done.start_datetime.isoformat() if done.start_datetime is not None else None
+    meta = {"name": done.name, "engine": done.engine, "duration_s": done.duration_s, "start_datetime": start,
+            "seconds": done.seconds, "spectrogram": done.spectrogram is not None}  # fmt: skip
+    _cached(base, ".json").write_text(json.dumps(meta))
+
+
+def _load_scanned(base: Path) -> Scanned:
+    import datetime as dt
+
+    from hms_core.scanning.plots import HemisphereSpectrogram
+
+    meta = json.loads(_cached(base, ".json").read_text())
+    spectrogram = None
+    if meta["spectrogram"]:
+        with np.load(_cached(base, ".npz"), allow_pickle=False) as z:
+            spectrogram = HemisphereSpectrogram(times_s=z["times_s"], freqs_hz=z["freqs_hz"], power=z["power"])
+    start = dt.datetime.fromisoformat(meta["start_datetime"]) if meta["start_datetime"] else None
+    return Scanned(meta["name"], meta["engine"], meta["duration_s"], start,
+                   pd.read_parquet(_cached(base, ".parquet")), spectrogram, meta["seconds"])  # fmt: skip
+
+
 def scan_set(edfs: list[Path], platform: Any, package: str | None, engine: str, out: Path | None,
              cache: Path | None = None) -> list[Scanned]:  # fmt: skip
     """The scans of ``edfs`` (outputs written under ``out/<stem>`` when given; reused from ``cache`` when the same
     recording was scanned by the same engines with the same scan keys)."""
-    import pickle
-
     from hms_core.scanning.engine import load_scanner, scan_recording
 
     scan_cfg = _bench_scan_config(platform, engine)
     scanner = load_scanner(package, scan_cfg, platform)
     results = []
     for edf in edfs:
-        hit = cache / f"{edf.stem}-{_scan_key(edf, scanner, engine, scan_cfg)}.pkl" if cache else None
-        if hit is not None and hit.is_file() and out is None:
-            results.append(pickle.loads(hit.read_bytes()))
+        hit = cache / f"{edf.stem}-{_scan_key(edf, scanner, engine, scan_cfg)}" if cache else None
+        if hit is not None and _cached(hit, ".json").is_file() and out is None:
+            results.append(_load_scanned(hit))
             print(f"{edf.name}: scan reused from {hit}", flush=True)
             continue
         res = scan_recording(edf, None, scan_cfg, out / edf.stem if out else None, platform=platform,
@@ -228,8 +259,7 @@ def scan_set(edfs: list[Path], platform: Any, package: str | None, engine: str, 
         done = Scanned(edf.name, res.engine, res.duration_s, res.start_datetime, res.timeline, res.spectrogram,
                        res.seconds)  # fmt: skip
         if hit is not None:
-            hit.parent.mkdir(parents=True, exist_ok=True)
-            hit.write_bytes(pickle.dumps(done))
+            _save_scanned(done, hit)
         results.append(done)
     return results
 
