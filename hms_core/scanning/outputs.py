@@ -196,6 +196,12 @@ def write_scan_outputs(
         tl, cfg, recording_duration_s=duration_s, start_datetime=start_datetime, spectrogram=spectrogram
     )
     paths = {k: out / v for k, v in OUTPUT_FILES.items()}
+    # summary.json is written last and stands for a whole set: while the others are rewritten there is none, so a
+    # scan killed half-way never leaves a new timeline beside an old summary. Temporaries of a killed write go too.
+    paths["summary"].unlink(missing_ok=True)
+    for name in OUTPUT_FILES.values():
+        for stale in out.glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)
     write_text(paths["timeline_csv"], tl.to_csv(index=False, float_format="%.5g"))
     write_parquet(paths["timeline_parquet"], tl)
     write_text(paths["events"], events.to_csv(sep="\t", index=False, na_rep="n/a"))
@@ -206,9 +212,9 @@ def write_scan_outputs(
         "events_config": cfg.model_dump(),
         **({"meta": meta} if meta else {}),
     }
-    write_json(paths["summary"], summary)
     plot_scan(
         tl, paths["plot"], duration_s=duration_s, events=events, spectrogram=spectrogram,
         title=f"{Path(recording).name}: {duration_s / 3600:.1f} h",
     )  # fmt: skip
+    write_json(paths["summary"], summary)
     return ScanOutputs(paths=paths, summary=summary, events=events)

@@ -143,3 +143,24 @@ def test_a_recording_without_events(tmp_path: Path) -> None:
     assert list(mne.read_annotations(tmp_path / "events.edf").description) == [NO_EVENTS_TEXT]
     assert res.summary["start_datetime"] is None and res.summary["classes"]["Seizure"]["burden"] == 0.0
     assert pd.read_csv(tmp_path / "events.tsv", sep="\t").empty
+
+
+def test_a_rescan_killed_half_way_leaves_no_old_summary_and_no_temporaries(tmp_path: Path, monkeypatch) -> None:
+    """summary.json stands for a whole set: a rewrite that dies before the end removes the old one first (so no new
+    timeline sits beside an old summary), and temporaries of an earlier killed write are swept."""
+    from hms_core.scanning import outputs
+
+    write_scan_outputs(tmp_path, _timeline(), EventConfig(), recording="rec01.edf", duration_s=DURATION)
+    assert (tmp_path / OUTPUT_FILES["summary"]).is_file()
+    stale = tmp_path / ".timeline.csv.abc123.tmp.csv"  # what a kill during the atomic write leaves
+    stale.write_text("half")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while plotting")
+
+    monkeypatch.setattr(outputs, "plot_scan", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_scan_outputs(tmp_path, _timeline(), EventConfig(), recording="rec01.edf", duration_s=DURATION)
+    assert not (tmp_path / OUTPUT_FILES["summary"]).exists()
+    assert not stale.exists()
+    assert (tmp_path / OUTPUT_FILES["timeline_parquet"]).is_file()
