@@ -164,8 +164,9 @@ def test_a_classifier_fold_killed_then_resumed(trained_workspace, tmp_path, poin
         a, b = ref.models_dir / m / "fold_1", cfg.models_dir / m / "fold_1"
         for name in ("oof.parquet", "test_pred.parquet"):
             compared += 1
-            if faults.frame_diff(a / name, b / name) > PROB_TOL:
-                bad.append(f"{m}/{name}: max |diff| {faults.frame_diff(a / name, b / name):.2e}")
+            diff = faults.frame_diff(a / name, b / name)
+            if diff > PROB_TOL:
+                bad.append(f"{m}/{name}: max |diff| {diff:.2e}")
         ma, mb = json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text())
         compared += 1
         if abs(ma["val_kl"] - mb["val_kl"]) > METRIC_TOL:
