@@ -43,9 +43,9 @@ def _materialized(home: Path, key: str) -> set[str]:
         return set(inst.get_materialized_partitions(dg.AssetKey(key)))
 
 
-def _succeeded_partitions(home: Path, job: str) -> set[str]:
+def _partitions_with_status(home: Path, job: str, status=dg.DagsterRunStatus.SUCCESS) -> set[str]:
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        runs = inst.get_runs(dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.SUCCESS]))
+        runs = inst.get_runs(dg.RunsFilter(job_name=job, statuses=[status]))
         return {r.tags["dagster/partition"] for r in runs}
 
 
@@ -64,9 +64,12 @@ def test_kill_dash_nine_then_resume(tmp_path, monkeypatch):
     )
     deadline = time.time() + 300
     done: set[str] = set()
-    while time.time() < deadline and not done:
-        time.sleep(0.5)
-        done = _succeeded_partitions(home, "preprocessing_job")
+    running: set[str] = set()
+    # kill inside the next fold's run, not between two runs (a tiny fold takes about a second)
+    while time.time() < deadline and not (done and running - done):
+        time.sleep(0.2)
+        done = _partitions_with_status(home, "preprocessing_job")
+        running = _partitions_with_status(home, "preprocessing_job", dg.DagsterRunStatus.STARTED)
         assert proc.poll() is None, "the run finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
