@@ -81,6 +81,23 @@ def copy_workspace(ws: Workspace, dest: Path) -> Workspace:
     return _load(path)
 
 
+#: basetemp folders of the session fixtures (kept for the whole session).
+SESSION_DIRS = ("trained_workspace", "ui_workspace")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_module_temp_dirs(tmp_path_factory):
+    """Delete the folders a module's fixtures made under basetemp (``tmp_path_factory.mktemp``) when the module
+    ends, so the suite's disk use is the largest module's, not the sum (the CI disk filled once at ~3.5 GB).
+    A test's own ``tmp_path`` (named ``test_*``) follows ``tmp_path_retention_policy``: kept when it failed."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    for path in set(base.iterdir()) - before:
+        if path.is_dir() and not path.name.startswith(("test_", *SESSION_DIRS)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def trained_workspace(tmp_path_factory) -> Workspace:
     """A tiny-profile workspace trained once per test session through the real pipeline: every stage of
