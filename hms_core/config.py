@@ -423,6 +423,13 @@ class ExportConfig(Section):
         le=19,
         description="The service refuses a recording missing more of the 19 EEG channels than this.",
     )
+    final_models: dict[str, Literal["folds", "refit"]] = Field(
+        default_factory=dict,
+        description="Per ensemble member, what the package deploys: folds (the default for a member not named "
+        "here: its k fold models, averaged) or refit (one model trained on every fold's rows for the median over "
+        "the folds of the epochs / boosting rounds up to each fold's best; the refit_<model> asset). The blend is "
+        "the one fitted on the fold models' out-of-fold predictions, applied to the refit's output.",
+    )
     tensorrt: bool = Field(
         True,
         json_schema_extra=NOT_A_RESULT,
@@ -702,7 +709,17 @@ class PlatformConfig(Section):
                     f"ensemble.members: {unknown} are not enabled models; allowed are {self.enabled_models()} "
                     "(or null for every enabled model)"
                 )
+        unknown = [m for m in self.export.final_models if m not in self.ensemble_members()]
+        if unknown:
+            raise ValueError(
+                f"export.final_models: {unknown} are not ensemble members; allowed keys are "
+                f"{self.ensemble_members()}, each set to 'folds' or 'refit'"
+            )
         return self
+
+    def refit_models(self) -> list[str]:
+        """The ensemble members ``export.final_models`` deploys as a refit on every fold, in member order."""
+        return [m for m in self.ensemble_members() if self.export.final_models.get(m) == "refit"]
 
     def ensemble_members(self) -> list[str]:
         """The classifiers the ensemble combines: ``ensemble.members`` or every enabled model."""

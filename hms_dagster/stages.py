@@ -78,6 +78,11 @@ def model_asset_key(name: str) -> str:
     return f"model_{name}"
 
 
+def refit_asset_key(name: str) -> str:
+    """The export stage's refit of model ``name`` on every fold (``export.final_models: {name: refit}``)."""
+    return f"refit_{name}"
+
+
 def ensemble_asset_keys(cfg: PlatformConfig) -> list[str]:
     """The ensemble stage's assets: the ensemble and its report, the submission (``ensemble.submission``) and the
     registered model (``ensemble.register_model`` with MLflow on); none without an ensemble member."""
@@ -92,11 +97,11 @@ def ensemble_asset_keys(cfg: PlatformConfig) -> list[str]:
 
 
 def export_asset_keys(cfg: PlatformConfig) -> list[str]:
-    """The export stage's assets (``export.enabled``): the ONNX engines and the deployment package; none without
-    an ensemble (the package reproduces it)."""
+    """The export stage's assets (``export.enabled``): the refits on every fold (``export.final_models``), the
+    ONNX engines and the deployment package; none without an ensemble (the package reproduces it)."""
     if not cfg.export.enabled or ENSEMBLE_MODEL not in ensemble_asset_keys(cfg):
         return []
-    return [ONNX_ENGINES, DEPLOYMENT_PACKAGE]
+    return [*(refit_asset_key(m) for m in cfg.refit_models()), ONNX_ENGINES, DEPLOYMENT_PACKAGE]
 
 
 def preprocessing_asset_keys(cfg: PlatformConfig) -> list[str]:
@@ -157,7 +162,8 @@ def stage_plan(cfg: PlatformConfig) -> dict[str, list[StageJob]]:
                             "Blend every fold of every member: ensemble, report, submission, registry.", group=ENSEMBLE)]
         if ensemble_asset_keys(cfg) else [],
         EXPORT: [StageJob(EXPORT_JOB, False, tuple(export_asset_keys(cfg)),
-                          "Export every fold model to ONNX (parity-gated) and build the deployment package.",
+                          "Refit where configured, export every final model to ONNX (parity-gated), build the "
+                          "package.",
                           group=EXPORT)]
         if export_asset_keys(cfg) else [],
     }  # fmt: skip

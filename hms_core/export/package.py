@@ -7,7 +7,11 @@ on the fold's training windows for CNNs); each measured on the fold's held-out v
 (:meth:`~hms_core.training.predict.TrainedModel.predict`, flip TTA included) with inputs built by the runtime
 (:func:`hms_core.export.runtime.member_inputs`), so the parity covers the numpy input building too. An fp32 engine
 over ``export.fp32_tolerance`` (max abs probability difference) or an int8 one over ``export.int8_kl_tolerance``
-(mean KL(torch || int8)) is not deployed; ``engines.json`` says why.
+(mean KL(torch || int8)) is not deployed; ``engines.json`` says why. A member that ``export.final_models`` sets to
+``refit`` has one final model instead of one per fold, ``<root>/models/<member>/refit``
+(:mod:`hms_core.training.refit`), exported and measured the same way on fold 0's parity rows (:func:`parity_fold`);
+the package lists it as the member's only fold ``refit``, so the runtime runs it where it would average the fold
+engines.
 
 :func:`build_package` (the ``deployment_package`` asset) copies the deployable engines into a new version folder
 with ``package.json``, the config, the model card, the drift reference and the SHA-256 manifest, moves it into
@@ -51,7 +55,7 @@ from hms_core.io import sha256_file, write_json, write_text
 from hms_core.partition import PartitionError
 
 __all__ = ["ENGINES_FILE", "EXPORT_DIR", "EnginesResult", "PackageResult", "batch_from_partition", "build_package",
-           "export_engines", "package_members", "tensorrt_status"]  # fmt: skip
+           "export_engines", "member_folds", "package_members", "parity_fold", "tensorrt_status"]  # fmt: skip
 
 EXPORT_DIR = "export"
 ENGINES_FILE = "engines.json"
@@ -151,6 +155,23 @@ class _Partitions:
         return self._open[fold]
 
 
+def member_folds(cfg: PlatformConfig, name: str) -> list[str]:
+    """The final models the package deploys for member ``name``: its refit on every fold
+    (``export.final_models: {name: refit}``, :mod:`hms_core.training.refit`) or its fold models."""
+    from hms_core.training.refit import REFIT
+
+    return [REFIT] if cfg.export.final_models.get(name) == "refit" else list(cfg.fold_names)
+
+
+def parity_fold(cfg: PlatformConfig, fold: str) -> str:
+    """The fold partition whose rows measure the engine of final model ``fold``: the fold's own validation rows
+    (held out from that fold model), fold 0's for a refit. A refit trained on those rows, but parity compares the
+    engine with the torch module it was exported from on the same inputs: it needs inputs that did not calibrate
+    int8 (the calibration windows come from the other folds), not rows the model never saw; the package's check
+    against the torch ensemble runs on the test partition, held out from every model."""
+    return fold if fold in cfg.fold_names else cfg.fold_names[0]
+
+
 def _calibration_inputs(cfg: PlatformConfig, member: dict[str, Any], fold: str, layout: dict[str, Any],
                         parts: _Partitions) -> np.ndarray:  # fmt: skip
     """Up to ``export.calibration_windows`` inputs from the fold's training partitions (every other fold)."""
@@ -177,11 +198,22 @@ def _torch_reference(tm: Any, part: Any, rows: np.ndarray) -> np.ndarray:
     return predict_torch(tm.model, ds, 64, tm.device, tm.config["training"].get("flip_tta", True))
 
 
-def _member_entry(tm: Any, name: str) -> dict[str, Any]:
+def _member_entry(tm: Any, name: str, refit_dir: Path | None = None) -> dict[str, Any]:
+    """A member's entry of ``package.json``; ``refit_dir``: the member deploys this refit (its ``refit.json``:
+    epochs, rows, the rule) instead of its fold models."""
+    from hms_core.training.refit import read_refit
+
     kind = tm.input_kind
-    return {"name": name, "input_kind": kind, "input_spec": None if tm.input_spec is None else tm.input_spec.to_dict(),
-            "feature_names": list(tm.config.get("feature_names") or []) if kind == "features" else [],
-            "flip_tta": bool(tm.config.get("training", {}).get("flip_tta", True)) if kind != "features" else False}  # fmt: skip
+    entry = {"name": name, "input_kind": kind,
+             "input_spec": None if tm.input_spec is None else tm.input_spec.to_dict(),
+             "feature_names": list(tm.config.get("feature_names") or []) if kind == "features" else [],
+             "flip_tta": kind != "features" and bool(tm.config.get("training", {}).get("flip_tta", True)),
+             "final": "folds" if refit_dir is None else "refit"}  # fmt: skip
+    if refit_dir is not None:
+        r = read_refit(refit_dir)
+        entry["refit"] = {k: r[k] for k in ("framework", "epochs", "stage_epochs", "fold_counts", "warmup_epochs",
+                                            "rows", "rule", "in_sample_val_kl") if k in r}  # fmt: skip
+    return entry
 
 
 def _parity(session: Any, x: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -224,25 +256,33 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
     parts = _Partitions(cfg)
     entries: dict[str, dict[str, Any]] = {}
     layout: dict[str, Any] | None = None
-    total, done = len(members) * len(cfg.fold_names), 0
+    finals = {name: member_folds(cfg, name) for name in members}
+    total, done = sum(len(f) for f in finals.values()), 0
     for name in members:
         exporter_ok: str | None = None  # the exporter that passed on an earlier fold of this member
-        for fold in cfg.fold_names:
-            tm = load_trained(cfg.models_dir / name / fold)
-            val = parts(fold)
+        for fold in finals[name]:
+            model_dir = cfg.models_dir / name / fold
+            if fold not in cfg.fold_names and not (model_dir / "final" / "config.json").is_file():
+                raise PackageError(f"{model_dir / 'final' / 'config.json'} does not exist: export.final_models "
+                                   f"sets '{name}' to refit; materialize the refit_{name} asset first (`hms run "
+                                   "--stage export` builds it)")  # fmt: skip
+            tm = load_trained(model_dir)
+            pfold = parity_fold(cfg, fold)
+            val = parts(pfold)
             fold_layout = val.layout.to_dict()
             if layout is None:
                 layout = fold_layout
             elif fold_layout != layout:
                 raise PackageError(f"{val.path}: its layout differs from fold {cfg.fold_names[0]}'s; one package "
                                    "needs one preprocessing (re-run `hms run --stage preprocessing`)")  # fmt: skip
-            entry = entries.setdefault(name, _member_entry(tm, name))
+            entry = entries.setdefault(name, _member_entry(tm, name, model_dir if fold not in cfg.fold_names
+                                                           else None))  # fmt: skip
             rows = np.arange(min(e.parity_windows, len(val)))
             x = member_inputs(entry, batch_from_partition(val, rows), layout)
             ref = _torch_reference(tm, val, rows)
             d = out / name
             d.mkdir(exist_ok=True)
-            base = {"member": name, "fold": fold, "parity_windows": len(rows)}
+            base = {"member": name, "fold": fold, "parity_windows": len(rows), "parity_fold": pfold}
             # fp32
             tried: list[str] = []
             rec: dict[str, Any] = {**base, "precision": "fp32", "deployed": False}
@@ -298,7 +338,7 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
                     mode = quant_mode(tm.model)
                     rec8["mode"] = mode
                     try:
-                        calib = _calibration_inputs(cfg, entry, fold, layout, parts) if mode == "static" else None
+                        calib = _calibration_inputs(cfg, entry, pfold, layout, parts) if mode == "static" else None
                         q = quantize(raw, d / f"{fold}.int8.q.onnx", mode, calib)
                         path8 = optimise(q, d / f"{fold}.int8.onnx", e.graph_optimization)
                         q.unlink(missing_ok=True)
@@ -326,7 +366,7 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
                 progress(done, total)
     doc = {
         "format": FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"), "members": members,
-        "kept": ens.members, "folds": cfg.fold_names, "layout": layout, "entries": entries,
+        "kept": ens.members, "folds": cfg.fold_names, "member_folds": finals, "layout": layout, "entries": entries,
         "tolerances": {"fp32_max_abs": e.fp32_tolerance, "int8_mean_kl": e.int8_kl_tolerance},
         "tensorrt": {"available": trt_ok, "reason": trt_reason}, "records": records,
         "ensemble_sha256": sha256_file(cfg.ensemble_dir / "ensemble.json"), "torch": torch.__version__,
@@ -380,8 +420,13 @@ def _fmt_ci(m: dict[str, Any], key: str) -> str:
     return f"{v:.3f}" + (f" (95 % CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else "")
 
 
+def _refit_unit(member: dict[str, Any]) -> str:
+    return "boosting rounds" if member["refit"].get("framework") == "lightgbm" else "epochs"
+
+
 def model_card(meta: dict[str, Any], metrics: dict[str, Any], cfg: PlatformConfig) -> str:
     ens = metrics.get("ensemble", {})
+    refits = [m for m in meta["members"] if m.get("final") == "refit"]
     lines = [
         f"# HMS EEG classifier: deployment package {meta['version']}", "",
         "## Intended use",
@@ -396,8 +441,12 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], cfg: PlatformConfi
         f"- members: {', '.join(m['name'] for m in meta['members'])}; blend: `{meta['combiner']['kind']}` over "
         f"{', '.join(meta['combiner']['members'])}" + (", calibrated (temperature + per-class bias)"
                                                        if meta.get("calibration") else ""),
-        ("- each member is the mean over its fold models; ONNX engines (fp32, int8 where it passed) run with "
-        "numpy + onnxruntime"), "",
+        ("- each member is the mean over its fold models" + (", except the refits below" if refits else "")
+         + "; ONNX engines (fp32, int8 where it passed) run with numpy + onnxruntime"),
+        *(f"- `{m['name']}` is one refit on every fold's {m['refit'].get('rows', 'n/a')} rows (one engine instead "
+          f"of one per fold): {m['refit'].get('epochs')} {_refit_unit(m)} ({m['refit'].get('rule', '')}); the "
+          "blend fitted on the fold models' out-of-fold predictions is applied to its output, so the metrics below "
+          "are the fold models' (a refit has no held-out rows of its own)" for m in refits), "",
         "## Metrics (nested cross-validation, patient-bootstrap 95 % intervals)",
         f"- KL divergence, all windows: {_fmt_ci(ens, 'kl')}",
         f"- KL divergence, windows with >= 10 votes: {_fmt_ci(ens, 'kl_high_votes')}",
@@ -443,8 +492,8 @@ def _test_parity(cfg: PlatformConfig, pkg: Any, engines: EnginesResult) -> dict[
     part = load_partition(test_dir)
     batch = batch_from_partition(part)
     member_probs = {}
-    for name in pkg.member_names:
-        acc = [load_trained(cfg.models_dir / name / f).predict(part) for f in cfg.fold_names]
+    for name in pkg.member_names:  # each member's final models: its fold models or its refit
+        acc = [load_trained(cfg.models_dir / name / f).predict(part) for f in pkg.member(name)["folds"]]
         mean = np.mean(acc, axis=0)
         member_probs[name] = mean / mean.sum(axis=1, keepdims=True)
     torch_ens = load_ensemble(cfg.ensemble_dir).predict(member_probs)
@@ -455,7 +504,10 @@ def _test_parity(cfg: PlatformConfig, pkg: Any, engines: EnginesResult) -> dict[
            "best_max_abs_vs_torch": float(np.abs(best.probs - torch_ens).max()),
            "best_precision": best.precision}  # fmt: skip
     tp = cfg.ensemble_dir / TEST_FILE
-    if tp.is_file() and "eeg_id" in part.index.columns:
+    if any(pkg.member(n)["folds"] != list(cfg.fold_names) for n in pkg.member_names):
+        out["vs_test_pred"] = ("not comparable: the ensemble's test_pred.parquet averages fold models the package "
+                               "replaces by refits")  # fmt: skip
+    elif tp.is_file() and "eeg_id" in part.index.columns:
         t = pd.read_parquet(tp).set_index("eeg_id")
         ids = part.index["eeg_id"].to_numpy()
         if set(ids) <= set(t.index):
@@ -493,7 +545,7 @@ def build_package(
     left_out = {m: "an fp32 engine failed parity (engines.json)" for m in doc["members"] if m not in names}
     for name in names:
         entry = dict(doc["entries"][name])
-        entry["folds"] = list(doc["folds"])
+        entry["folds"] = list(doc.get("member_folds", {}).get(name, doc["folds"]))
         entry["engines"], entry["skipped"], entry["exporter"], entry["parity"] = {}, {}, {}, {}
         for r in (r for r in engines.records if r["member"] == name):
             prec = r["precision"]
@@ -535,6 +587,7 @@ def build_package(
         "metrics": {k: metrics.get(k) for k in ("ensemble_kl", "ensemble_kl_high_votes", "best_member",
                                                  "best_member_kl", "gain_vs_best", "chosen_combiner")}
         | {"ensemble": {k: v for k, v in metrics.get("ensemble", {}).items() if not isinstance(v, dict)}},
+        "refit_members": [m["name"] for m in members if m.get("final") == "refit"],
         "reference": ref_rel, "reference_source": ref_note, "threads": cfg.export.intra_op_threads,
         "tensorrt": doc["tensorrt"], "tolerances": doc["tolerances"], "config_hash": cfg.config_hash,
     }  # fmt: skip
@@ -580,7 +633,7 @@ def recheck_int8(cfg: PlatformConfig, engines: EnginesResult) -> list[str]:
     for r in engines.records:
         if r["precision"] != "int8" or not r["deployed"]:
             continue
-        val = parts(r["fold"])
+        val = parts(r.get("parity_fold", r["fold"]))
         rows = np.arange(min(e.parity_windows, len(val)))
         x = member_inputs(engines.doc["entries"][r["member"]], batch_from_partition(val, rows), layout)
         p32 = run_probs(make_session(by_key[(r["member"], r["fold"], "fp32")]["path"], e.intra_op_threads), x)

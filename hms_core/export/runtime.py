@@ -7,7 +7,8 @@ A package (written by :mod:`hms_core.export.package`) is a folder ``<root>/model
                    precision), combiner, calibration, data version, metrics, the drift reference's path
 ``model_card.md``  what the model is for, its figures with intervals, its limits
 ``engines/<member>/fold_<k>.<precision>.onnx``  probabilities ``(B, 6)`` from the member's input ``x``, flip TTA
-                   inside the graph where the member was evaluated with it
+                   inside the graph where the member was evaluated with it; ``refit.<precision>.onnx`` instead for
+                   a member deployed as one refit on every fold (its ``folds`` are ``["refit"]``)
 ``reference/``     the training distribution for drift monitoring
 
 :func:`load_package` checks every SHA-256 of the manifest first (a changed, missing or extra file is refused,

@@ -3,7 +3,8 @@
 
 Modules: ``fold`` (a fold's data and result), ``inputs`` (rows -> model inputs), ``data`` (datasets, samplers),
 ``engine`` (trainer per framework), ``torch_trainer`` / ``gbm_trainer``, ``job`` (config -> call), ``predict``,
-``checkpoint``, ``schedule``, ``augment``, ``distributed`` (process group), ``ddp`` (the torchrun entry point).
+``checkpoint``, ``schedule``, ``augment``, ``distributed`` (process group), ``ddp`` (the torchrun entry point),
+``refit`` (one model of a member on every fold, deployed instead of its fold models).
 """
 
 from hms_core.training.engine import train_fold

@@ -79,15 +79,18 @@ def train_fold(
     resume: bool = True,
     progress: Callable[[int, int], None] | None = None,
     preprocessing: dict[str, Any] | None = None,
+    early_stopping: bool = True,
 ) -> FoldResult:
     """Train ``model_name`` on ``train_dirs``, validate on ``val_dir``, predict ``test_dir``; see module docstring.
 
     ``preprocessing`` (saved in ``final/config.json`` for serving) defaults to the parameters recorded in the first
-    training partition's manifest.
+    training partition's manifest. ``early_stopping=False`` trains the configured epochs / boosting rounds to the
+    end (:class:`~hms_core.training.fold.FitContext`; a refit on every fold).
     """
     spec, mcfg = get_spec(model_name), resolve_config(model_name, model_cfg)
     data = load_fold_data(train_dirs, val_dir, test_dir, train_cfg)
     if preprocessing is None:
         preprocessing = data.train[0].manifest.get("config") or None
-    ctx = FitContext(model_name, spec, mcfg, train_cfg, Path(out_dir), preprocessing, loggers, resume, progress)
+    ctx = FitContext(model_name, spec, mcfg, train_cfg, Path(out_dir), preprocessing, loggers, resume, progress,
+                     early_stopping)  # fmt: skip
     return run_fold(data, ctx)

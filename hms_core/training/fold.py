@@ -163,6 +163,9 @@ class FitContext:
     loggers: Sequence[Any] = ()
     resume: bool = True
     progress: Callable[[int, int], None] | None = None
+    #: False: train the configured schedule to its end (epochs, boosting rounds) without choosing by the validation
+    #: rows; a refit on every fold (:mod:`hms_core.training.refit`), whose "validation" rows are training rows
+    early_stopping: bool = True
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         for lg in self.loggers:

@@ -3,7 +3,8 @@
 The row plan and stages are the torch trainer's: the rows of the last stage (the high-vote rows when
 ``training.stage2_epochs`` > 0, else every row with its low-vote weight) are fitted; boosting early-stops on the
 validation rows with at least :data:`~hms_core.constants.HIGH_VOTE_THRESHOLD` votes (all rows when there are
-fewer than :data:`MIN_EARLY_STOPPING_ROWS`). Each boosting round's validation loss is logged as an epoch.
+fewer than :data:`MIN_EARLY_STOPPING_ROWS`). Each boosting round's validation loss is logged as an epoch. With
+``FitContext.early_stopping=False`` (a refit) every one of the model's ``n_estimators`` rounds is kept.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def fit(data: FoldData, ctx: FitContext) -> FoldResult:
     es_rows = hv if hv.sum() >= MIN_EARLY_STOPPING_ROWS else np.ones(len(hv), bool)
     model = create_model(ctx.model_name, **ctx.model_cfg)
     t = time.perf_counter()
-    model.fit(x[mask], y[mask], x_val[es_rows], y_val[es_rows], sample_weight=w[mask], seed=cfg.seed,
-              feature_names=cols)  # fmt: skip
+    es_x, es_y = (x_val[es_rows], y_val[es_rows]) if ctx.early_stopping else (None, None)  # refit: every round
+    model.fit(x[mask], y[mask], es_x, es_y, sample_weight=w[mask], seed=cfg.seed, feature_names=cols)
     fit_s = time.perf_counter() - t
     oof = model.predict_proba(x_val)
     test_pred = model.predict_proba(feature_matrix(data.test, cols)) if data.test is not None else None

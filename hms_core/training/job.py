@@ -42,6 +42,8 @@ class FoldJob:
     preprocessing: dict[str, Any]
     run_name: str
     tags: dict[str, str] = field(default_factory=dict)
+    #: False: a fixed schedule trained to its end (a refit on every fold, :mod:`hms_core.training.refit`)
+    early_stopping: bool = True
 
 
 def fold_job(cfg: PlatformConfig, model: str, fold: str) -> FoldJob:
@@ -82,4 +84,4 @@ def train_job(job: FoldJob, loggers: Sequence[Any] = (), resume: bool = True,
 
     return train_fold(job.model, job.model_cfg, job.training, list(job.train_dirs), job.val_dir, job.test_dir,
                       job.out_dir, loggers=loggers, resume=resume, progress=progress,
-                      preprocessing=job.preprocessing)  # fmt: skip
+                      preprocessing=job.preprocessing, early_stopping=job.early_stopping)  # fmt: skip

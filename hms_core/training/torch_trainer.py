@@ -12,6 +12,9 @@ Every epoch writes ``checkpoints/last.pt`` (model, optimiser, schedule, scaler, 
 atomically, so a run killed with ``kill -9`` continues bit-for-bit: shuffling, augmentation, mixup and dropout are
 all seeded by ``(seed, epoch)``. Under DDP each rank trains on its shard, evaluates all validation rows, and only
 rank 0 writes.
+
+``FitContext.early_stopping=False`` (a refit on every fold, :mod:`hms_core.training.refit`) runs the planned epochs
+to the end without evaluating between them; the last epoch's (EMA) weights are the model.
 """
 
 from __future__ import annotations
@@ -298,7 +301,8 @@ def _restore(t: _Trainable, data: FoldData, ctx: FitContext, ispec: InputSpec) -
     checkpoints are removed)."""
     ckpt_dir = ctx.out_dir / "checkpoints"
     chash = _config_hash(ctx.model_name, ctx.model_cfg, ctx.cfg.model_dump(mode="json"), ispec.to_dict(),
-                         data.train_dirs, len(data.rows))  # fmt: skip
+                         data.train_dirs, len(data.rows),
+                         *([] if ctx.early_stopping else ["fixed schedule"]))  # fmt: skip
     ck = load_checkpoint(ckpt_dir / LAST, t.device) if ctx.resume else None
     if ck is not None and ck.get("config_hash") != chash:
         log.warning("%s: checkpoint was written for another config; starting afresh", ckpt_dir / LAST)
@@ -342,12 +346,16 @@ def fit(data: FoldData, ctx: FitContext) -> FoldResult:
         tr = train_one_epoch(t, loader, epoch, cfg, dctx.world_size)
         state.train_seconds += tr["train_seconds"]
         state.train_samples += int(tr["train_samples"])
-        ev, probs = evaluate(t.eval_model, val_ds, v_targets, high, cfg, t.device, t.amp)
+        if ctx.early_stopping:
+            ev, probs = evaluate(t.eval_model, val_ds, v_targets, high, cfg, t.device, t.amp)
+            score = kl_divergence(v_targets[monitored], probs[monitored])
+            improved = stopper.update(score)
+        else:  # a fixed schedule (a refit): no held-out rows to choose by, the last epoch is the model
+            ev, score, improved = {}, float("nan"), True
         rec = {"epoch": epoch, "stage": stage.number, "train_loss": tr["train_loss"], **ev, "lr": tr["lr"],
                "train_samples_per_s": tr["train_samples_per_s"]}  # fmt: skip
         state.history.append(rec)
-        score = kl_divergence(v_targets[monitored], probs[monitored])
-        if stopper.update(score):
+        if improved:
             state.best, state.best_epoch = score, epoch
             if dctx.is_main:
                 save_checkpoint(
@@ -355,7 +363,7 @@ def fit(data: FoldData, ctx: FitContext) -> FoldResult:
                 )
         finished = epoch
         epoch += 1
-        if stopper.should_stop:
+        if ctx.early_stopping and stopper.should_stop:
             log.info("early stopping at epoch %d (stage %d)", finished, stage.number)
             stopper.reset_patience()
             nxt = data.next_stage_start(finished)

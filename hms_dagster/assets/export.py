@@ -1,8 +1,13 @@
-"""Export stage: ONNX engines of every fold model and the verified deployment package (``hms_core.export``).
+"""Export stage: refits on every fold where configured, ONNX engines of every final model and the verified
+deployment package (``hms_core.export``).
 
-Both assets are unpartitioned: they read every fold of every member (a package averages a member over its fold
+Every asset is unpartitioned: they read every fold of every member (a package averages a member over its fold
 models, as the ensemble does for test rows), they follow the unpartitioned ``ensemble_model`` and a Dagster run
-cannot mix partitioned and unpartitioned assets. ``onnx_engines`` depends on ``ensemble_model`` and refuses to run
+cannot mix partitioned and unpartitioned assets. ``refit_<model>`` (one per member that ``export.final_models``
+sets to ``refit``) trains that member once on every fold's rows (``hms_core.training.refit``: the length from the
+fold runs, read through an ``AllPartitionMapping`` on ``model_<model>``); ``onnx_engines`` then exports the refit
+(one engine) instead of the member's fold models, and the blend fitted on the fold models' out-of-fold predictions
+is applied to its output. ``onnx_engines`` depends on ``ensemble_model`` and refuses to run
 when that asset's blocking check (``not_worse_than_best_member``, with ``ensemble.quality_gate``) failed on its
 latest materialization, so a gated ensemble is never exported from another run either.
 
@@ -17,11 +22,24 @@ package's fp32 probabilities on the test partition within ``export.fp32_toleranc
 import dagster as dg
 
 from hms_core.config import PlatformConfig
-from hms_dagster.resources import WorkspaceResource, progress_logger
-from hms_dagster.stages import DEPLOYMENT_PACKAGE, ENSEMBLE_MODEL, EXPORT, ONNX_ENGINES, export_asset_keys
+from hms_core.models.specs import MODEL_SPECS
+from hms_dagster.assets.models import INPUT_ASSET, model_result_keys
+from hms_dagster.resources import WorkspaceResource, progress_logger, training_loggers
+from hms_dagster.stages import (
+    DEPLOYMENT_PACKAGE,
+    ENSEMBLE_MODEL,
+    EXPORT,
+    FOUNDATION_ENCODER,
+    ONNX_ENGINES,
+    TEST_WINDOWS,
+    export_asset_keys,
+    model_asset_key,
+    refit_asset_key,
+)
 
 GROUP = EXPORT
-VERSION = "2"  # 2: attention exported as onnxruntime's fused MultiHeadAttention
+VERSION = "3"  # 2: attention exported as onnxruntime's fused MultiHeadAttention; 3: refits (export.final_models)
+REFIT_VERSION = "1"
 ENSEMBLE_CHECK = "not_worse_than_best_member"
 FP32_CHECK, INT8_CHECK = "fp32_parity", "int8_tolerance"
 MANIFEST_CHECK, ENSEMBLE_PARITY_CHECK, INT8_ENSEMBLE_CHECK = (
@@ -61,19 +79,80 @@ def _ensemble_gate(context: dg.AssetExecutionContext, cfg: PlatformConfig) -> No
                          "(fix the ensemble, or set ensemble.quality_gate: false)")  # fmt: skip
 
 
+def _build_refit_asset(cfg: PlatformConfig, name: str):
+    spec = MODEL_SPECS[name]
+    key = refit_asset_key(name)
+
+    @dg.asset(
+        name=key,
+        group_name=GROUP,
+        deps=[
+            dg.AssetDep(model_asset_key(name), partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep(INPUT_ASSET[spec.input_kind], partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep(TEST_WINDOWS),
+            *(
+                [dg.AssetDep(FOUNDATION_ENCODER)]
+                if spec.config_cls.uses_foundation_encoder(cfg.models[name])
+                else []
+            ),
+        ],
+        code_version=f"{REFIT_VERSION}-{cfg.result_hash(*model_result_keys(name))}",
+        kinds={spec.framework},
+        pool="gpu" if spec.framework == "pytorch" else None,  # one accelerator: one torch training at a time
+        description=f"{spec.description}, refit on every fold's rows for the median of the fold runs' best "
+        "epochs / boosting rounds: the package deploys it instead of the fold models (export.final_models).",
+    )
+    def _refit(context: dg.AssetExecutionContext, workspace: WorkspaceResource):
+        import math
+
+        from hms_core.plots import learning_curve_markdown
+        from hms_core.training.refit import plan_refit, refit_job, run_refit
+
+        cfg = workspace.config
+        plan = plan_refit(cfg, name)
+        job = refit_job(cfg, name, plan)
+        context.log.info(f"{name} refit: {plan.epochs} {'rounds' if plan.framework == 'lightgbm' else 'epochs'} "
+                         f"(stages {list(plan.stage_epochs)}) from the folds' {plan.fold_counts}")  # fmt: skip
+        loggers = training_loggers(workspace, job, {"dagster_run_id": context.run.run_id})
+        out = run_refit(job, plan, loggers=loggers, resume=True,
+                        progress=progress_logger(context, f"{name} refit", unit="epoch "))  # fmt: skip
+        m = out.result.metrics
+        meta = {
+            "epochs" if plan.framework == "pytorch" else "boosting_rounds": plan.epochs,
+            "stage_epochs": dg.MetadataValue.json(list(plan.stage_epochs)),
+            "fold_counts": dg.MetadataValue.json(plan.fold_counts),
+            "rule": plan.rule,
+            "rows": out.rows,
+            "train_partitions": len(job.train_dirs),
+            "warmup_epochs": plan.warmup_epochs if plan.warmup_epochs is not None else "n/a",
+            "in_sample_val_kl": round(float(m["val_kl"]), 4) if not math.isnan(m["val_kl"]) else "nan",
+            "in_sample_note": f"{job.val_dir.name}'s rows are training rows of the refit: a check, not an "
+            "estimate",
+            "seconds": round(float(m.get("seconds", 0.0)), 1),
+            **{f"path_{p}": dg.MetadataValue.path(str(v)) for p, v in out.result.paths.items()},
+        }  # fmt: skip
+        if out.result.history and plan.framework == "pytorch":
+            meta["learning_curve"] = dg.MetadataValue.md(learning_curve_markdown(out.result.history))
+        return dg.MaterializeResult(metadata=meta)
+
+    return _refit
+
+
 def build_export_assets(cfg: PlatformConfig) -> list:
     if not export_asset_keys(cfg):
         return []
     code = f"{VERSION}-{cfg.result_hash('export')}"
+    refits = [_build_refit_asset(cfg, name) for name in cfg.refit_models()]
 
     @dg.asset(
         name=ONNX_ENGINES,
         group_name=GROUP,
-        deps=[ENSEMBLE_MODEL],
+        deps=[ENSEMBLE_MODEL, *(refit_asset_key(n) for n in cfg.refit_models())],
         code_version=code,
         kinds={"onnx"},
-        description="Every fold model of every packaged member as ONNX (flip TTA in the graph), optimised by "
-        "onnxruntime; fp32 and int8, each measured against torch on held-out windows; TensorRT fp16 on a GPU.",
+        description="Every final model of every packaged member (its fold models, or its refit) as ONNX (flip "
+        "TTA in the graph), optimised by onnxruntime; fp32 and int8, each measured against torch; TensorRT "
+        "fp16 on a GPU.",
         check_specs=[
             dg.AssetCheckSpec(
                 FP32_CHECK,
@@ -199,4 +278,4 @@ def build_export_assets(cfg: PlatformConfig) -> list:
                       "max_abs_diff": p["best_max_abs_vs_torch"]},
         )  # fmt: skip
 
-    return [onnx_engines, deployment_package]
+    return [*refits, onnx_engines, deployment_package]
