@@ -231,7 +231,12 @@ class PreprocessingConfig(Section):
         "judged (all-NaN input, or a transform output that was not finite and was zeroed); such windows are kept, "
         "flagged in index.parquet's 'bad_window' column, and the fold carries on below this fraction.",
     )
-    workers: int = Field(2, ge=1, json_schema_extra=NOT_A_RESULT, description="Threads building a partition.")
+    workers: int = Field(
+        2,
+        ge=1,
+        json_schema_extra=NOT_A_RESULT,
+        description="Worker processes building a partition (1 = in the calling process).",
+    )
 
 
 # --- models / training --------------------------------------------------------------------------

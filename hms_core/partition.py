@@ -213,6 +213,8 @@ class PartitionManifest:
     config: dict[str, Any]
     files: list[str]
     layout_version: int = LAYOUT_VERSION
+    #: CPU seconds of the worker processes on this build's batches (0 when built in the calling process)
+    worker_cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -376,6 +378,10 @@ def _npy_layout(path: Path) -> tuple[int, np.dtype, tuple[int, ...]]:
         return f.tell(), dtype, shape
 
 
+#: Whether :func:`_as_storage` may use torch's cast (False in worker processes).
+_TORCH_CAST = True
+
+
 @lru_cache(maxsize=1)
 def _torch_half_cast() -> Callable[[np.ndarray], np.ndarray] | None:
     """torch's vectorised float32 -> float16 cast when torch is installed (4x faster than numpy's here and
@@ -390,8 +396,8 @@ def _torch_half_cast() -> Callable[[np.ndarray], np.ndarray] | None:
 
 def _as_storage(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``arr`` as a C-contiguous array of ``dtype`` (float32 -> float16 by :func:`_torch_half_cast` where torch is
-    installed, numpy's identical cast otherwise)."""
-    if dtype == np.float16 and arr.dtype == np.float32:
+    installed, except in worker processes, numpy's identical cast otherwise)."""
+    if dtype == np.float16 and arr.dtype == np.float32 and _TORCH_CAST:
         cast = _torch_half_cast()
         if cast is not None:
             return cast(np.ascontiguousarray(arr))
@@ -509,6 +515,107 @@ def _run_batch(
     return job.b0, secs, zeroed
 
 
+# --- worker processes ------------------------------------------------------------------------------------------
+#: Modules the fork server imports once, so each worker starts from a process that has them already (a spawned
+#: worker paid ~2 s of imports; nothing in these starts a thread at import, so forking the server is safe).
+_PRELOAD = ("numpy", "scipy.fft", "scipy.signal", "pandas", "pyarrow.parquet", "polars", "hms_core.preprocess",
+            "hms_core.eeg_io", "hms_core.spectral", "hms_core.features")  # fmt: skip
+_WORKER: dict[str, Any] = {}
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent ends (no-op elsewhere): a worker must not outlive a
+    killed build and write into the partial arrays of the next one."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _init_worker(eeg_dir: str, spec_dir: str | None, missing_channels: str) -> None:
+    """Worker-process start: its own file caches, single-threaded BLAS, numpy's float16 cast (importing torch
+    would cost each worker seconds and ~0.4 GB for 0.7 ms a record), death with the fork server."""
+    from hms_core.eeg_io import read_hms_eeg_channels, read_kaggle_spectrogram_table
+    from hms_core.preprocess import single_threaded_compute
+
+    global _TORCH_CAST
+    _TORCH_CAST = False
+    _die_with_parent()
+    _WORKER["compute"] = single_threaded_compute()
+    _WORKER["compute"].__enter__()  # for the worker's whole life
+    _WORKER["eegs"] = _LRU(
+        lambda i: read_hms_eeg_channels(Path(eeg_dir) / f"{i}.parquet", missing_channels=missing_channels), size=8
+    )
+    _WORKER["specs"] = (
+        _LRU(lambda i: read_kaggle_spectrogram_table(Path(spec_dir) / f"{i}.parquet"), size=4)
+        if spec_dir
+        else None
+    )
+
+
+def _run_batch_in_worker(
+    job: _BatchJob, cfg: PreprocessingConfig
+) -> tuple[tuple[int, dict[str, float], dict[str, int]], float]:
+    """:func:`_run_batch` in a worker process, and the CPU seconds the worker spent on it."""
+    c0 = time.process_time()
+    out = _run_batch(job, cfg, _WORKER["eegs"], _WORKER["specs"])
+    return out, time.process_time() - c0
+
+
+def _worker_pool(workers: int, eeg_dir: Path, spec_dir: str | None, missing_channels: str) -> Any:
+    """A pool of ``workers`` processes forked from a fork server that has the transform's modules imported (no
+    inherited threads, file descriptors or locks from the caller, e.g. a Dagster step holding its partition lock)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(_PRELOAD))  # only before the server starts; a started server is reused
+    return ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(str(eeg_dir), spec_dir, missing_channels)
+    )
+
+
+def _run_jobs_in_processes(
+    jobs: list[_BatchJob], cfg: PreprocessingConfig, workers: int, eeg_dir: Path, spec_dir: str | None,
+    finished: Callable[..., None], out_dir: Path,
+) -> float:  # fmt: skip
+    """Run ``jobs`` in worker processes, at most two per worker in flight (peak memory ~ 2 * workers *
+    batch_size windows), calling ``finished`` in the caller's process as each batch completes; returns the CPU
+    seconds the workers spent on the batches."""
+    from collections import deque
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = _worker_pool(workers, eeg_dir, spec_dir, cfg.eeg.missing_channels)
+    pending: deque = deque()
+    cpu = 0.0
+
+    def collect() -> None:
+        nonlocal cpu
+        out, seconds = pending.popleft().result()
+        cpu += seconds
+        finished(*out)
+
+    try:
+        for job in jobs:
+            pending.append(pool.submit(_run_batch_in_worker, job, cfg))
+            if len(pending) >= 2 * workers:
+                collect()
+        while pending:
+            collect()
+        return cpu
+    except BrokenProcessPool as e:
+        raise PartitionError(
+            f"A preprocessing worker process ended abruptly (killed, or out of memory) while building '{out_dir}'; "
+            "the batches finished before it are kept and a rerun resumes from them (fewer preprocessing.workers "
+            "or a smaller batch size needs less memory)."
+        ) from e
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def build_partition(
     rows: pd.DataFrame,
     eeg_dir: Path,
@@ -524,8 +631,8 @@ def build_partition(
     Arrays are filled in ``out_dir/.partial/`` through ``np.lib.format.open_memmap``; a progress marker records
     the completed rows, so rerunning on an interrupted partition with the same rows and config resumes where it
     stopped. Final files replace old ones atomically, one by one, after the old manifest was removed.
-    ``cfg.workers`` > 1 processes batches in that many threads (at most two batches per thread in flight, so peak
-    memory is bounded by ``workers * batch_size`` windows, whatever N).
+    ``cfg.workers`` > 1 processes batches in that many worker processes (at most two batches per worker in flight,
+    so peak memory is bounded by ``workers * batch_size`` windows, whatever N); outputs are the same for any count.
     """
     from hms_core.eeg_io import read_hms_eeg_channels, read_kaggle_spectrogram_table
 
@@ -600,38 +707,27 @@ def build_partition(
                   str(eeg_dir), None if not with_kaggle else str(spec_dir), str(partial))
         for b0 in todo
     ]  # fmt: skip
-    mode = cfg.eeg.missing_channels
-    eegs = _LRU(
-        lambda i: read_hms_eeg_channels(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8 * cfg.workers
-    )
-    spec_tables = (
-        _LRU(lambda i: read_kaggle_spectrogram_table(Path(str(spec_dir)) / f"{i}.parquet"), size=4 * cfg.workers)
-        if with_kaggle else None
-    )  # fmt: skip
     workers = max(1, min(cfg.workers, len(jobs)))
-    # threads, not processes: the heavy steps (parquet reads, filters, FFTs, BLAS products, percentiles) release
-    # the GIL, threads start instantly and share the file caches; worker processes paid seconds of imports each and
-    # pyarrow's thread pool is not fork-safe. BLAS (and torch, where the writer's cast uses it) run one thread per
-    # worker, also with a single worker: idle OpenBLAS threads spin-wait on busy shared cores (the transform cost
-    # 2.1x the CPU time with the default two).
-    from hms_core.preprocess import single_threaded_compute
+    # worker processes, not threads: the transform is numpy-bound, but between its calls enough Python runs under
+    # the GIL that two threads kept two cores ~70 % busy. BLAS runs one thread per worker, also with a single
+    # worker: idle OpenBLAS threads spin-wait on busy shared cores (the transform cost 2.1x the CPU time with the
+    # default two).
+    worker_cpu = 0.0
+    if workers > 1:
+        spec = str(spec_dir) if with_kaggle else None
+        worker_cpu = _run_jobs_in_processes(jobs, cfg, workers, eeg_dir, spec, finished, out_dir)
+    else:
+        from hms_core.preprocess import single_threaded_compute
 
-    if np.dtype(cfg.eeg.dtype) == np.float16:
-        _torch_half_cast()  # imported (where installed) before its threads are limited
-    with single_threaded_compute():
-        if workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers, thread_name_prefix="hms-preprocess") as pool:
-                # at most 2 batches in flight per worker keeps peak memory ~ 2 * workers * batch_size windows
-                pending = []
-                for job in jobs:
-                    pending.append(pool.submit(_run_batch, job, cfg, eegs, spec_tables))
-                    if len(pending) >= 2 * workers:
-                        finished(*pending.pop(0).result())
-                for fut in pending:
-                    finished(*fut.result())
-        else:
+        mode = cfg.eeg.missing_channels
+        eegs = _LRU(lambda i: read_hms_eeg_channels(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8)
+        spec_tables = (
+            _LRU(lambda i: read_kaggle_spectrogram_table(Path(str(spec_dir)) / f"{i}.parquet"), size=4)
+            if with_kaggle else None
+        )  # fmt: skip
+        if np.dtype(cfg.eeg.dtype) == np.float16:
+            _torch_half_cast()  # imported (where installed) before its threads are limited
+        with single_threaded_compute():
             for job in jobs:
                 finished(*_run_batch(job, cfg, eegs, spec_tables))
     # finalise: index + features from the per-batch parts, then the arrays, then the manifest
@@ -681,6 +777,7 @@ def build_partition(
         n_features=n_features,
         resumed_from=resumed_from,
         batch_size=batch_size,
+        worker_cpu_seconds=round(worker_cpu, 3),
         config_hash=_config_hash(cfg),
         config=cfg.model_dump(mode="json"),
         files=[*files, MANIFEST_FILE],

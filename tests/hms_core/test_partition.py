@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +127,48 @@ def test_resume_after_interruption(raw: dict, tmp_path: Path) -> None:
     m = build_partition(rows, root / "eegs", None, tmp_path / "p", cfg, batch_size=2)
     assert m.resumed_from == 2
     cfg2 = cfg.model_copy(deep=True)
-    cfg2.workers = 2  # worker threads give the same arrays
-    build_partition(rows, root / "eegs", None, tmp_path / "q", cfg2, batch_size=1)
+    cfg2.workers = 2  # worker processes give the same files, bit for bit
+    build_partition(rows, root / "eegs", None, tmp_path / "q", cfg2, batch_size=2)
     a, b = load_partition(tmp_path / "p"), load_partition(tmp_path / "q")
     for k in a.arrays:
-        np.testing.assert_allclose(
-            a.arrays[k].astype(np.float32), b.arrays[k].astype(np.float32), atol=2e-3, err_msg=k
-        )
+        np.testing.assert_array_equal(a.arrays[k], b.arrays[k], err_msg=k)
     pd.testing.assert_frame_equal(a.index, b.index)
+    pd.testing.assert_frame_equal(a.features(), b.features())
+
+
+def test_a_worker_process_error_names_the_file_and_a_killed_worker_resumes(raw: dict, tmp_path: Path) -> None:
+    """With worker processes, a bad record's error reaches the caller unchanged (file, row, offset), and a worker
+    killed mid-build is a clear PartitionError; the batches finished before it are kept and a rerun resumes."""
+    root, rows = raw["root"], raw["rows"]
+    cfg = _cfg(types=["stft"])
+    cfg.workers = 2
+    late = rows.copy()
+    late.loc[5, "eeg_label_offset_seconds"] = 30.0
+    with pytest.raises(RecordError, match=r"12\.parquet \(row 5, offset 30.0 s\)' is too short"):
+        build_partition(late, root / "eegs", None, tmp_path / "p", cfg, batch_size=2)
+
+    import multiprocessing as mp
+    import signal
+
+    killed: list[int] = []
+
+    def kill_a_worker(done: int, n: int) -> None:
+        if done >= 2 and not killed:  # the first batch is finished: kill a worker busy with a later one
+            pid = next(c.pid for c in mp.active_children() if c.pid is not None and "Process" in type(c).__name__)
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(PartitionError, match=r"worker process ended abruptly .* a rerun resumes"):
+        build_partition(rows, root / "eegs", None, tmp_path / "k", cfg, batch_size=1, progress=kill_a_worker)
+    assert killed
+    state = json.loads((tmp_path / "k" / ".partial" / "progress.json").read_text())
+    assert 0 < len(state["done_batches"]) < len(rows)
+    m = build_partition(rows, root / "eegs", None, tmp_path / "k", cfg, batch_size=1)
+    assert m.resumed_from == len(state["done_batches"])
+    ref = build_partition(rows, root / "eegs", None, tmp_path / "ref", cfg, batch_size=1)
+    a, b = load_partition(tmp_path / "k"), load_partition(Path(ref.out_dir))
+    for k in a.arrays:
+        np.testing.assert_array_equal(a.arrays[k], b.arrays[k], err_msg=k)
 
 
 def test_build_partition_reports_missing_file_and_columns(raw: dict, tmp_path: Path) -> None:
