@@ -523,27 +523,42 @@ _PRELOAD = ("numpy", "scipy.fft", "scipy.signal", "pandas", "pyarrow.parquet", "
 _WORKER: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent ends (no-op elsewhere): a worker must not outlive a
-    killed build and write into the partial arrays of the next one."""
-    try:
-        import ctypes
-        import signal
+def _exit_with(pid: int) -> None:
+    """End this worker at once when process ``pid`` (the partition builder) ends, by a thread waiting on a pidfd
+    (polling every second where pidfds are missing): a killed build must leave no worker behind, writing into its
+    partial arrays or idling. Workers are children of the fork server, which the workers themselves keep alive, so
+    neither parent-death signals nor the pool notice."""
+    import threading
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux >= 5.3
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                except PermissionError:
+                    pass
+        import select
+
+        select.select([fd], [], [])  # readable once the process has ended
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hms-exit-with-builder", daemon=True).start()
 
 
-def _init_worker(eeg_dir: str, spec_dir: str | None, missing_channels: str) -> None:
+def _init_worker(builder_pid: int, eeg_dir: str, spec_dir: str | None, missing_channels: str) -> None:
     """Worker-process start: its own file caches, single-threaded BLAS, numpy's float16 cast (importing torch
-    would cost each worker seconds and ~0.4 GB for 0.7 ms a record), death with the fork server."""
+    would cost each worker seconds and ~0.4 GB for 0.7 ms a record), an exit as soon as the builder ends."""
     from hms_core.eeg_io import read_hms_eeg_channels, read_kaggle_spectrogram_table
     from hms_core.preprocess import single_threaded_compute
 
     global _TORCH_CAST
     _TORCH_CAST = False
-    _die_with_parent()
+    _exit_with(builder_pid)
     _WORKER["compute"] = single_threaded_compute()
     _WORKER["compute"].__enter__()  # for the worker's whole life
     _WORKER["eegs"] = _LRU(
@@ -574,7 +589,10 @@ def _worker_pool(workers: int, eeg_dir: Path, spec_dir: str | None, missing_chan
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(list(_PRELOAD))  # only before the server starts; a started server is reused
     return ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(str(eeg_dir), spec_dir, missing_channels)
+        workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(os.getpid(), str(eeg_dir), spec_dir, missing_channels),
     )
 
 
@@ -608,9 +626,11 @@ def _run_jobs_in_processes(
         return cpu
     except BrokenProcessPool as e:
         raise PartitionError(
-            f"A preprocessing worker process ended abruptly (killed, or out of memory) while building '{out_dir}'; "
-            "the batches finished before it are kept and a rerun resumes from them (fewer preprocessing.workers "
-            "or a smaller batch size needs less memory)."
+            f"A preprocessing worker process ended abruptly while building '{out_dir}': killed, out of memory "
+            "(fewer preprocessing.workers or a smaller batch size needs less), or it could not start (its own "
+            "error is printed above; a script that builds partitions with workers > 1 needs the "
+            "`if __name__ == '__main__':` guard, as with any multiprocessing pool). The batches finished before "
+            "it are kept and a rerun resumes from them."
         ) from e
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

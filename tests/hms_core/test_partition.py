@@ -327,3 +327,62 @@ def test_rows_of_one_eeg_processed_together_land_in_row_order(raw: dict, tmp_pat
     fa, fb = a.features(), b.features()
     assert fa["eeg_id"].tolist() == mixed["eeg_id"].tolist()
     np.testing.assert_allclose(fa["LL_alpha_abs"], fb["LL_alpha_abs"].iloc[perm], rtol=1e-5)
+
+
+_BUILDER = """
+import sys
+from pathlib import Path
+import pandas as pd
+from tests.hms_core.test_preprocess import _cfg
+from hms_core.partition import build_partition
+
+if __name__ == "__main__":
+    root, out = Path(sys.argv[1]), Path(sys.argv[2])
+    rows = pd.read_parquet(root / "rows.parquet")
+    cfg = _cfg(types=["stft"])
+    cfg.workers = 2
+    def report(done, n):
+        print("progress", done, flush=True)
+    build_partition(pd.concat([rows] * 40, ignore_index=True), root / "eegs", None, out, cfg, batch_size=1,
+                    progress=report)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads the process tree from /proc")
+def test_killing_the_builder_leaves_no_worker_process_behind(raw: dict, tmp_path: Path) -> None:
+    """kill -9 of a process building with worker processes (as of a Dagster step): its workers (children of the
+    fork server, not of the builder) end within seconds instead of idling or writing on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = raw["root"]
+    raw["rows"].to_parquet(root / "rows.parquet")
+    script = tmp_path / "build.py"
+    script.write_text(_BUILDER)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(tmp_path / "p")], cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if line.startswith("progress") and int(line.split()[1]) >= 2:
+                break
+        workers = [w for c in _children(proc.pid) for w in _children(c)]  # builder -> fork server -> workers
+        assert len(workers) == 2, workers
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    left = [w for w in workers if Path(f"/proc/{w}").exists()]
+    assert not left, f"worker processes {left} outlived the killed builder"
