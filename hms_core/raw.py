@@ -82,6 +82,13 @@ def _stale_synthetic(raw: Path, cfg: PlatformConfig) -> bool:
     )
 
 
+def _incomplete_synthetic(raw: Path) -> bool:
+    """True when ``raw`` holds a generation that was interrupted (its manifest says ``complete: false``; manifests
+    of generators before that flag were written last, so they count as complete)."""
+    made = _read_manifest(raw)
+    return made is not None and made.get("complete") is False
+
+
 def _temp_leftover(name: str) -> bool:
     """A temporary file of :func:`hms_core.io.atomic_path` (``.train.csv.k3j2.tmp.csv``) left by a killed run."""
     return name.startswith(".") and ".tmp" in name
@@ -144,9 +151,16 @@ def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None]
     source = ds.source
     if source in ("auto", "synthetic") and _stale_synthetic(raw, cfg):
         _remove_synthetic(raw)
+    if source == "local" and _incomplete_synthetic(raw):
+        raise RawDataUnavailableError(
+            f"dataset.source is 'local' but '{raw}' holds an interrupted synthetic generation ('{SYNTHETIC_MANIFEST}'"
+            f" says complete: false). Run with dataset.source 'synthetic' (or 'auto') to finish it, or put the "
+            f"competition files in another folder."
+        )
     if (
         source in ("auto", "local")
         and has_raw_data(raw)
+        and not _incomplete_synthetic(raw)  # a killed generation is finished below, not taken as data
         and (source == "local" or not (raw / ".download").exists() or kaggle.raw_dir_complete(raw))
     ):
         kind = "synthetic" if (raw / SYNTHETIC_MANIFEST).exists() else "local"
@@ -156,7 +170,10 @@ def ensure_raw_dataset(cfg: PlatformConfig, progress: Callable[[int, int], None]
             f"dataset.source is 'local' but '{raw}' has no train.csv and train_eegs/. Put the unzipped "
             f"competition files there, or set dataset.source to 'auto', 'kaggle' or 'synthetic'."
         )
-    if source == "kaggle" or (source == "auto" and kaggle.kaggle_credentials_available()):
+    # an interrupted generation is finished (source auto), never mixed with a download
+    if source == "kaggle" or (
+        source == "auto" and not _incomplete_synthetic(raw) and kaggle.kaggle_credentials_available()
+    ):
         kaggle.download_competition(
             ds.kaggle_competition, raw, progress=None if progress is None else (lambda _step, d, t: progress(d, t))
         )

@@ -410,12 +410,17 @@ def generate_dataset(
     """Generate (or complete) a synthetic data set in the Kaggle layout under ``out_dir``.
 
     Identical ``cfg`` (whatever ``workers``) gives identical files. Sessions whose files are complete are skipped;
-    the csv tables and ``synthetic_manifest.json`` are written last. ``progress(done, total)`` is called as
+    the csv tables, then ``synthetic_manifest.json`` with ``complete: true``, are written last (a manifest with
+    ``complete: false`` is written first). ``progress(done, total)`` is called as
     sessions (recordings) complete. Returns counts and timings.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # first a manifest saying "not complete" (the folder is a generated one at every instant, so a rerun finishes
+    # it and a stale one may be deleted), the full one with complete: true last
+    manifest = {"config": cfg.model_dump(mode="json"), "generator_version": GENERATOR_VERSION, "complete": False}
+    write_json(out / "synthetic_manifest.json", manifest)
     sessions = plan_dataset(cfg)
     total = len(sessions)
     status: Counter[str] = Counter()
@@ -458,7 +463,7 @@ def generate_dataset(
         "recording_hours": round(sum(s.duration_s for s in sessions) / 3600.0, 3),
         "generator_version": GENERATOR_VERSION,
     }
-    write_json(out / "synthetic_manifest.json", {"config": cfg.model_dump(mode="json"), **summary})
+    write_json(out / "synthetic_manifest.json", {**manifest, **summary, "complete": True})
     return summary
 
 

@@ -260,3 +260,46 @@ def test_refuses_to_delete_anything_but_a_generated_set(tmp_path: Path, extra: s
         with pytest.raises(RefusedToDeleteError, match=extra.split("/")[-1].replace(".", r"\.")):
             ensure_raw_dataset(_synthetic_cfg(tmp_path, n_patients=3))
     assert _tree(raw) == before
+
+
+@pytest.mark.parametrize("source", ["auto", "synthetic", "local"])
+def test_a_generation_killed_after_its_tables_is_finished_not_taken_as_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """A kill after train.csv but before the final manifest (simulated: the last write raises) leaves a folder
+    that holds train.csv and train_eegs/ but whose manifest says complete: false. It is a generated folder at that
+    instant: 'auto' and 'synthetic' finish it (every session kept) to the files of an uninterrupted run; 'local'
+    refuses it naming the manifest, instead of taking half a data set as the user's."""
+    import hms_core.synthetic.generator as gen
+    from hms_core.raw import SYNTHETIC_MANIFEST, RawDataUnavailableError, ensure_raw_dataset, fingerprint
+
+    whole = ensure_raw_dataset(_synthetic_cfg(tmp_path / "whole"))
+    cfg = _synthetic_cfg(tmp_path / "killed")
+    real_write_json = gen.write_json
+
+    class Killed(Exception):
+        pass
+
+    def write_json(path, obj):
+        if obj.get("complete") is True:
+            raise Killed
+        return real_write_json(path, obj)
+
+    monkeypatch.setattr(gen, "write_json", write_json)
+    with pytest.raises(Killed):
+        ensure_raw_dataset(cfg)
+    monkeypatch.setattr(gen, "write_json", real_write_json)
+    raw = cfg.raw_dir
+    assert (raw / "train.csv").is_file() and (raw / "train_eegs").is_dir()
+    assert json.loads((raw / SYNTHETIC_MANIFEST).read_text())["complete"] is False
+    if source == "local":
+        with pytest.raises(RawDataUnavailableError, match=r"interrupted synthetic generation .*complete: false"):
+            ensure_raw_dataset(
+                cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"source": "local"})})
+            )
+        return
+    cfg.dataset.source = source
+    done = ensure_raw_dataset(cfg)
+    assert done.source == "synthetic" and done.generated["sessions_written"] == 0  # finished, nothing redone
+    assert json.loads((raw / SYNTHETIC_MANIFEST).read_text())["complete"] is True
+    assert done.fingerprint == whole.fingerprint == fingerprint(tmp_path / "whole" / "data" / "raw")
