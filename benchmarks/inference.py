@@ -17,7 +17,9 @@ the batch size) and times, in one process on ``--threads`` threads (torch intra-
 
 ``--baseline PACKAGE`` (a package of the same members, e.g. exported by an earlier version: without the fused
 attention) adds its fp32 engines run as the runtime ran them before (one session per fold, load-time level
-``basic``): ``base ms`` and ``x_<member>_b<batch>_new_vs_base`` (baseline time / fp32 time), side by side.
+``basic``): ``base ms`` and ``x_<member>_b<batch>_new_vs_base`` (baseline time / fp32 time), side by side. With
+``--baseline-runtime current`` the baseline runs with today's runtime (merged fold graph, level ``all``), so the
+columns compare the engines alone (e.g. a package exported without ``export.rewrites``).
 
 The variants run interleaved, repetition by repetition (so a busy machine slows all of them alike); the figure is
 the median wall time, and the median CPU time of the process (every thread) per call beside it (``cpu x``: the
@@ -101,12 +103,15 @@ def _eager(models: list[Any], x: np.ndarray) -> Callable[[], np.ndarray]:
 
 def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: int = 15,
                         batches: tuple[int, ...] = (1, 32), log: Callable[[str], None] = print,
-                        baseline: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+                        baseline: str | Path | None = None,
+                        baseline_runtime: str = "old") -> dict[str, Any]:  # fmt: skip
     """The timings of the module docstring; returns the RESULT fields. ``baseline``: another package of the same
     members (e.g. one exported by an earlier version) run as the runtime ran engines before the fold merge and the
-    load-time level ``all`` (one session per fold, level ``basic``), timed beside the others (``base ms``)."""
+    load-time level ``all`` (``baseline_runtime="old"``: one session per fold, level ``basic``) or as the runtime
+    runs them now (``"current"``), timed beside the others (``base ms``)."""
     import torch
 
+    from hms_core.checks import check_option
     from hms_core.ensemble.build import load_ensemble
     from hms_core.export import load_package, member_inputs
     from hms_core.export.package import batch_from_partition
@@ -123,12 +128,16 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
     pkg.warm_up("best")
     old = None
     if baseline is not None:
-        old = load_package(baseline, threads=threads, providers=["CPUExecutionProvider"], merged=False,
-                           level="basic")  # fmt: skip
+        check_option("baseline_runtime", baseline_runtime, ("old", "current"))
+        current = baseline_runtime == "current"
+        old = load_package(baseline, threads=threads, providers=["CPUExecutionProvider"], merged=current,
+                           level="all" if current else "basic")  # fmt: skip
         if sorted(old.member_names) != sorted(pkg.member_names):
             raise ValueError(f"--baseline {baseline} has members {old.member_names}, not {pkg.member_names}")
         old.warm_up("fp32")
     blend = pkg.blend_members
+    base_how = ("merged folds, level all (the current runtime)" if baseline_runtime == "current"
+                else "per-fold sessions, level basic")  # fmt: skip
     res: dict[str, Any] = {"threads": threads, "package": pkg.version, "members": len(pkg.member_names),
                            "blend_members": len(blend)}  # fmt: skip
     speed_fp32: dict[int, list[float]] = {}
@@ -136,8 +145,7 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
         f"interleaved runs; the blend uses {blend}; load average {_load():.1f}")  # fmt: skip
     log(f"{'member':<16}{'batch':>6}{'eager ms':>10}{'fp32 ms':>9}{'int8 ms':>9}{'fp32 x':>8}{'int8 x':>8}"
         f"{'cpu x':>7}" + (f"{'base ms':>9}{'base x':>8}" if old else "")
-        + "  (cpu x: eager / fp32 CPU time" + ("; base: the baseline package, per-fold sessions, level basic)"
-                                               if old else ")"))  # fmt: skip
+        + "  (cpu x: eager / fp32 CPU time" + (f"; base: the baseline package, {base_how})" if old else ")"))  # fmt: skip
     for b in batches:
         batch = _batch(base, b)
         speed_fp32[b] = []
@@ -188,8 +196,8 @@ def inference_benchmark(package: str | Path, cfg: Any, threads: int = 2, runs: i
             f"{'':>8}{t['eager_cpu'] / max(t['served_cpu'], 1e-6):>7.2f}   (what the service runs: {blend})")  # fmt: skip
         if old is not None:
             log(f"{'BASELINE':<16}{b:>6}{'':>10}{t['base']:>9.2f}{'':>9}{t['eager'] / t['base']:>8.2f}{'':>8}"
-                f"{t['eager_cpu'] / max(t['base_cpu'], 1e-6):>7.2f}   (the baseline package, per-fold sessions, "
-                f"level basic: {t['base'] / t['fp32']:.2f}x the time of fp32)")  # fmt: skip
+                f"{t['eager_cpu'] / max(t['base_cpu'], 1e-6):>7.2f}   (the baseline package, {base_how}: "
+                f"{t['base'] / t['fp32']:.2f}x the time of fp32)")  # fmt: skip
             res[f"speedup_base_b{b}"] = round(t["eager"] / t["base"], 2)
             res[f"new_vs_base_b{b}"] = round(t["base"] / t["fp32"], 2)
         for k in [k for k in ("eager", "fp32", "int8", "served", "base") if k in t]:
@@ -277,12 +285,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="a package of the same members timed beside, "
         "one session per fold at level basic (the runtime before the fold merge)",
     )
+    ap.add_argument(
+        "--baseline-runtime",
+        choices=("old", "current"),
+        default="old",
+        help="run --baseline as the runtime before the fold merge (old) or as today's (current)",
+    )
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--concurrency", type=int, default=2)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     package = args.package or latest_package(cfg.models_dir / DEPLOYMENTS_DIR)
-    res = inference_benchmark(package, cfg, args.threads, args.runs, tuple(args.batches), baseline=args.baseline)
+    res = inference_benchmark(package, cfg, args.threads, args.runs, tuple(args.batches), baseline=args.baseline,
+                              baseline_runtime=args.baseline_runtime)  # fmt: skip
     if args.service:
         from benchmarks.service import service_benchmark
 

@@ -404,6 +404,20 @@ class ExportConfig(Section):
     opset: int = Field(
         18, ge=17, le=23, description="ONNX opset of the TorchScript exporter (dynamo picks its own)."
     )
+    rewrites: list[Literal["unroll_gru", "conv1d_as_2d"]] = Field(
+        default_factory=lambda: ["unroll_gru", "conv1d_as_2d"],
+        description="Rewrites of the exported graph into the same maths in a form onnxruntime's CPU kernels run "
+        "faster (hms_core.export.onnx_export.REWRITES; parity still measured on every engine): unroll_gru (GRU "
+        "layers as unrolled MatMuls instead of onnxruntime's GRU kernel), conv1d_as_2d (1-D convolutions as 2-D "
+        "ones of height 1, so the load-time NCHWc layout optimisation covers them).",
+    )
+    unrolled_min_batch: int = Field(
+        12,
+        ge=1,
+        description="With unroll_gru: a member with a GRU also gets fp32 engines with onnxruntime's GRU kernel, "
+        "which the package runs for batches below this many windows (the kernel is faster for a few windows: 0.7 "
+        "vs 1.7 ms at 1, 4.4 vs 4.7 ms at 8, then 24 vs 9 ms at 16 on a demo fold); 1 = unrolled at every size.",
+    )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "extended",
         description="onnxruntime graph optimisation level applied offline; the optimised model is saved.",

@@ -27,8 +27,11 @@ from hms_core.io import atomic_path
 
 __all__ = [
     "EXPORTERS",
+    "REWRITES",
     "TTAProbs",
+    "UnrolledGRU",
     "attention_heads",
+    "conv1d_as_2d",
     "count_ops",
     "export_lightgbm",
     "export_torch",
@@ -36,6 +39,7 @@ __all__ = [
     "optimise",
     "quant_mode",
     "quantize",
+    "unroll_gru",
 ]
 
 #: Exporters of ``export.exporter``: ``auto`` tries dynamo, then the TorchScript-based one.
@@ -154,13 +158,149 @@ def count_ops(path: str | os.PathLike[str], op_type: str) -> int:
     return sum(n.op_type == op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+#: Rewrites of ``export.rewrites``: the same maths in a form onnxruntime's CPU kernels run faster (every engine is
+#: still measured against the torch module it came from). ``unroll_gru``: :class:`UnrolledGRU` (torch side, before
+#: export); ``conv1d_as_2d``: :func:`conv1d_as_2d` (on the saved graph).
+REWRITES = ("unroll_gru", "conv1d_as_2d")
+
+
+class UnrolledGRU(nn.Module):
+    """A one-layer ``batch_first`` :class:`torch.nn.GRU` (uni- or bidirectional, zero initial state) as plain tensor
+    ops over the fixed number of time steps of the export example: one MatMul projects the input of every step and
+    direction, then each step advances both directions in one batched ``(D, B, H) @ (D, H, 3H)`` MatMul.
+
+    onnxruntime's ``GRU`` kernel runs each step's small GEMMs through its thread pool (a hand-off per step and
+    direction): a demo GRU member spent 56 % of its engine time there, about 5x what torch's own loop takes for the
+    same layer. The unrolled graph runs the same maths (PyTorch's gate order r, z, n; ``n = tanh(W_in x + b_in +
+    r * (W_hn h + b_hn))``) as a few hundred small nodes. The time axis is fixed by the export example (a member's
+    input length is fixed by its input spec); the batch axis stays dynamic. ``forward`` returns ``(output, h_n)``
+    like :class:`~torch.nn.GRU`."""
+
+    def __init__(self, gru: nn.GRU) -> None:
+        super().__init__()
+        if not supports_unrolling(gru):
+            raise ValueError("UnrolledGRU supports a one-layer batch_first nn.GRU without dropout between layers")
+        hid = gru.hidden_size
+        dirs = ["", "_reverse"] if gru.bidirectional else [""]
+
+        def param(kind: str, d: str) -> torch.Tensor:
+            return getattr(gru, f"{kind}_l0{d}").detach().float() if gru.bias or kind.startswith("weight") \
+                else torch.zeros(3 * hid)  # fmt: skip
+
+        b_hh = [param("bias_hh", d) for d in dirs]
+        # the r and z biases of the recurrent product add linearly: folded into the input projection's bias
+        b_in = [param("bias_ih", d) + torch.cat([b[: 2 * hid], torch.zeros(hid)]) for d, b in zip(dirs, b_hh)]
+        self.register_buffer("w_in", torch.cat([param("weight_ih", d) for d in dirs], 0).t().contiguous())
+        self.register_buffer("b_in", torch.cat(b_in, 0))
+        self.register_buffer("w_hh", torch.stack([param("weight_hh", d).t() for d in dirs]).contiguous())
+        self.register_buffer("b_hn", torch.stack([b[2 * hid :] for b in b_hh]).unsqueeze(1))
+        self.hidden, self.dirs = hid, len(dirs)
+
+    def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if hx is not None:
+            raise ValueError("UnrolledGRU starts from a zero state (as the exported models call their GRU)")
+        steps, hid, d = x.shape[1], self.hidden, self.dirs
+        g = (x @ self.w_in + self.b_in).reshape(x.shape[0], steps, d, 3 * hid).permute(1, 2, 0, 3)  # (T, D, B, 3H)
+        if d == 2:  # the reverse direction reads the steps backwards
+            g = torch.stack([g[:, 0], g[:, 1].flip(0)], 1)
+        h = g[0, :, :, :hid] * 0.0  # (D, B, H) zeros; the batch size comes from the input
+        outs = []
+        for t in range(steps):
+            gh = torch.matmul(h, self.w_hh)
+            rz = torch.sigmoid(g[t, :, :, : 2 * hid] + gh[..., : 2 * hid])
+            n = torch.tanh(g[t, :, :, 2 * hid :] + rz[..., :hid] * (gh[..., 2 * hid :] + self.b_hn))
+            h = n + rz[..., hid:] * (h - n)
+            outs.append(h)
+        seq = torch.stack(outs, 0)  # (T, D, B, H)
+        seq = torch.cat([seq[:, 0], seq[:, 1].flip(0)], -1) if d == 2 else seq[:, 0]
+        return seq.transpose(0, 1), h
+
+
+def supports_unrolling(gru: nn.Module) -> bool:
+    return isinstance(gru, nn.GRU) and gru.num_layers == 1 and gru.batch_first and not gru.proj_size
+
+
+def unroll_gru(module: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``module`` with every :func:`supports_unrolling` GRU replaced by :class:`UnrolledGRU`, and how
+    many were replaced (0: ``module`` itself is returned)."""
+    import copy
+
+    if not any(supports_unrolling(m) for m in module.modules()):
+        return module, 0
+    out, n = copy.deepcopy(module), 0
+    for parent in list(out.modules()):
+        for name, child in list(parent.named_children()):
+            if supports_unrolling(child):
+                setattr(parent, name, UnrolledGRU(child))
+                n += 1
+    return out.eval(), n
+
+
+def conv1d_as_2d(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> int:
+    """Rewrite every 1-D ``Conv`` / ``FusedConv`` of the ONNX model at ``src`` as a 2-D one of height 1 between an
+    ``Unsqueeze`` and a ``Squeeze`` (weights ``(O, I, k) -> (O, I, 1, k)``, attributes likewise), save it to
+    ``dst`` and return how many were rewritten.
+
+    onnxruntime's load-time layout optimisation (level ``all``: blocked NCHWc convolutions for the CPU's vector
+    width) covers 2-D convolutions only; 1-D ones run its generic im2col path. Run this on the optimised graph,
+    after the batch-norm and activation fusions, which see the original 1-D convolutions."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    axes = "conv1d_as_2d/axes"
+    nodes, n = [], 0
+    for node in graph.node:
+        w = inits.get(node.input[1]) if node.op_type in ("Conv", "FusedConv") and len(node.input) > 1 else None
+        if w is None or len(w.dims) != 3:
+            nodes.append(node)
+            continue
+        n += 1
+        w4 = numpy_helper.from_array(numpy_helper.to_array(w)[:, :, None, :], f"{w.name}/as2d")
+        graph.initializer.append(w4)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k = int(attrs.get("kernel_shape", [w.dims[2]])[0])
+        pads = list(attrs.get("pads", [0, 0]))
+        attrs.update(kernel_shape=[1, k], strides=[1, *attrs.get("strides", [1])],
+                     dilations=[1, *attrs.get("dilations", [1])], pads=[0, pads[0], 0, pads[1]])  # fmt: skip
+        ins = list(node.input)
+        for i in [0, *range(3, len(ins))]:  # the data input and FusedConv's optional sum input Z
+            if ins[i]:
+                nodes.append(helper.make_node("Unsqueeze", [ins[i], axes], [f"{ins[i]}/as2d_{node.name}"]))
+                ins[i] = f"{ins[i]}/as2d_{node.name}"
+        ins[1] = w4.name
+        out = node.output[0]
+        nodes.append(helper.make_node(node.op_type, ins, [f"{out}/as2d"], name=node.name, domain=node.domain,
+                                      **attrs))  # fmt: skip
+        nodes.append(helper.make_node("Squeeze", [f"{out}/as2d", axes], [out]))
+    if not n:
+        onnx.save(model, str(dst))
+        return 0
+    graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), axes))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for nd in graph.node for i in nd.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    with atomic_path(dst, suffix=".onnx") as tmp:
+        onnx.save(model, str(tmp))
+    return n
+
+
 def export_torch(module: nn.Module, example: np.ndarray, path: str | os.PathLike[str], exporter: str,
-                 opset: int = 18, fuse_attention: bool = True) -> Path:  # fmt: skip
+                 opset: int = 18, fuse_attention: bool = True, unroll: bool = False) -> Path:  # fmt: skip
     """Export ``module`` (``x -> probs``) to ``path`` with a dynamic batch axis, with ``exporter`` (dynamo |
     torchscript). With ``fuse_attention`` the TorchScript exporter writes the attention blocks as onnxruntime's
-    fused ``MultiHeadAttention`` (:func:`fused_attention`). Raises whatever the exporter raises."""
+    fused ``MultiHeadAttention`` (:func:`fused_attention`); with ``unroll`` its GRUs are exported as
+    :class:`UnrolledGRU` (:func:`unroll_gru`). Raises whatever the exporter raises."""
     check_option("exporter", exporter, EXPORTERS[1:])
     module = module.eval()
+    if unroll:
+        module = unroll_gru(module)[0]
     x = torch.from_numpy(np.ascontiguousarray(example[: max(2, min(len(example), 3))]))
     if len(x) < 2:  # an example batch of 1 lets the exporters freeze the batch axis
         x = torch.cat([x, x])

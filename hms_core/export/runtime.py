@@ -8,7 +8,9 @@ A package (written by :mod:`hms_core.export.package`) is a folder ``<root>/model
 ``model_card.md``  what the model is for, its figures with intervals, its limits
 ``engines/<member>/fold_<k>.<precision>.onnx``  probabilities ``(B, 6)`` from the member's input ``x``, flip TTA
                    inside the graph where the member was evaluated with it; ``refit.<precision>.onnx`` instead for
-                   a member deployed as one refit on every fold (its ``folds`` are ``["refit"]``)
+                   a member deployed as one refit on every fold (its ``folds`` are ``["refit"]``);
+                   ``<fold>.fp32_small.onnx`` (a member with a GRU: the GRU as onnxruntime's kernel, not unrolled)
+                   for batches below the member's ``small_batch.below`` rows
 ``reference/``     the training distribution for drift monitoring
 
 :func:`load_package` checks every SHA-256 of the manifest first (a changed, missing or extra file is refused,
@@ -65,6 +67,8 @@ LATEST_FILE = "latest.json"
 DEPLOYMENTS_DIR = "deployments"
 #: Precisions :meth:`DeploymentPackage.predict_batch` accepts: ``best`` = int8 where deployed, else fp32.
 PRECISIONS = ("fp32", "int8", "best")
+#: Suffix of a member's small-batch engine set (:meth:`DeploymentPackage.engine_set`).
+SMALL_SUFFIX = "_small"
 #: Member probabilities are clipped to this before logs (:data:`hms_core.ensemble.combiners.LOG_EPS`).
 LOG_EPS = 1e-7
 N_CHAINS = len(CHAIN_NAMES)
@@ -452,11 +456,27 @@ class DeploymentPackage:
                                "use precision='fp32' or 'best'")  # fmt: skip
         return precision
 
+    @staticmethod
+    def engine_set(member: Mapping[str, Any], precision: str, batch: int) -> str:
+        """Which engines of ``member`` run a batch of ``batch`` rows at the resolved ``precision``: ``precision``,
+        or ``<precision>_small`` (the member's ``small_batch`` engines: its GRU layers as onnxruntime's GRU kernel
+        instead of unrolled, faster for a few rows) below ``small_batch.below`` rows when every fold has one."""
+        sb = member.get("small_batch")
+        if sb and batch < int(sb["below"]) and len(sb["engines"].get(precision, {})) == len(member["folds"]):
+            return f"{precision}{SMALL_SUFFIX}"
+        return precision
+
+    @staticmethod
+    def _engines(member: Mapping[str, Any], engine_set: str) -> Mapping[str, str]:
+        if engine_set.endswith(SMALL_SUFFIX):
+            return member["small_batch"]["engines"][engine_set.removesuffix(SMALL_SUFFIX)]
+        return member["engines"][engine_set]
+
     def session(self, member: str, fold: str, precision: str) -> Any:
-        """The session of one fold engine."""
+        """The session of one fold engine (``precision``: a precision or an :meth:`engine_set`)."""
         key = (member, fold, precision)
         if key not in self._sessions:
-            rel = self.member(member)["engines"][precision][fold]
+            rel = self._engines(self.member(member), precision)[fold]
             self._sessions[key] = make_session(self.path / rel, self.threads, self.providers, self.level)
         return self._sessions[key]
 
@@ -466,7 +486,7 @@ class DeploymentPackage:
         key = (member, "*", precision)
         if key not in self._sessions:
             m = self.member(member)
-            model = merge_folds([self.path / m["engines"][precision][f] for f in m["folds"]])
+            model = merge_folds([self.path / self._engines(m, precision)[f] for f in m["folds"]])
             self._sessions[key] = (None if model is None
                                    else make_session(model, self.threads, self.providers, self.level))  # fmt: skip
         return self._sessions[key]
@@ -483,10 +503,11 @@ class DeploymentPackage:
         """:meth:`member_probs` on the member's ready-made input ``x`` (:func:`member_inputs`)."""
         m = self.member(name)
         prec = self.engine_precision(m, precision)
-        merged = self.merged_session(name, prec) if self.merged else None
+        which = self.engine_set(m, prec, len(x))
+        merged = self.merged_session(name, which) if self.merged else None
         if merged is not None:
             return run_probs(merged, x), prec
-        mean = np.mean([run_probs(self.session(name, f, prec), x) for f in m["folds"]], axis=0)
+        mean = np.mean([run_probs(self.session(name, f, which), x) for f in m["folds"]], axis=0)
         return mean / mean.sum(axis=1, keepdims=True), prec
 
     def predict_batch(
@@ -519,9 +540,10 @@ class DeploymentPackage:
             if members is not None and m["name"] not in members:
                 continue
             prec = self.engine_precision(m, precision)
-            if not (self.merged and self.merged_session(m["name"], prec) is not None):
-                for f in m["folds"]:
-                    self.session(m["name"], f, prec)
+            for which in {self.engine_set(m, prec, 1), prec}:  # the small-batch engines too, where it has them
+                if not (self.merged and self.merged_session(m["name"], which) is not None):
+                    for f in m["folds"]:
+                        self.session(m["name"], f, which)
 
 
 def load_package(path: str | os.PathLike[str], verify: bool = True, threads: int | None = None,

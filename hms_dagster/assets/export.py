@@ -38,7 +38,7 @@ from hms_dagster.stages import (
 )
 
 GROUP = EXPORT
-VERSION = "3"  # 2: attention exported as onnxruntime's fused MultiHeadAttention; 3: refits (export.final_models)
+VERSION = "4"  # 2: fused MultiHeadAttention; 3: refits (export.final_models); 4: export.rewrites
 REFIT_VERSION = "1"
 ENSEMBLE_CHECK = "not_worse_than_best_member"
 FP32_CHECK, INT8_CHECK = "fp32_parity", "int8_tolerance"

@@ -329,3 +329,89 @@ def test_attention_exports_as_the_fused_kernel_within_parity(deployment_package,
         got = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, module(*args).numpy(), atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_unrolled_gru_and_1d_convs_as_2d_keep_the_outputs(tmp_path):
+    """export.rewrites: UnrolledGRU computes nn.GRU's output and final state (both directions, with and without
+    biases); the exported graph has no GRU node, keeps a dynamic batch axis, and after conv1d_as_2d (strided,
+    padded, dilated, grouped 1-D convolutions, batch norm fused) gives the same probabilities as before."""
+    import onnxruntime as ort
+    import torch
+
+    from hms_core.export.onnx_export import UnrolledGRU, conv1d_as_2d, count_ops, export_torch, optimise
+    from hms_core.export.runtime import make_session, run_probs
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 17, 5)
+    for bidirectional, bias in ((True, True), (False, True), (True, False)):
+        gru = torch.nn.GRU(5, 7, batch_first=True, bidirectional=bidirectional, bias=bias).eval()
+        with torch.no_grad():
+            (want, h_want), (got, h_got) = gru(x), UnrolledGRU(gru)(x)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(h_got.numpy(), h_want.numpy(), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="one-layer batch_first"):
+        UnrolledGRU(torch.nn.GRU(5, 7, num_layers=2, batch_first=True))
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Sequential(
+                torch.nn.Conv1d(4, 8, 7, stride=2, padding=3, bias=False), torch.nn.BatchNorm1d(8),
+                torch.nn.ReLU(), torch.nn.Conv1d(8, 8, 3, padding=2, dilation=2, groups=2),
+            )  # fmt: skip
+            self.gru = torch.nn.GRU(8, 6, batch_first=True, bidirectional=True)
+            self.head = torch.nn.Linear(12, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seq, _ = self.gru(self.conv(x).transpose(1, 2))
+            return torch.softmax(self.head(seq.mean(1)), dim=1)
+
+    net = Net().eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        net.conv[1].running_mean.uniform_(-1, 1)
+        net.conv[1].running_var.uniform_(0.5, 2)
+    xs = np.random.default_rng(0).normal(size=(5, 4, 40)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(xs)).numpy()
+    raw = export_torch(net, xs, tmp_path / "raw.onnx", "torchscript", unroll=True)
+    assert count_ops(raw, "GRU") == 0
+    opt = optimise(raw, tmp_path / "opt.onnx", "extended")
+    before = run_probs(make_session(opt, 1, ["CPUExecutionProvider"]), xs)
+    assert conv1d_as_2d(opt, tmp_path / "2d.onnx") == 2
+    sess = make_session(tmp_path / "2d.onnx", 1, ["CPUExecutionProvider"])
+    after = run_probs(sess, xs)
+    np.testing.assert_allclose(after, before, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(after, want / want.sum(1, keepdims=True), atol=1e-5, rtol=0)
+    assert run_probs(sess, xs[:1]).shape == (1, 6)  # the batch axis stays dynamic
+    plain = ort.InferenceSession(str(tmp_path / "2d.onnx"), providers=["CPUExecutionProvider"])
+    assert plain.run(None, {"x": xs})[0].shape == (5, 6)
+
+
+def test_a_gru_member_runs_its_gru_kernel_engines_below_unrolled_min_batch(deployment_package, trained_workspace):
+    """export.rewrites unroll_gru: the GRU member's main engines have no GRU node; its small_batch engines keep
+    onnxruntime's GRU kernel and run batches below export.unrolled_min_batch; both agree with torch."""
+    from hms_core.export.onnx_export import count_ops
+    from hms_core.export.package import _torch_reference, batch_from_partition
+    from hms_core.partition import load_partition
+    from hms_core.training.predict import load_trained
+
+    cfg = trained_workspace.cfg
+    pkg = load_package(deployment_package)
+    m = pkg.member("resnet1d_gru")
+    sb = m["small_batch"]
+    assert sb["below"] == cfg.export.unrolled_min_batch > 1 and set(sb["engines"]["fp32"]) == set(m["folds"])
+    for f in m["folds"]:
+        assert count_ops(pkg.path / m["engines"]["fp32"][f], "GRU") == 0
+        assert count_ops(pkg.path / sb["engines"]["fp32"][f], "GRU") == 1
+    part = load_partition(cfg.processed_dir / "windows" / "test")
+    rows = np.resize(np.arange(len(part)), sb["below"])
+    x = member_inputs(m, batch_from_partition(part, rows), pkg.meta["layout"])
+    want = np.mean([_torch_reference(load_trained(cfg.models_dir / "resnet1d_gru" / f), part, rows)
+                    for f in m["folds"]], axis=0)  # fmt: skip
+    want /= want.sum(axis=1, keepdims=True)
+    assert pkg.engine_set(m, "fp32", len(x)) == "fp32" and pkg.engine_set(m, "fp32", len(x) - 1) == "fp32_small"
+    big, _ = pkg.member_probs_from_inputs("resnet1d_gru", x)
+    small, _ = pkg.member_probs_from_inputs("resnet1d_gru", x[:-1])
+    tol = cfg.export.fp32_tolerance
+    assert np.abs(big - want).max() <= tol and np.abs(small - want[:-1]).max() <= tol
+    assert ("resnet1d_gru", "*", "fp32_small") in pkg._sessions and ("resnet1d_gru", "*", "fp32") in pkg._sessions
