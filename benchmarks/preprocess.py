@@ -222,17 +222,13 @@ def _run_size(args: tuple, queue: mp.Queue) -> None:
     from hms_core.partition import build_partition
 
     rows = make_rows(n_rows, n_files)
-    # warm-up on other rows (imports, filter design, mel filter bank; with worker processes the fork server's
-    # one-off start, ~1 s of imports once per process, e.g. per Dagster step), not timed
-    build_partition(
-        make_rows(2 * workers, n_files),
-        Path(eeg_dir),
-        None,
-        Path(out_dir + "_warm"),
-        core_config(workers, specs),
-        1,
-    )
-    shutil.rmtree(out_dir + "_warm", ignore_errors=True)
+    # warm-up on other rows, not timed: in this process (imports, filter design, mel filter bank, Morlet plan: a
+    # partition of one batch is built here) and, with worker processes, in the workers (the fork server's one-off
+    # start, ~1 s of imports once per process, e.g. per Dagster step)
+    for w in sorted({1, workers}):
+        warm = Path(out_dir + "_warm")
+        build_partition(make_rows(2 * w, n_files), Path(eeg_dir), None, warm, core_config(w, specs), 1)
+        shutil.rmtree(warm, ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
     m = build_partition(rows, Path(eeg_dir), None, Path(out_dir), core_config(workers, specs), batch)
     import hms_core
