@@ -411,12 +411,14 @@ class ExportConfig(Section):
         "layers as unrolled MatMuls instead of onnxruntime's GRU kernel), conv1d_as_2d (1-D convolutions as 2-D "
         "ones of height 1, so the load-time NCHWc layout optimisation covers them).",
     )
-    unrolled_min_batch: int = Field(
+    rewrite_min_batch: int = Field(
         12,
         ge=1,
-        description="With unroll_gru: a member with a GRU also gets fp32 engines with onnxruntime's GRU kernel, "
-        "which the package runs for batches below this many windows (the kernel is faster for a few windows: 0.7 "
-        "vs 1.7 ms at 1, 4.4 vs 4.7 ms at 8, then 24 vs 9 ms at 16 on a demo fold); 1 = unrolled at every size.",
+        description="A member whose graph the rewrites changed also gets fp32 engines exported without them, which "
+        "the package runs for batches below this many windows (one GRU kernel node and plain 1-D convolutions are "
+        "faster for a few windows: a demo GRU fold 0.7 vs 1.7 ms at 1 window, 4.4 vs 4.7 ms at 8, then 24 vs 9 ms "
+        "at 16; a SPaRCNet fold 0.98 vs 1.12 ms at 1, equal at 4, 22.4 vs 20.6 ms at 32); 1 = rewritten at every "
+        "size.",
     )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "extended",

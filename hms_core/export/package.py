@@ -335,7 +335,7 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
             records.append(rec)
             say(f"{name} {fold} fp32: " + (f"{rec['exporter']} parity {rec['max_abs_diff']:.1e}" if rec["deployed"]
                                            else f"not deployed ({rec['reason']})"))  # fmt: skip
-            if rec["deployed"] and rec["rewrites"].get("unroll_gru") and e.unrolled_min_batch > 1:
+            if rec["deployed"] and any(rec["rewrites"].values()) and e.rewrite_min_batch > 1:
                 records.append(_small_batch_engine(tm, entry, x, ref, d, {**base, "exporter": rec["exporter"]}, e))
             # int8
             if "int8" in e.precisions:
@@ -387,33 +387,31 @@ def export_engines(cfg: PlatformConfig, progress: Callable[[int, int], None] | N
     return EnginesResult(out, doc, records)
 
 
-#: Records of the fp32 engines with onnxruntime's GRU kernel (no ``unroll_gru``) that a package runs for batches
-#: below ``export.unrolled_min_batch`` (:func:`_small_batch_engine`).
+#: Records of the fp32 engines exported without ``export.rewrites`` that a package runs for batches below
+#: ``export.rewrite_min_batch`` (:func:`_small_batch_engine`).
 SMALL_BATCH = "fp32_small"
 
 
 def _small_batch_engine(tm: Any, entry: dict[str, Any], x: np.ndarray, ref: np.ndarray, d: Path,
                         base: dict[str, Any], e: Any) -> dict[str, Any]:  # fmt: skip
-    """The fold's fp32 engine with its GRU layers as onnxruntime's ``GRU`` kernel instead of unrolled
-    (:class:`~hms_core.export.onnx_export.UnrolledGRU`): on a demo fold the kernel ran a batch of 1 in 0.7 ms
-    against 1.7 ms unrolled (one node instead of a few hundred), and a batch of 16 in 24 ms against 9 ms (the
-    kernel hands every step to its thread pool). The package runs it for batches below
-    ``export.unrolled_min_batch``; measured against torch like the main engine, deployed only within
-    ``export.fp32_tolerance``."""
-    from hms_core.export.onnx_export import TTAProbs, conv1d_as_2d, export_torch, optimise
+    """The fold's fp32 engine exported without the rewrites (GRU layers as onnxruntime's ``GRU`` kernel, 1-D
+    convolutions as they are), for batches below ``export.rewrite_min_batch``: a few windows run faster on one GRU
+    node than on the few hundred of :class:`~hms_core.export.onnx_export.UnrolledGRU` (a demo fold: 0.7 vs 1.7 ms
+    at 1 window; 24 vs 9 ms at 16, where the kernel hands every step to its thread pool), and on plain 1-D
+    convolutions than on 2-D ones with their layout reorders (a SPaRCNet fold: 0.98 vs 1.12 ms at 1, 22.4 vs 20.6
+    ms at 32). Measured against torch like the main engine, deployed only within ``export.fp32_tolerance``."""
+    from hms_core.export.onnx_export import TTAProbs, export_torch, optimise
 
     fold = base["fold"]
-    rec: dict[str, Any] = {**base, "precision": SMALL_BATCH, "deployed": False, "below": e.unrolled_min_batch}
+    rec: dict[str, Any] = {**base, "precision": SMALL_BATCH, "deployed": False, "below": e.rewrite_min_batch}
     raw = d / f"{fold}.{SMALL_BATCH}.raw.onnx"
     try:
         export_torch(TTAProbs(tm.model, entry["flip_tta"]), x, raw, base["exporter"], e.opset, unroll=False)
         path = optimise(raw, d / f"{fold}.{SMALL_BATCH}.onnx", e.graph_optimization)
         raw.unlink(missing_ok=True)
-        if "conv1d_as_2d" in e.rewrites:
-            conv1d_as_2d(path, path)
         sess = make_session(path, e.intra_op_threads, ["CPUExecutionProvider"])
         err, kl = _parity(sess, x, ref)
-    except Exception as ex:  # noqa: BLE001 - recorded: the package then runs the unrolled engine at every size
+    except Exception as ex:  # noqa: BLE001 - recorded: the package then runs the rewritten engine at every size
         return {**rec, "reason": f"export failed: {type(ex).__name__}: {str(ex)[:300]}"}
     rec.update(max_abs_diff=err, kl=kl, path=str(path))
     if err <= e.fp32_tolerance:
@@ -626,10 +624,10 @@ def build_package(
         if len(entry["engines"].get("int8", {})) != len(entry["folds"]):
             entry["engines"].pop("int8", None)  # int8 is used only where every fold of the member has one
         if small and len(small) == len(entry["folds"]) and len(entry["engines"].get("fp32", {})) == len(small):
-            # batches below `below` run the GRU-kernel engines (SMALL_BATCH), larger ones the unrolled ones
+            # batches below `below` run the engines without the rewrites (SMALL_BATCH), larger ones the rewritten
             entry["small_batch"] = {"below": below, "engines": {"fp32": small}}
         else:
-            for rel in small.values():  # a fold without one: every batch runs the unrolled engines
+            for rel in small.values():  # a fold without one: every batch runs the rewritten engines
                 (tmp / rel).unlink()
             entry["parity"].pop(SMALL_BATCH, None)
         # precision "best": int8 only where it passed and was faster than fp32 at export (batch 1, summed over folds)

@@ -9,8 +9,8 @@ A package (written by :mod:`hms_core.export.package`) is a folder ``<root>/model
 ``engines/<member>/fold_<k>.<precision>.onnx``  probabilities ``(B, 6)`` from the member's input ``x``, flip TTA
                    inside the graph where the member was evaluated with it; ``refit.<precision>.onnx`` instead for
                    a member deployed as one refit on every fold (its ``folds`` are ``["refit"]``);
-                   ``<fold>.fp32_small.onnx`` (a member with a GRU: the GRU as onnxruntime's kernel, not unrolled)
-                   for batches below the member's ``small_batch.below`` rows
+                   ``<fold>.fp32_small.onnx`` (exported without ``export.rewrites``: e.g. the GRU as onnxruntime's
+                   kernel, not unrolled) for batches below the member's ``small_batch.below`` rows
 ``reference/``     the training distribution for drift monitoring
 
 :func:`load_package` checks every SHA-256 of the manifest first (a changed, missing or extra file is refused,
@@ -459,8 +459,8 @@ class DeploymentPackage:
     @staticmethod
     def engine_set(member: Mapping[str, Any], precision: str, batch: int) -> str:
         """Which engines of ``member`` run a batch of ``batch`` rows at the resolved ``precision``: ``precision``,
-        or ``<precision>_small`` (the member's ``small_batch`` engines: its GRU layers as onnxruntime's GRU kernel
-        instead of unrolled, faster for a few rows) below ``small_batch.below`` rows when every fold has one."""
+        or ``<precision>_small`` (the member's ``small_batch`` engines, exported without ``export.rewrites``:
+        faster for a few rows) below ``small_batch.below`` rows when every fold has one."""
         sb = member.get("small_batch")
         if sb and batch < int(sb["below"]) and len(sb["engines"].get(precision, {})) == len(member["folds"]):
             return f"{precision}{SMALL_SUFFIX}"

@@ -387,9 +387,10 @@ def test_unrolled_gru_and_1d_convs_as_2d_keep_the_outputs(tmp_path):
     assert plain.run(None, {"x": xs})[0].shape == (5, 6)
 
 
-def test_a_gru_member_runs_its_gru_kernel_engines_below_unrolled_min_batch(deployment_package, trained_workspace):
-    """export.rewrites unroll_gru: the GRU member's main engines have no GRU node; its small_batch engines keep
-    onnxruntime's GRU kernel and run batches below export.unrolled_min_batch; both agree with torch."""
+def test_a_gru_member_runs_its_gru_kernel_engines_below_rewrite_min_batch(deployment_package, trained_workspace):
+    """export.rewrites: the GRU member's main engines have no GRU node; its small_batch engines (exported without
+    the rewrites) keep onnxruntime's GRU kernel and run batches below export.rewrite_min_batch; both agree with
+    torch. A member the rewrites left unchanged (2-D CNN, features) has no small_batch engines."""
     from hms_core.export.onnx_export import count_ops
     from hms_core.export.package import _torch_reference, batch_from_partition
     from hms_core.partition import load_partition
@@ -399,7 +400,9 @@ def test_a_gru_member_runs_its_gru_kernel_engines_below_unrolled_min_batch(deplo
     pkg = load_package(deployment_package)
     m = pkg.member("resnet1d_gru")
     sb = m["small_batch"]
-    assert sb["below"] == cfg.export.unrolled_min_batch > 1 and set(sb["engines"]["fp32"]) == set(m["folds"])
+    assert sb["below"] == cfg.export.rewrite_min_batch > 1 and set(sb["engines"]["fp32"]) == set(m["folds"])
+    assert "small_batch" in pkg.member("sparcnet")  # 1-D convolutions rewritten as 2-D
+    assert all("small_batch" not in pkg.member(n) for n in ("efficientnet", "lightgbm") if n in pkg.member_names)
     for f in m["folds"]:
         assert count_ops(pkg.path / m["engines"]["fp32"][f], "GRU") == 0
         assert count_ops(pkg.path / sb["engines"]["fp32"][f], "GRU") == 1
