@@ -11,13 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hms_core.constants import SFREQ
+from hms_core.constants import EEG_WINDOW_S, LABEL_WINDOW_S, SFREQ
 from hms_core.scanning.events import EventConfig
 
 __all__ = ["DistillConfig", "ScanConfig"]
 
 #: ``Field(json_schema_extra=...)`` of keys that change speed or memory only (same dict as hms_core.config's).
 _SPEED_ONLY = {"affects_results": False}
+#: Seconds of the 50-s window on either side of the 10-s labelled segment.
+MAX_CONTEXT_S = (EEG_WINDOW_S - LABEL_WINDOW_S) / 2
 
 
 class _Section(BaseModel):
@@ -32,6 +34,24 @@ class DistillConfig(_Section):
     hop: int = Field(100, ge=10, description="STFT hop (samples); scan.stride_s must be a multiple of it.")
     freq_min: float = Field(0.5, gt=0, description="Lowest STFT bin kept (Hz).")
     freq_max: float = Field(20.0, gt=0, description="Highest STFT bin kept (Hz).")
+    spatial: Literal["chains", "derivations"] = Field(
+        "chains",
+        description="Rows of the model's input: chains = the 4 chain averages (the HMS spectrograms' layout); "
+        "derivations = the 16 bipolar derivations (a focal pattern in 2 electrodes is not averaged away).",
+    )
+    context_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds of STFT frames on either side of the 10-s segment the model also reads "
+        "(from the 50-s context: at most 20 s; a multiple of hop); 0 = the segment only.",
+    )
+    time_bins: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Stretches of time the CNN's features are averaged over separately (1 = one mean "
+        "over every frame; 3 with context_s: before, during, after the segment).",
+    )
     channels: int = Field(16, ge=4, description="Width of the CNN's first convolution.")
     epochs: int = Field(40, ge=1, description="Passes over the distillation windows.")
     batch_size: int = Field(256, ge=8)
@@ -44,6 +64,30 @@ class DistillConfig(_Section):
         description="Folder of unlabelled long recordings (EDF/BDF/...; relative to workspace.root) scanned first for "
         "more teacher windows, one pseudo-patient per file; null = the training recordings only.",
     )
+    recordings_stride_s: float | None = Field(
+        None,
+        gt=0,
+        description="Window stride over the long teacher recordings (recordings_dir, synthetic ones); null = "
+        "stride_s. Windows 2 s apart overlap by 80 %: a wider stride spends the ensemble's time on more recordings.",
+    )
+    synthetic_recordings: int = Field(
+        0,
+        ge=0,
+        description="Long synthetic recordings (hms_core.synthetic.long; seeds synthetic_seed, +1, ...) written "
+        "under <root>/distill/synthetic and scanned as more unlabelled teacher recordings (the ensemble labels "
+        "them; their truth is never read), for a workspace without long recordings of its own; 0 = none.",
+    )
+    synthetic_hours: float = Field(3.0, gt=0, le=24, description="Length of each synthetic teacher recording (h).")
+    synthetic_seizure_share: float = Field(
+        0.32,
+        gt=0,
+        lt=1,
+        description="Share of seizures among the synthetic recordings' events (the other four classes share the "
+        "rest equally; the generator's own mix is 0.32).",
+    )
+    synthetic_seed: int = Field(
+        300, ge=0, description="First seed of the synthetic teacher recordings (keep clear of benchmark seeds)."
+    )
     holdout_fraction: float = Field(
         0.25, gt=0, lt=1, description="Patients held out to measure the KL between ensemble and distilled model."
     )
@@ -53,6 +97,18 @@ class DistillConfig(_Section):
     def _check(self) -> DistillConfig:
         if self.freq_min >= self.freq_max or self.freq_max > SFREQ / 2:
             raise ValueError(f"freq_min ({self.freq_min}) must be below freq_max ({self.freq_max}) <= {SFREQ / 2}")
+        for key in ("stride_s", "recordings_stride_s"):
+            v = getattr(self, key)
+            if v is not None and (abs(v * SFREQ - round(v * SFREQ)) > 1e-6 or round(v * SFREQ) % self.hop):
+                raise ValueError(
+                    f"{key} ({v}) must be a multiple of hop ({self.hop} samples = {self.hop / SFREQ:g} s)"
+                )
+        ctx = self.context_s * SFREQ
+        if abs(ctx - round(ctx)) > 1e-6 or round(ctx) % self.hop or self.context_s > MAX_CONTEXT_S:
+            raise ValueError(
+                f"context_s ({self.context_s}) must be a multiple of hop ({self.hop} samples = {self.hop / SFREQ:g} s) "
+                f"and at most {MAX_CONTEXT_S:g} s (the 50-s window around the 10-s segment)"
+            )
         return self
 
 

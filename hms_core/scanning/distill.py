@@ -2,17 +2,23 @@
 
 The ensemble runs every fold of every member on per-window inputs (raw segments, four spectrogram types, features);
 at a 2-s stride that is 43,200 windows a day. The distilled model reads one cheap representation that every
-overlapping window shares: the log STFT power of the four double-banana chains over the 10-s segment
+overlapping window shares: the log STFT power of the four double-banana chains (``distill.spatial: chains``) or of
+the 16 derivations (``derivations``: a focal pattern in two electrodes is not averaged with its chain's other
+two) over the 10-s segment and ``distill.context_s`` seconds of its 50-s context on either side
 (:func:`hms_core.scanning.frontend.distill_inputs`: Hann ``distill.window_size``, hop ``distill.hop``,
-``freq_min``-``freq_max`` Hz, standardised per window, plus the window's mean and spread of log power).
+``freq_min``-``freq_max`` Hz, standardised per window, plus the window's mean and spread of log power). With context
+the student sees whether a rhythm runs on or comes in runs and gaps, and with ``time_bins`` 3 (features averaged
+before, during and after the segment apart) how it evolves.
 
 Teacher windows: the long recordings of ``distill.recordings_dir`` when set (unlabelled, e.g. a unit's own ICU
-recordings; each file one pseudo-patient) and the training recordings (``train_eegs``; no labels are read), scanned
-with the scanner itself every ``distill.stride_s`` seconds and classified by the ensemble engine (the deployment
-package's, or the workspace ensemble before one exists). The student is trained on the teacher's probabilities (KL(teacher || student), with
-the label-preserving left/right flip as augmentation) on the windows of ``1 - holdout_fraction`` of the patients;
-its agreement with the ensemble, the mean KL(ensemble || distilled) and the top-class agreement on the held-out
-patients' windows, is recorded in ``distill.json`` beside ``model.onnx``.
+recordings; each file one pseudo-patient), ``distill.synthetic_recordings`` long synthetic ones (for a workspace
+without recordings of its own, such as the demo; their truth is never read), both scanned every
+``distill.recordings_stride_s`` seconds, and the training recordings (``train_eegs``; no labels are read) every
+``distill.stride_s``, scanned with the scanner itself and classified by the ensemble engine (the deployment
+package's, or the workspace ensemble before one exists). The student is trained on the teacher's probabilities
+(KL(teacher || student), with the label-preserving left/right flip as augmentation) on the windows of
+``1 - holdout_fraction`` of the patients; its agreement with the ensemble, the mean KL(ensemble || distilled) and
+the top-class agreement on the held-out patients' windows, is recorded in ``distill.json`` beside ``model.onnx``.
 
 Where it is stored: ``<root>/models/scanning/<teacher version>/`` (``model.onnx``, ``distill.json``,
 ``manifest.json`` with their SHA-256 and the teacher package's manifest digest). The deployment package itself is
@@ -21,6 +27,7 @@ never edited: a verified package stays as EXPORT wrote it, and the scanner finds
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -37,7 +44,15 @@ from hms_core.constants import CLASSES, EEG_CHANNELS, SFREQ
 from hms_core.io import atomic_path, sha256_file, write_json
 from hms_core.scanning.config import ScanConfig
 
-__all__ = ["DistillResult", "TeacherWindows", "distill", "distilled_dir", "teacher_windows", "train_student"]
+__all__ = [
+    "DistillResult",
+    "TeacherWindows",
+    "distill",
+    "distilled_dir",
+    "synthetic_recordings",
+    "teacher_windows",
+    "train_student",
+]
 
 MODEL_FILE = "model.onnx"
 META_FILE = "distill.json"
@@ -84,15 +99,38 @@ def _training_recordings(cfg: PlatformConfig) -> list[tuple[Path, int]]:
     return [(cfg.raw_dir / "train_eegs" / f"{e}.parquet", int(p)) for e, p in ids.iter_rows()]
 
 
+def synthetic_recordings(cfg: PlatformConfig, dcfg: Any) -> list[Path]:
+    """The ``distill.synthetic_recordings`` long synthetic EDFs under ``<root>/distill/synthetic`` (written by
+    :func:`hms_core.synthetic.long.write_long_recording` when missing; the name holds seed, length and seizure
+    share, so a changed key writes new files). Only the EDF is read: the truth beside it is never used."""
+    from hms_core.synthetic.long import EVENT_MIX, write_long_recording
+
+    folder = cfg.root / "distill" / "synthetic"
+    share = dcfg.synthetic_seizure_share
+    others = [c for c in EVENT_MIX if c != "Seizure"]
+    mix = {"Seizure": share} | {c: (1.0 - share) / len(others) for c in others}
+    out = []
+    for i in range(dcfg.synthetic_recordings):
+        seed = dcfg.synthetic_seed + i
+        path = folder / f"teacher-s{seed}-{dcfg.synthetic_hours:g}h-sz{share:g}_eeg.edf"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_long_recording(path, dcfg.synthetic_hours, seed, event_mix=mix)  # written atomically
+        out.append(path)
+    return out
+
+
 def _extra_recordings(cfg: PlatformConfig, dcfg: Any) -> list[Path]:
-    """The files of ``distill.recordings_dir`` that :func:`hms_core.recording.open_recording` reads."""
-    if not dcfg.recordings_dir:
-        return []
-    folder = cfg.path(dcfg.recordings_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"scan.distill.recordings_dir: {folder} is not a folder of recordings")
-    suffixes = (".edf", ".bdf", ".rec", ".fif", ".vhdr", ".set", ".cnt", ".gdf")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    """The files of ``distill.recordings_dir`` that :func:`hms_core.recording.open_recording` reads, then the
+    synthetic teacher recordings (:func:`synthetic_recordings`)."""
+    found: list[Path] = []
+    if dcfg.recordings_dir:
+        folder = cfg.path(dcfg.recordings_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"scan.distill.recordings_dir: {folder} is not a folder of recordings")
+        suffixes = (".edf", ".bdf", ".rec", ".fif", ".vhdr", ".set", ".cnt", ".gdf")
+        found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    return found + synthetic_recordings(cfg, dcfg)
 
 
 def teacher_windows(cfg: PlatformConfig, scanner: Any, scan: ScanConfig,
@@ -112,6 +150,7 @@ def teacher_windows(cfg: PlatformConfig, scanner: Any, scan: ScanConfig,
     sources: list[tuple[Path, int, bool]] = [(p, -(i + 1), True) for i, p in enumerate(extra)]
     sources += [(recs[j][0], recs[j][1], False) for j in order]
     sub = scan.model_copy(update={"stride_s": dcfg.stride_s})
+    sub_long = scan.model_copy(update={"stride_s": dcfg.recordings_stride_s or dcfg.stride_s})
     ens = scanner.ensemble
     max_missing = scanner.max_missing_channels if scan.max_missing_channels is None else scan.max_missing_channels
     parts: dict[str, list[np.ndarray]] = {"spec": [], "scalars": [], "probs": [], "patient": []}
@@ -126,7 +165,7 @@ def teacher_windows(cfg: PlatformConfig, scanner: Any, scan: ScanConfig,
 
         if long:
             with open_recording(path, min_eeg_channels=len(EEG_CHANNELS) - max_missing) as rec:
-                scan_reader(rec, ens, sub, max_missing, on_batch=keep)
+                scan_reader(rec, ens, sub_long, max_missing, on_batch=keep)
         else:
             scan_reader(ArrayRecording(read_hms_eeg(path, missing_channels="flag")), ens, sub, max_missing,
                         on_batch=keep)  # fmt: skip
@@ -144,27 +183,36 @@ def teacher_windows(cfg: PlatformConfig, scanner: Any, scan: ScanConfig,
     return TeacherWindows(out["spec"], out["scalars"], out["probs"], out["patient"], time.perf_counter() - t0)
 
 
-def build_student(n_freqs: int, n_frames: int, channels: int) -> Any:
-    """The scanning CNN: two conv blocks over (frequency, time) with the 4 chains as input channels, mean over
-    time, then a small head that also reads the window's log-power mean and spread. Outputs logits (B, 6)."""
+def build_student(n_freqs: int, n_frames: int, channels: int, time_bins: int = 1, n_rows: int = 4) -> Any:
+    """The scanning CNN: two conv blocks over (frequency, time) with the ``n_rows`` chains or derivations as input
+    channels, mean over
+    each of ``time_bins`` equal stretches of time (1: the whole input; 3 with ``context_s``: before, during and
+    after the segment, so the head sees how the pattern evolves), then a small head that also reads the window's
+    log-power mean and spread. Outputs logits (B, 6)."""
     import torch
     from torch import nn
+
+    n_t = n_frames // 2  # time after the first pooling
+    if not 1 <= time_bins <= n_t:
+        raise ValueError(f"time_bins ({time_bins}) must be between 1 and {n_t} (the CNN's {n_t} time steps)")
+    edges = np.linspace(0, n_t, time_bins + 1).round().astype(int).tolist()
 
     class ScanNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             c = channels
             self.conv = nn.Sequential(
-                nn.Conv2d(4, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(n_rows, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
                 nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.MaxPool2d((2, 1)),
             )  # fmt: skip
             n_f = n_freqs // 4
-            self.head = nn.Sequential(nn.Linear(2 * c * n_f + 2, 64), nn.ReLU(), nn.Dropout(0.1),
+            self.head = nn.Sequential(nn.Linear(2 * c * n_f * time_bins + 2, 64), nn.ReLU(), nn.Dropout(0.1),
                                       nn.Linear(64, len(CLASSES)))  # fmt: skip
 
         def forward(self, spec: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
-            z = self.conv(spec).mean(-1).flatten(1)
-            return self.head(torch.cat([z, scalars], 1))
+            z = self.conv(spec)
+            pooled = [z[..., a:b].mean(-1).flatten(1) for a, b in itertools.pairwise(edges)]
+            return self.head(torch.cat([*pooled, scalars], 1))
 
     return ScanNet()
 
@@ -190,6 +238,7 @@ def train_student(tw: TeacherWindows, scan: ScanConfig) -> tuple[Any, dict[str, 
     """Fit the student on the non-held-out patients' windows; returns it and its agreement figures."""
     import torch
 
+    from hms_core.constants import bipolar_flip_index
     from hms_core.training.inputs import CHAIN_FLIP_ORDER
 
     dcfg = scan.distill
@@ -200,14 +249,15 @@ def train_student(tw: TeacherWindows, scan: ScanConfig) -> tuple[Any, dict[str, 
     held = set(rng.permutation(patients)[:n_hold].tolist())
     test = np.isin(tw.patient, list(held))
     train = ~test if test.any() and (~test).any() else np.ones(len(test), bool)
-    model = build_student(tw.spec.shape[2], tw.spec.shape[3], dcfg.channels)
+    model = build_student(tw.spec.shape[2], tw.spec.shape[3], dcfg.channels, dcfg.time_bins, tw.spec.shape[1])
     opt = torch.optim.AdamW(model.parameters(), lr=dcfg.learning_rate, weight_decay=dcfg.weight_decay)
     idx = np.flatnonzero(train)
     steps = dcfg.epochs * max(1, -(-len(idx) // dcfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=dcfg.learning_rate, total_steps=steps)
     spec, scal = torch.from_numpy(tw.spec), torch.from_numpy(tw.scalars)
     target = torch.from_numpy(tw.probs.astype(np.float32))
-    flip = torch.tensor(CHAIN_FLIP_ORDER)
+    # the label-preserving left/right flip of the input rows (chains, or derivations in BIPOLAR_PAIRS order)
+    flip = torch.tensor(CHAIN_FLIP_ORDER if tw.spec.shape[1] == len(CHAIN_FLIP_ORDER) else bipolar_flip_index())
     t0 = time.perf_counter()
     model.train()
     for _ in range(dcfg.epochs):

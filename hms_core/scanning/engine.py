@@ -40,8 +40,10 @@ from hms_core.scanning.frontend import (
     AMP_BLOCK,
     WindowQuality,
     context_start,
+    distill_context_frames,
     distill_frames,
     distill_inputs,
+    distill_n_frames,
     frame_power,
     hemisphere_columns,
     prepare_chunk,
@@ -267,8 +269,11 @@ def scan_reader(
     from hms_core.scanning.plots import HemisphereSpectrogram
 
     pp: PreprocessingConfig = predictor.preprocessing
-    dcfg = scan.distill
     distilled = isinstance(predictor, DistilledModel)
+    dcfg = predictor.dcfg if distilled else scan.distill  # a distilled model reads the inputs it was trained on
+    if scan.stride_samples % dcfg.hop:
+        raise ValueError(f"stride_s ({scan.stride_s}) must be a multiple of the distilled model's STFT hop "
+                         f"({dcfg.hop} samples), so windows share its frames")  # fmt: skip
     n_total = round(reader.duration_s * SFREQ)
     stride, seg_len = scan.stride_samples, pp.eeg.segment_length
     n_win = (n_total - seg_len) // stride + 1 if n_total >= seg_len else 0
@@ -277,7 +282,8 @@ def scan_reader(
     edge = (seg_starts - before < 0) | (seg_starts + after > n_total)
     per_chunk = max(int(scan.chunk_s * SFREQ) // stride, 1)
     pad = round(scan.filter_pad_s * SFREQ)
-    n_frames = seg_len // dcfg.hop
+    n_frames = distill_n_frames(dcfg, seg_len)
+    ctx_samples = distill_context_frames(dcfg) * dcfg.hop  # frames the model reads beyond the segment
     batch_size = scan.batch_size if distilled else scan.ensemble_batch_size
     types = getattr(predictor, "spectrogram_types", None)
     needs_features = getattr(predictor, "needs_features", None)
@@ -310,7 +316,8 @@ def scan_reader(
         q = window_quality(chunk, ctx, pp)
         ok, why = _reasons(q, edge[k0:k1], max_missing_channels)
         # STFT frames over this chunk's segments (the hemisphere spectrogram; the distilled model's input)
-        fp = frame_power(chunk, dcfg, int(seg_starts[k0]), int(seg_starts[k1 - 1]) + seg_len, fmax)
+        fp = frame_power(chunk, dcfg, int(seg_starts[k0]) - ctx_samples, int(seg_starts[k1 - 1]) + seg_len + ctx_samples,
+                         fmax)  # fmt: skip
         dfr = distill_frames(fp, dcfg) if distilled or on_batch is not None else None
         return _Chunk(k0, k1, chunk, ctx, q, ok, why, fp, dfr)
 

@@ -13,7 +13,7 @@ does not depend on where a window starts is done once per chunk (a few minutes o
   ``|diff|`` over 0.25-s blocks, robust amplitude of 1-s blocks, NaN counts) from which every window's flags are
   sums over the blocks it covers;
 - the distilled model's STFT frames (and the hemisphere spectrogram) are computed once on a grid that every
-  window's segment shares (``scan.stride_s`` is a multiple of ``scan.distill.hop``).
+  window's segment and context frames share (``scan.stride_s`` is a multiple of ``scan.distill.hop``).
 
 What stays per window is what the per-window path defines per window: the robust scaling (median / IQR of the
 window's own context), the spectrograms of its labelled segment with their per-window ``log_normalize``, and its
@@ -401,43 +401,71 @@ def _hann_window(n: int) -> np.ndarray:
 @dataclass
 class DistillFrames:
     """The distilled model's band of a chunk's frames: per derivation (16, M, F) and, for windows whose 16
-    derivations are all usable (nearly all of them), the chain-averaged log power (4, M, F) computed once."""
+    derivations are all usable (nearly all of them), the log power the model reads computed once: per chain
+    (4, M, F) or, with ``distill.spatial: derivations``, per derivation (16, M, F)."""
 
     first: int
     power: np.ndarray  # (16, M, F) float32
     log_chains: np.ndarray  # (4, M, F) float32: log10(mean of the chain's 4 derivations + 1e-6)
+    log_derivations: np.ndarray | None = None  # (16, M, F) float32: log10(power + 1e-6), spatial: derivations
 
 
 def distill_frames(fp: FramePower, dcfg: DistillConfig) -> DistillFrames:
     band = (fp.freqs >= dcfg.freq_min - 1e-9) & (fp.freqs <= dcfg.freq_max + 1e-9)
     p = np.ascontiguousarray(fp.power[: 4 * len(CHAIN_NAMES)][:, :, band])  # (16, M, F)
     chains = p.reshape(len(CHAIN_NAMES), 4, *p.shape[1:]).mean(1)
-    return DistillFrames(fp.first, p, np.log10(chains + np.float32(1e-6), dtype=np.float32))
+    per_der = np.log10(p + np.float32(1e-6), dtype=np.float32) if dcfg.spatial == "derivations" else None
+    return DistillFrames(fp.first, p, np.log10(chains + np.float32(1e-6), dtype=np.float32), per_der)
+
+
+def distill_context_frames(dcfg: DistillConfig) -> int:
+    """STFT frames the distilled model reads on each side of the segment (``distill.context_s``)."""
+    return round(dcfg.context_s * SFREQ) // dcfg.hop
+
+
+def distill_n_frames(dcfg: DistillConfig, segment_length: int) -> int:
+    """Frames of one distilled-model input: the segment's plus ``distill.context_s`` of context on either side."""
+    return segment_length // dcfg.hop + 2 * distill_context_frames(dcfg)
 
 
 def distill_inputs(fp: FramePower | DistillFrames, seg_start: np.ndarray, n_frames: int, bip_ok: np.ndarray,
                    dcfg: DistillConfig) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The distilled model's inputs for windows whose segment starts at absolute samples ``seg_start``:
-    ``spec`` (W, 4, F, n_frames) log10 chain-averaged PSD standardised per window (the per-window
-    ``log_normalize`` over the window's own frames) and ``scalars`` (W, 2): that log power's mean and std.
-    A chain averages its usable derivations (``bip_ok``); windows with all 16 usable read the shared chain
-    averages of :func:`distill_frames`."""
+    ``spec`` (W, R, F, n_frames) log10 PSD standardised per window (the per-window ``log_normalize`` over the
+    window's own frames) and ``scalars`` (W, 2): that log power's mean and std. R = 4 chain averages
+    (``distill.spatial: chains``) or the 16 derivations in BIPOLAR_PAIRS order (``derivations``). The frames start
+    :func:`distill_context_frames` hops before the segment (``n_frames``: :func:`distill_n_frames`). A chain
+    averages its usable derivations (``bip_ok``), and an unusable derivation reads its chain's average; windows with
+    all 16 usable read the shared log power of :func:`distill_frames`."""
     df = fp if isinstance(fp, DistillFrames) else distill_frames(fp, dcfg)
     n_ch = len(CHAIN_NAMES)
-    idx = (np.asarray(seg_start) // dcfg.hop - df.first)[:, None] + np.arange(n_frames)[None]  # (W, T)
+    per_der = dcfg.spatial == "derivations"
+    if per_der and df.log_derivations is None:
+        raise ValueError(
+            "distill_inputs: spatial 'derivations' needs the DistillFrames of the same distill config"
+        )
+    first = np.asarray(seg_start) // dcfg.hop - df.first - distill_context_frames(dcfg)
+    idx = first[:, None] + np.arange(n_frames)[None]  # (W, T)
     w_ok = np.asarray(bip_ok)[:, : 4 * n_ch]
     full = w_ok.all(1)
-    lp = np.empty((len(idx), n_ch, df.power.shape[-1], n_frames), np.float32)  # (W, 4, F, T)
+    shared = df.log_derivations if per_der else df.log_chains
+    lp = np.empty((len(idx), shared.shape[0], df.power.shape[-1], n_frames), np.float32)  # (W, R, F, T)
     if full.any():
-        lp[full] = df.log_chains[:, idx[full]].transpose(1, 0, 3, 2)
+        lp[full] = shared[:, idx[full]].transpose(1, 0, 3, 2)
     part = np.flatnonzero(~full)
     if len(part):
         g = df.power[:, idx[part]]  # (16, w, T, F)
         w = w_ok[part].reshape(len(part), n_ch, 4).astype(np.float32)
         g = g.reshape(n_ch, 4, *g.shape[1:])
         num = np.einsum("cdwtf,wcd->wcft", g, w)
-        chains = num / np.maximum(w.sum(-1), 1.0)[..., None, None]
-        lp[part] = np.log10(chains + np.float32(1e-6), dtype=np.float32)
+        chains = np.log10(num / np.maximum(w.sum(-1), 1.0)[..., None, None] + np.float32(1e-6), dtype=np.float32)
+        if per_der:
+            sub = shared[:, idx[part]].transpose(1, 0, 3, 2)  # (w, 16, F, T)
+            bad = ~w_ok[part]
+            sub[bad] = np.repeat(chains, 4, axis=1)[bad]
+            lp[part] = sub
+        else:
+            lp[part] = chains
     mean = lp.mean(axis=(1, 2, 3), keepdims=True)
     std = lp.std(axis=(1, 2, 3), keepdims=True)
     lp -= mean

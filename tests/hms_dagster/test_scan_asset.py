@@ -102,8 +102,9 @@ def test_scan_model_asset_distils_the_package_and_the_scan_uses_it(
         "scan": base.scan.model_copy(update={
             "package": str(deployment_package), "engine": "auto", "stride_s": 10.0,
             "recordings_dir": str(tmp_path / "recordings"),
-            "distill": base.scan.distill.model_copy(update={  # seconds, not minutes; plus an unlabelled recording
-                "epochs": 4, "max_windows": 120, "stride_s": 1.0, "recordings_dir": str(tmp_path / "unlabelled")}),
+            "distill": base.scan.distill.model_copy(update={  # seconds, not minutes; plus an unlabelled recording;
+                "epochs": 4, "max_windows": 120, "stride_s": 1.0, "recordings_dir": str(tmp_path / "unlabelled"),
+                "context_s": 4.0, "time_bins": 3}),  # the scan then reads 4 s of context frames on either side
         }),
     })  # fmt: skip
     for folder in ("recordings", "unlabelled"):
@@ -130,7 +131,9 @@ def test_scan_model_asset_distils_the_package_and_the_scan_uses_it(
         (made,) = list(folder.iterdir())  # one model folder, no temporary or old folder beside it
         assert str(made) == meta["path"].value and made.name in str(deployment_package)
         assert {p.name for p in made.iterdir()} == {"model.onnx", "distill.json", "manifest.json"}
-        metrics = json.loads((made / "distill.json").read_text())["metrics"]
+        doc = json.loads((made / "distill.json").read_text())
+        metrics = doc["metrics"]
+        assert doc["n_frames"] == 20 + 2 * 8  # the segment's 20 STFT frames and 4 s (8 hops) on either side
         assert metrics["kl_heldout"] == kl
         assert metrics["unlabelled_recording_windows"] > 20  # distill.recordings_dir's windows are teacher windows
         # the scan asset now takes the distilled model by default
