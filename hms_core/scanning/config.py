@@ -53,6 +53,14 @@ class DistillConfig(_Section):
         "over every frame; 3 with context_s: before, during, after the segment).",
     )
     channels: int = Field(16, ge=4, description="Width of the CNN's first convolution.")
+    target_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="The student learns the teacher's probabilities p^(1/T) renormalised: 1 = as they are, below "
+        "1 sharper (a window the ensemble leans towards seizure at 0.4 is learnt higher); the held-out KL is always "
+        "against the teacher's own probabilities.",
+    )
     epochs: int = Field(40, ge=1, description="Passes over the distillation windows.")
     batch_size: int = Field(256, ge=8)
     learning_rate: float = Field(3e-3, gt=0)

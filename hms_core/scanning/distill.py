@@ -234,6 +234,15 @@ def _predict(model: Any, spec: np.ndarray, scal: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
+def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The teacher's probabilities at ``temperature``: p^(1/T) renormalised (T < 1 sharpens, 1 leaves them)."""
+    if temperature == 1.0:
+        return probs
+    z = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
 def train_student(tw: TeacherWindows, scan: ScanConfig) -> tuple[Any, dict[str, Any]]:
     """Fit the student on the non-held-out patients' windows; returns it and its agreement figures."""
     import torch
@@ -255,7 +264,7 @@ def train_student(tw: TeacherWindows, scan: ScanConfig) -> tuple[Any, dict[str, 
     steps = dcfg.epochs * max(1, -(-len(idx) // dcfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=dcfg.learning_rate, total_steps=steps)
     spec, scal = torch.from_numpy(tw.spec), torch.from_numpy(tw.scalars)
-    target = torch.from_numpy(tw.probs.astype(np.float32))
+    target = torch.from_numpy(sharpen(tw.probs, dcfg.target_temperature).astype(np.float32))
     # the label-preserving left/right flip of the input rows (chains, or derivations in BIPOLAR_PAIRS order)
     flip = torch.tensor(CHAIN_FLIP_ORDER if tw.spec.shape[1] == len(CHAIN_FLIP_ORDER) else bipolar_flip_index())
     t0 = time.perf_counter()

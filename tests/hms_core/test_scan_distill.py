@@ -94,3 +94,15 @@ def test_synthetic_teacher_recordings_are_written_once_and_named_by_their_keys(t
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert synthetic_recordings(cfg, dcfg) == paths and [p.stat().st_mtime_ns for p in paths] == stamps
     assert synthetic_recordings(cfg, DistillConfig()) == []  # 0 by default
+
+
+def test_target_temperature_sharpens_the_teachers_probabilities():
+    from hms_core.scanning.distill import sharpen
+
+    p = np.array([[0.4, 0.32, 0.1, 0.08, 0.05, 0.05], [0.0, 0.0, 0.0, 0.0, 0.5, 0.5]])
+    assert sharpen(p, 1.0) is p
+    q = sharpen(p, 0.5)
+    np.testing.assert_allclose(q, p**2 / (p**2).sum(1, keepdims=True), atol=1e-9)  # p^(1/T), renormalised
+    assert q[0, 0] > 0.55 and q[0].argmax() == 0 and np.allclose(q[1, 4:], 0.5)
+    with pytest.raises(ValueError, match="target_temperature"):
+        DistillConfig(target_temperature=1.5)
