@@ -550,10 +550,24 @@ def _exit_with(pid: int) -> None:
     threading.Thread(target=watch, name="hms-exit-with-builder", daemon=True).start()
 
 
+def _file_caches(eeg_dir: str | Path, spec_dir: str | None, missing_channels: str) -> tuple[_LRU, _LRU | None]:
+    """The builder's caches of read files: EEG records (channel-major) and, with ``spec_dir``, Kaggle spectrogram
+    tables (rows of one file are processed together, so a few entries suffice)."""
+    from hms_core.eeg_io import read_hms_eeg_channels, read_kaggle_spectrogram_table
+
+    eegs = _LRU(lambda i: read_hms_eeg_channels(Path(eeg_dir) / f"{i}.parquet", missing_channels=missing_channels),
+                size=8)  # fmt: skip
+    specs = (
+        _LRU(lambda i: read_kaggle_spectrogram_table(Path(spec_dir) / f"{i}.parquet"), size=4)
+        if spec_dir
+        else None
+    )
+    return eegs, specs
+
+
 def _init_worker(builder_pid: int, eeg_dir: str, spec_dir: str | None, missing_channels: str) -> None:
     """Worker-process start: its own file caches, single-threaded BLAS, numpy's float16 cast (importing torch
     would cost each worker seconds and ~0.4 GB for 0.7 ms a record), an exit as soon as the builder ends."""
-    from hms_core.eeg_io import read_hms_eeg_channels, read_kaggle_spectrogram_table
     from hms_core.preprocess import single_threaded_compute
 
     global _TORCH_CAST
@@ -561,14 +575,7 @@ def _init_worker(builder_pid: int, eeg_dir: str, spec_dir: str | None, missing_c
     _exit_with(builder_pid)
     _WORKER["compute"] = single_threaded_compute()
     _WORKER["compute"].__enter__()  # for the worker's whole life
-    _WORKER["eegs"] = _LRU(
-        lambda i: read_hms_eeg_channels(Path(eeg_dir) / f"{i}.parquet", missing_channels=missing_channels), size=8
-    )
-    _WORKER["specs"] = (
-        _LRU(lambda i: read_kaggle_spectrogram_table(Path(spec_dir) / f"{i}.parquet"), size=4)
-        if spec_dir
-        else None
-    )
+    _WORKER["eegs"], _WORKER["specs"] = _file_caches(eeg_dir, spec_dir, missing_channels)
 
 
 def _run_batch_in_worker(
@@ -654,8 +661,6 @@ def build_partition(
     ``cfg.workers`` > 1 processes batches in that many worker processes (at most two batches per worker in flight,
     so peak memory is bounded by ``workers * batch_size`` windows, whatever N); outputs are the same for any count.
     """
-    from hms_core.eeg_io import read_hms_eeg_channels, read_kaggle_spectrogram_table
-
     t_start = time.perf_counter()
     eeg_dir, out_dir = Path(eeg_dir), Path(out_dir)
     with_kaggle = spec_dir is not None and cfg.spectrogram.use_kaggle_spectrograms
@@ -733,18 +738,13 @@ def build_partition(
     # worker: idle OpenBLAS threads spin-wait on busy shared cores (the transform cost 2.1x the CPU time with the
     # default two).
     worker_cpu = 0.0
+    spec = str(spec_dir) if with_kaggle else None
     if workers > 1:
-        spec = str(spec_dir) if with_kaggle else None
         worker_cpu = _run_jobs_in_processes(jobs, cfg, workers, eeg_dir, spec, finished, out_dir)
     else:
         from hms_core.preprocess import single_threaded_compute
 
-        mode = cfg.eeg.missing_channels
-        eegs = _LRU(lambda i: read_hms_eeg_channels(eeg_dir / f"{i}.parquet", missing_channels=mode), size=8)
-        spec_tables = (
-            _LRU(lambda i: read_kaggle_spectrogram_table(Path(str(spec_dir)) / f"{i}.parquet"), size=4)
-            if with_kaggle else None
-        )  # fmt: skip
+        eegs, spec_tables = _file_caches(eeg_dir, spec, cfg.eeg.missing_channels)
         if np.dtype(cfg.eeg.dtype) == np.float16:
             _torch_half_cast()  # imported (where installed) before its threads are limited
         with single_threaded_compute():

@@ -105,17 +105,20 @@ class DistillConfig(_Section):
     def _check(self) -> DistillConfig:
         if self.freq_min >= self.freq_max or self.freq_max > SFREQ / 2:
             raise ValueError(f"freq_min ({self.freq_min}) must be below freq_max ({self.freq_max}) <= {SFREQ / 2}")
+
+        def off_hop(seconds: float) -> bool:  # not a whole number of hops
+            n = seconds * SFREQ
+            return abs(n - round(n)) > 1e-6 or round(n) % self.hop != 0
+
+        hop = f"hop ({self.hop} samples = {self.hop / SFREQ:g} s)"
         for key in ("stride_s", "recordings_stride_s"):
             v = getattr(self, key)
-            if v is not None and (abs(v * SFREQ - round(v * SFREQ)) > 1e-6 or round(v * SFREQ) % self.hop):
-                raise ValueError(
-                    f"{key} ({v}) must be a multiple of hop ({self.hop} samples = {self.hop / SFREQ:g} s)"
-                )
-        ctx = self.context_s * SFREQ
-        if abs(ctx - round(ctx)) > 1e-6 or round(ctx) % self.hop or self.context_s > MAX_CONTEXT_S:
+            if v is not None and off_hop(v):
+                raise ValueError(f"{key} ({v}) must be a multiple of {hop}")
+        if off_hop(self.context_s) or self.context_s > MAX_CONTEXT_S:
             raise ValueError(
-                f"context_s ({self.context_s}) must be a multiple of hop ({self.hop} samples = {self.hop / SFREQ:g} s) "
-                f"and at most {MAX_CONTEXT_S:g} s (the 50-s window around the 10-s segment)"
+                f"context_s ({self.context_s}) must be a multiple of {hop} and at most {MAX_CONTEXT_S:g} s (the 50-s "
+                "window around the 10-s segment)"
             )
         return self
 
