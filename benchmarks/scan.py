@@ -14,10 +14,11 @@ by seed, so that nothing is tuned on the recordings it is scored on:
   per class) picks the settings with the best event F1 on these recordings alone; printed as the
   ``scan.events`` YAML to put into the config. ``--tune`` scores nothing on the test recordings;
 - **speed** (``--speed-hours``, default 24, seed ``--speed-seed``): one recording scanned with every output
-  written, once per engine, each in a fresh child process: wall seconds, CPU seconds (``getrusage``, every thread
-  of the process), peak resident memory (``ru_maxrss``), the load average before and after. The distilled engine
-  scans the whole recording; the ensemble engine its first ``--ensemble-hours`` (it is ~100 times slower), and its
-  24-h time is extrapolated from that (said so in the output).
+  written, once per engine of ``--speed-engines`` (distilled, cascade, ensemble), each in a fresh child process:
+  wall seconds, CPU seconds (``getrusage``, every thread of the process), peak resident memory (``ru_maxrss``), the
+  load average before and after. The distilled and cascade engines scan the whole recording; the ensemble engine
+  its first ``--ensemble-hours`` (it is ~100 times slower), and its 24-h time is extrapolated from that (said so
+  in the output).
 
     python -m benchmarks.scan --config demo [--package PATH] [--engine auto] [--hours 3] [--recordings 4]
     python -m benchmarks.scan --config demo --tune            # choose scan.events on the tuning seeds
@@ -26,8 +27,9 @@ by seed, so that nothing is tuned on the recordings it is scored on:
 
 The last line is ``RESULT sz_f1=... sz_sens=... sz_prec=... sz_fa24h=... sz_sample_sens=... sz_sample_prec=...
 sz_sample_f1=... <class>_f1/_sens/_prec/_fa24h=... distilled_wall_s=... distilled_cpu_s=... distilled_peak_mb=...
-distilled_rtf=... ensemble_... day_sz_f1=... load=...`` (``day_*``: the 24-h recording's seizure events, distilled). Goals (issue 15): seizure event F1 >= 0.7; a 24-h recording in under
-60 s on 2 cores (rtf >= 1440) with peak memory under 2 GB.
+distilled_rtf=... cascade_... cascade_ensemble_share=... ensemble_... distilled_day_sz_f1=... cascade_day_sz_f1=...
+load=...`` (``<engine>_day_*``: the 24-h recording's seizure events from that engine's whole run). Goals (issue
+15): seizure event F1 >= 0.7; a 24-h recording in under 60 s on 2 cores (rtf >= 1440) with peak memory under 2 GB.
 """
 
 from __future__ import annotations
@@ -195,8 +197,9 @@ class Scanned:
 def _scan_key(edf: Path, scanner: Any, engine: str, scan_cfg: Any) -> str:
     """Cache key of one scan: the recording, the engines (package version, distilled model digest) and every scan
     key but the event ones (events are derived from the timeline afterwards)."""
-    pred = scanner.choose(engine)
-    distilled = getattr(pred, "path", None) if pred.kind == "distilled" else None
+    pred = scanner.choose(engine, scan_cfg)
+    distilled = {"distilled": pred, "cascade": getattr(pred, "distilled", None)}.get(pred.kind)
+    distilled = getattr(distilled, "path", None)
     digest = (Path(distilled) / "manifest.json").read_text() if distilled else ""
     keys = scan_cfg.model_dump(mode="json", exclude={"events", "log_predictions", "log_stride_s", "log_features"})
     return hashlib.sha256(json.dumps([edf.name, pred.kind, scanner.version, digest, keys]).encode()).hexdigest()[
@@ -330,9 +333,10 @@ def _speed_run(config: str | None, package: str | None, engine: str, edf: str, l
     platform = load_config(config)
     scan_cfg = _bench_scan_config(platform, engine)
     scanner = load_scanner(package, scan_cfg, platform)
-    predictor = scanner.choose(engine)
-    if hasattr(predictor, "pkg"):  # open every engine session before the clock starts (as a service would)
-        predictor.pkg.warm_up(scan_cfg.precision)
+    predictor = scanner.choose(engine, scan_cfg)
+    teacher = getattr(predictor, "teacher", predictor)
+    if hasattr(teacher, "pkg"):  # open every engine session before the clock starts (as a service would)
+        teacher.pkg.warm_up(scan_cfg.precision)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     res = scan_recording(edf, None, scan_cfg, out, platform=platform, scanner=scanner, limit_s=limit_s)
@@ -342,7 +346,8 @@ def _speed_run(config: str | None, package: str | None, engine: str, edf: str, l
     return {"engine": res.engine, "recording_s": res.duration_s, "windows": res.n_windows,
             "evaluated": res.n_evaluated, "wall_s": wall, "cpu_s": cpu,
             "process_cpu_s": r1.ru_utime + r1.ru_stime, "process_wall_s": time.perf_counter() - t_start,
-            "peak_mb": r1.ru_maxrss / 1024.0, "scan_seconds": res.seconds}  # fmt: skip
+            "peak_mb": r1.ru_maxrss / 1024.0, "scan_seconds": res.seconds,
+            "ensemble_share": res.n_ensemble / max(res.n_evaluated, 1)}  # fmt: skip
 
 
 def speed(config: str | None, package: str | None, engine: str, edf: Path, limit_s: float | None,
@@ -415,10 +420,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ensemble-hours", type=float, default=0.5, help="hours the ensemble engine's speed run scans"
     )
+    ap.add_argument(
+        "--speed-engines",
+        default="distilled,cascade,ensemble",
+        help="comma-separated engines of the throughput runs (ensemble: its first --ensemble-hours)",
+    )
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--config", default=None, help="platform profile/path whose workspace holds the models")
     ap.add_argument("--package", default=None, help="deployment package folder (default: the workspace's newest)")
-    ap.add_argument("--engine", default="auto", choices=["auto", "ensemble", "distilled"], help="for the scores")
+    ap.add_argument(
+        "--engine", default="auto", choices=["auto", "ensemble", "distilled", "cascade"], help="for the scores"
+    )
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=None, help="write each recording's scan outputs here")
     ap.add_argument("--truth-only", action="store_true", help="score truth and perturbed truth, no scan")
@@ -476,28 +488,36 @@ def main(argv: list[str] | None = None) -> int:
         (edf,) = recordings(a.cache, a.speed_hours, [a.speed_seed], prefix="speed")
         runs = {}
         out_root = a.cache / "speed_out"
-        for engine, limit in (("distilled", None), ("ensemble", a.ensemble_hours * 3600.0)):
+        for engine in a.speed_engines.split(","):
+            limit = a.ensemble_hours * 3600.0 if engine == "ensemble" else None
             r = speed(a.config, a.package, engine, edf, limit, out_root / engine)
             runs[engine] = r
             print(f"speed {engine}: {r['recording_s'] / 3600:.2f} h of {edf.name}, {r['windows']} windows, wall "
                   f"{r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s (whole process {r['process_cpu_s']:.1f} s CPU, "
                   f"{r['process_wall_s']:.1f} s wall), peak {r['peak_mb']:.0f} MB, load {r['load_before']:.1f} -> "
                   f"{r['load_after']:.1f}; per 24 h: wall {r['wall_s_24h']:.0f} s, CPU {r['cpu_s_24h']:.0f} s"
-                  + (" (extrapolated)" if r["extrapolated"] else ""), flush=True)  # fmt: skip
+                  + (" (extrapolated)" if r["extrapolated"] else "")
+                  + (f", {r['ensemble_share']:.1%} of windows judged by the ensemble" if engine == "cascade" else ""),
+                  flush=True)  # fmt: skip
         for engine, r in runs.items():
             extra |= {f"{engine}_hours": r["recording_s"] / 3600.0, f"{engine}_wall_s": r["wall_s"],
                       f"{engine}_cpu_s": r["cpu_s"], f"{engine}_cpu_s_24h": r["cpu_s_24h"],
                       f"{engine}_peak_mb": r["peak_mb"], f"{engine}_rtf": r["rtf"],
                       f"{engine}_rtf_cpu": r["rtf_cpu"]}  # fmt: skip
-        # the 24-h recording is one more test recording (seed --speed-seed, never tuned on): the distilled run's
-        # events.tsv scored like the others
-        day = score_all([(read_truth(edf), pd.read_csv(out_root / "distilled" / "events.tsv", sep="\t"),
-                          runs["distilled"]["recording_s"])])  # fmt: skip
-        print(f"-- the {a.speed_hours:g}-h recording (seed {a.speed_seed}), distilled engine")
-        _print_table(day)
-        extra |= {"day_sz_f1": day["sz"]["f1"], "day_sz_sens": day["sz"]["sens"], "day_sz_prec": day["sz"]["prec"],
-                  "day_sz_fa24h": day["sz"]["fa24h"], "day_sz_n": int(day["sz"]["n_ref"])}  # fmt: skip
-        extra["rtf_ratio"] = runs["distilled"]["rtf_cpu"] / runs["ensemble"]["rtf_cpu"]
+            if engine == "cascade":
+                extra["cascade_ensemble_share"] = r["ensemble_share"]
+            if r["extrapolated"]:
+                continue
+            # the 24-h recording is one more test recording (seed --speed-seed, never tuned on): each whole run's
+            # events.tsv scored like the others
+            day = score_all([(read_truth(edf), pd.read_csv(out_root / engine / "events.tsv", sep="\t"),
+                              r["recording_s"])])  # fmt: skip
+            print(f"-- the {a.speed_hours:g}-h recording (seed {a.speed_seed}), {engine} engine")
+            _print_table(day)
+            extra |= {f"{engine}_day_sz_{k}": day["sz"][k] for k in ("f1", "sens", "prec", "fa24h")}
+            extra[f"{engine}_day_sz_n"] = int(day["sz"]["n_ref"])
+        if "distilled" in runs and "ensemble" in runs:
+            extra["rtf_ratio"] = runs["distilled"]["rtf_cpu"] / runs["ensemble"]["rtf_cpu"]
         extra["load"] = max(max(r["load_before"], r["load_after"]) for r in runs.values())
     print(result_line(scores, extra), flush=True)
     return 0

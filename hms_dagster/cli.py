@@ -8,7 +8,7 @@
     hms inspect RECORD.edf|RECORD.parquet
     hms serve [--package PATH] [--host H] [--port P]
     hms predict FILE... [--package PATH] [--out CSV]
-    hms scan RECORDING... [--package PATH] [--out DIR] [--engine auto|ensemble|distilled] [--distill]
+    hms scan RECORDING... [--package PATH] [--out DIR] [--engine auto|ensemble|distilled|cascade] [--distill]
     hms ui
     hms config
     hms submit [--file submission.csv] [--message TEXT]
@@ -448,7 +448,7 @@ def scan(
         Path | None, typer.Option("--out", help="Output folder; default <root>/<scan.out_dir>.")
     ] = None,
     engine: Annotated[
-        str | None, typer.Option("--engine", help="auto | ensemble | distilled (default scan.engine).")
+        str | None, typer.Option("--engine", help="auto | ensemble | distilled | cascade (default scan.engine).")
     ] = None,
     distill: Annotated[
         bool, typer.Option("--distill", help="First distil the scanning model from the ensemble (no labels).")

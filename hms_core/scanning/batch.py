@@ -77,7 +77,9 @@ def scan_files(
             s = res.outputs.summary
             console.print(
                 f"{path.name}: {res.duration_s / 3600:.2f} h, {res.n_evaluated}/{res.n_windows} windows evaluated, "
-                f"{len(res.outputs.events)} events, engine {res.engine}, {res.seconds:.1f} s "
+                f"{len(res.outputs.events)} events, engine {res.engine}"
+                + (f" (ensemble on {res.n_ensemble} windows)" if res.engine == "cascade" else "")
+                + f", {res.seconds:.1f} s "
                 f"(real-time factor {res.realtime_factor:.0f}x), not evaluated {s['not_evaluated_s']:.0f} s -> "
                 f"{res.outputs.paths['summary'].parent}"
             )

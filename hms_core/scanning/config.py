@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hms_core.constants import EEG_WINDOW_S, LABEL_WINDOW_S, SFREQ
+from hms_core.constants import CLASSES, EEG_WINDOW_S, LABEL_WINDOW_S, SFREQ
 from hms_core.scanning.events import EventConfig
 
-__all__ = ["DistillConfig", "ScanConfig"]
+__all__ = ["CascadeConfig", "DistillConfig", "ScanConfig"]
 
 #: ``Field(json_schema_extra=...)`` of keys that change speed or memory only (same dict as hms_core.config's).
 _SPEED_ONLY = {"affects_results": False}
@@ -123,6 +123,37 @@ class DistillConfig(_Section):
         return self
 
 
+class CascadeConfig(_Section):
+    """``engine: cascade``: the distilled model scans every window; the windows where it sees one of ``classes``
+    (probability >= ``threshold``), and those within ``dilate_s`` of them, are judged again by every engine of the
+    ensemble, whose probabilities replace the distilled model's there (the timeline's ``engine`` column says which).
+    The distilled model then only has to find candidate stretches, and the ensemble decides them."""
+
+    classes: list[str] = Field(
+        default_factory=lambda: ["Seizure"],
+        min_length=1,
+        description="Classes whose distilled probability sends a window to the ensemble.",
+    )
+    threshold: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Distilled probability of one of classes at or above which a window is a candidate.",
+    )
+    dilate_s: float = Field(
+        20.0,
+        ge=0,
+        description="Windows this close (s) to a candidate are judged by the ensemble too (event edges).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CascadeConfig:
+        unknown = [c for c in self.classes if c not in CLASSES]
+        if unknown:
+            raise ValueError(f"cascade.classes: {unknown} not among {list(CLASSES)}")
+        return self
+
+
 class ScanConfig(_Section):
     recordings_dir: str = Field(
         "recordings", description="Folder the scan asset's sensor watches (relative to workspace.root)."
@@ -135,8 +166,10 @@ class ScanConfig(_Section):
         description="Deployment package folder; null = the newest under <root>/models/deployments, else the "
         "workspace's trained ensemble.",
     )
-    engine: Literal["auto", "ensemble", "distilled"] = Field(
-        "auto", description="auto: the distilled scanning model when present, else every engine of the ensemble."
+    engine: Literal["auto", "ensemble", "distilled", "cascade"] = Field(
+        "auto",
+        description="auto: the distilled scanning model when present, else every engine of the ensemble; cascade: "
+        "the distilled model everywhere and the ensemble where it sees a cascade class (see cascade).",
     )
     distilled_model: str | None = Field(
         None,
@@ -187,6 +220,7 @@ class ScanConfig(_Section):
     )  # fmt: skip
     events: EventConfig = EventConfig()
     distill: DistillConfig = DistillConfig()
+    cascade: CascadeConfig = CascadeConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ScanConfig:

@@ -9,7 +9,10 @@ evaluable ones classified in batches of ``scan.batch_size``:
 - ``engine="ensemble"``: the deployment package's engines (or the workspace's trained ensemble) on the exact
   per-window inputs of training and serving (:func:`~hms_core.scanning.frontend.window_batch`);
 - ``engine="distilled"``: the scanning model distilled from that ensemble (:mod:`hms_core.scanning.distill`) on
-  STFT frames shared by all overlapping windows.
+  STFT frames shared by all overlapping windows;
+- ``engine="cascade"``: the distilled model on every window, then the ensemble on the windows where the distilled
+  model sees a ``scan.cascade`` class (and their neighbours), whose probabilities replace the distilled ones
+  there. The timeline's ``engine`` column names the engine of each window.
 
 A window is **not evaluated** (``evaluated=False``, probabilities NaN, never zeros) when its 50-s context runs past
 the recording (``edge``), it has no EEG signal (``nan``), or more channels than ``max_missing_channels`` cannot be
@@ -56,6 +59,7 @@ from hms_core.scanning.frontend import (
 from hms_core.scanning.predictors import (
     DEFAULT_MAX_MISSING,
     DISTILLED_DIR,
+    Cascade,
     DistilledModel,
     PackageEnsemble,
     Prediction,
@@ -75,10 +79,10 @@ __all__ = [
     "scan_recording",
 ]
 
-ENGINES: tuple[str, ...] = ("ensemble", "distilled")
+ENGINES: tuple[str, ...] = ("ensemble", "distilled", "cascade")
 #: Timeline columns the engine adds to the contract's (hms_core.scanning.events.TIMELINE_COLUMNS).
 EXTRA_COLUMNS: tuple[str, ...] = (
-    "window", "disagreement", "n_bad_channels", "n_flat", "n_disconnected", "n_missing", "n_pops",
+    "window", "engine", "disagreement", "n_bad_channels", "n_flat", "n_disconnected", "n_missing", "n_pops",
     "nan_fraction", "clipped_fraction",
 )  # fmt: skip
 #: Causes of a bad channel in the order ties are broken, and the timeline's reason for each.
@@ -112,16 +116,20 @@ class Scanner:
             self._ensemble = self.ensemble_factory()
         return self._ensemble
 
-    def choose(self, engine: str) -> Any:
-        """The predictor for ``engine`` (auto | ensemble | distilled); a clear error when it is not there."""
+    def choose(self, engine: str, scan: ScanConfig | None = None) -> Any:
+        """The predictor for ``engine`` (auto | ensemble | distilled | cascade, the last with ``scan.cascade`` at
+        ``scan.stride_s``); a clear error when it is not there."""
         if engine == "auto":
             engine = "distilled" if self.distilled is not None else "ensemble"
-        if engine == "distilled":
+        if engine in ("distilled", "cascade"):
             if self.distilled is None:
                 raise FileNotFoundError(
-                    f"{self.source} has no distilled scanning model ({DISTILLED_DIR}/model.onnx); build it with "
-                    f"`hms scan --distill` or scan with --engine ensemble"
+                    f"{self.source} has no distilled scanning model ({DISTILLED_DIR}/model.onnx), which engine "
+                    f"{engine} needs; build it with `hms scan --distill` or scan with --engine ensemble"
                 )
+            if engine == "cascade":
+                scan = scan or ScanConfig()
+                return Cascade(self.distilled, self.ensemble, scan.cascade, scan.stride_s)
             return self.distilled
         if engine != "ensemble":
             from hms_core.checks import invalid_value
@@ -269,8 +277,11 @@ def scan_reader(
     from hms_core.scanning.plots import HemisphereSpectrogram
 
     pp: PreprocessingConfig = predictor.preprocessing
-    distilled = isinstance(predictor, DistilledModel)
-    dcfg = predictor.dcfg if distilled else scan.distill  # a distilled model reads the inputs it was trained on
+    cascade = predictor if isinstance(predictor, Cascade) else None
+    student = cascade.distilled if cascade else predictor if isinstance(predictor, DistilledModel) else None
+    teacher = cascade.teacher if cascade else None if student else predictor  # the ensemble, where it runs
+    distilled = student is not None
+    dcfg = student.dcfg if student else scan.distill  # a distilled model reads the inputs it was trained on
     if scan.stride_samples % dcfg.hop:
         raise ValueError(f"stride_s ({scan.stride_s}) must be a multiple of the distilled model's STFT hop "
                          f"({dcfg.hop} samples), so windows share its frames")  # fmt: skip
@@ -284,14 +295,14 @@ def scan_reader(
     pad = round(scan.filter_pad_s * SFREQ)
     n_frames = distill_n_frames(dcfg, seg_len)
     ctx_samples = distill_context_frames(dcfg) * dcfg.hop  # frames the model reads beyond the segment
-    batch_size = scan.batch_size if distilled else scan.ensemble_batch_size
-    types = getattr(predictor, "spectrogram_types", None)
-    needs_features = getattr(predictor, "needs_features", None)
+    types = getattr(teacher, "spectrogram_types", None)
+    needs_features = getattr(teacher, "needs_features", None)
     log_every = _log_every(scan)
     probs = np.full((n_win, len(CLASSES)), np.nan, np.float32)
     disagreement = np.full(n_win, np.nan, np.float32)
     evaluated = np.zeros(n_win, bool)
     reason = np.full(n_win, "", dtype=object)
+    scored_by = np.full(n_win, "", dtype=object)  # the engine whose probabilities a window has
     counts = {k: np.zeros(n_win, np.int16) for k in ("n_bad_channels", "n_flat", "n_disconnected", "n_missing",
                                                      "n_pops")}  # fmt: skip
     nan_frac = np.zeros(n_win, np.float32)
@@ -349,19 +360,29 @@ def scan_reader(
             strip_n += np.bincount(ci, minlength=n_cols)
             todo = np.flatnonzero(c.ok)
             bip_all = bipolar_quality(q.ref_ok, pp.eeg.include_central_chain) if distilled or on_batch else None
-            for b0 in range(0, len(todo), batch_size):
-                b = todo[b0 : b0 + batch_size]
-                if distilled:
+            if student is not None:
+                for b0 in range(0, len(todo), scan.batch_size):
+                    b = todo[b0 : b0 + scan.batch_size]
                     spec, scal = distill_inputs(c.distill, seg_starts[k0 + b], n_frames, bip_all[b], dcfg)
-                    pred: Prediction = predictor.predict_inputs(spec, scal)
-                else:
-                    qb = _take(q, b)
-                    pred = predictor.predict(window_batch(c.signal, c.ctx[b], qb, pp, needs_features, types))
+                    pred: Prediction = student.predict_inputs(spec, scal)
+                    probs[k0 + b] = pred.probs
+                    disagreement[k0 + b] = pred.disagreement
+                scored_by[k0 + todo] = student.kind
+            if cascade is not None:  # the ensemble judges the distilled model's candidates again
+                todo = np.flatnonzero(cascade.candidates(probs[k0:k1], c.ok))
+            if teacher is not None:
+                for b0 in range(0, len(todo), scan.ensemble_batch_size):
+                    b = todo[b0 : b0 + scan.ensemble_batch_size]
+                    pred = teacher.predict(
+                        window_batch(c.signal, c.ctx[b], _take(q, b), pp, needs_features, types)
+                    )
                     if on_batch is not None:
                         on_batch(*distill_inputs(c.distill, seg_starts[k0 + b], n_frames, bip_all[b], dcfg),
                                  pred.probs)  # fmt: skip
-                probs[k0 + b] = pred.probs
-                disagreement[k0 + b] = pred.disagreement
+                    probs[k0 + b] = pred.probs
+                    disagreement[k0 + b] = pred.disagreement
+                scored_by[k0 + todo] = teacher.kind
+            todo = np.flatnonzero(c.ok)
             if log is not None:
                 sel = todo[(k0 + todo) % log_every == 0]
                 if len(sel):
@@ -384,6 +405,7 @@ def scan_reader(
     tl["entropy"] = np.where(evaluated, entropy(np.nan_to_num(p64)), np.nan)
     tl["evaluated"] = evaluated
     tl["reason"] = reason.astype(str)
+    tl["engine"] = scored_by.astype(str)
     tl["disagreement"] = disagreement.astype(np.float64)
     for k, v in counts.items():
         tl[k] = v
@@ -436,6 +458,11 @@ class ScanResult:
     @property
     def n_evaluated(self) -> int:
         return int(self.timeline["evaluated"].sum())
+
+    @property
+    def n_ensemble(self) -> int:
+        """Windows the ensemble judged (all evaluated ones with engine ensemble, the candidates with cascade)."""
+        return int((self.timeline["engine"] == "ensemble").sum())
 
 
 def _log_predictions(platform: PlatformConfig, res: ScanResult, logged: list[ScanLog]) -> int:
@@ -490,7 +517,7 @@ def scan_recording(
 
     t0 = time.perf_counter()
     scanner = scanner or load_scanner(package, cfg, platform)
-    predictor = scanner.choose(cfg.engine)
+    predictor = scanner.choose(cfg.engine, cfg)
     max_missing = scanner.max_missing_channels if cfg.max_missing_channels is None else cfg.max_missing_channels
     path = Path(path)
     with open_recording(path, min_eeg_channels=len(EEG_CHANNELS) - max_missing) as rec:
@@ -515,6 +542,7 @@ def scan_recording(
             "engine": res.engine, "package_version": res.package_version, "stride_s": cfg.stride_s,
             "scan_seconds": round(seconds, 3), "realtime_factor": round(res.realtime_factor, 1),
             "channels_missing": list(missing), "n_windows": res.n_windows, "n_evaluated": res.n_evaluated,
+            "n_ensemble_windows": res.n_ensemble,
         }  # fmt: skip
         res.outputs = write_scan_outputs(out_dir, tl, cfg.events, recording=str(path), duration_s=duration,
                                          start_datetime=start, spectrogram=spectrogram, meta=meta)  # fmt: skip

@@ -21,7 +21,15 @@ from hms_core.config import PlatformConfig, PreprocessingConfig
 from hms_core.constants import CLASSES
 from hms_core.preprocess import BatchOutput
 
-__all__ = ["DISTILLED_DIR", "Prediction", "WorkspaceEnsemble", "entropy", "load_distilled", "mean_kl_to"]
+__all__ = [
+    "DISTILLED_DIR",
+    "Cascade",
+    "Prediction",
+    "WorkspaceEnsemble",
+    "entropy",
+    "load_distilled",
+    "mean_kl_to",
+]
 
 #: Folder (inside a deployment package, or ``<root>/scanning`` for a workspace) of the distilled scanning model.
 DISTILLED_DIR = "scanning"
@@ -182,6 +190,33 @@ class DistilledModel:
         p = np.exp(z.astype(np.float64))
         p /= p.sum(1, keepdims=True)
         return Prediction(p, np.full(len(p), np.nan))
+
+
+@dataclass
+class Cascade:
+    """The distilled model on every window, the ensemble (``teacher``: a package or workspace ensemble) on the
+    candidate windows :meth:`candidates` picks from the distilled model's probabilities (``scan.cascade``)."""
+
+    distilled: DistilledModel
+    teacher: Any
+    cfg: Any  # hms_core.scanning.config.CascadeConfig
+    stride_s: float
+
+    kind = "cascade"
+
+    @property
+    def preprocessing(self) -> PreprocessingConfig:
+        return self.teacher.preprocessing
+
+    def candidates(self, probs: np.ndarray, evaluated: np.ndarray) -> np.ndarray:
+        """Windows (a boolean mask over consecutive windows ``probs`` (W, 6), NaN where not evaluated) the ensemble
+        judges: an evaluated window with a cascade class at or above the threshold, or within ``dilate_s`` of one."""
+        cols = [CLASSES.index(c) for c in self.cfg.classes]
+        hit = evaluated & (np.nan_to_num(probs[:, cols], nan=0.0) >= self.cfg.threshold).any(1)
+        reach = round(self.cfg.dilate_s / self.stride_s)
+        if reach and hit.any():
+            hit = np.convolve(hit.astype(np.int32), np.ones(2 * reach + 1, np.int32), "same") > 0
+        return hit & evaluated
 
 
 def load_distilled(folder: Path, preprocessing: PreprocessingConfig, threads: int, max_missing: int,

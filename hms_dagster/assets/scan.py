@@ -192,6 +192,7 @@ def build_scan_definitions(cfg: PlatformConfig, asset_keys: set[str]) -> tuple[l
             "duration_h": round(res.duration_s / 3600, 3),
             "windows": res.n_windows,
             "windows_evaluated": res.n_evaluated,
+            "windows_ensemble": res.n_ensemble,
             "not_evaluated_s": summary.get("not_evaluated_s"),
             "events": len(res.outputs.events),
             "scan_seconds": round(res.seconds, 2),

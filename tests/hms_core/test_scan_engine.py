@@ -234,3 +234,84 @@ def signal_of(path: Path) -> np.ndarray:
 
     with open_recording(path) as rec:
         return rec.read(0, rec.duration_s)
+
+
+class _ScriptedDistilled:
+    """A distilled model whose Seizure probability is high on chosen windows (it is handed the evaluated windows
+    in order, as the scanner classifies them) and low elsewhere: what the cascade then sends to the ensemble is
+    known exactly."""
+
+    kind = "distilled"
+
+    def __init__(self, evaluated_windows: np.ndarray, seizure_windows: set[int]) -> None:
+        from hms_core.scanning.config import DistillConfig
+
+        self.dcfg = DistillConfig()
+        self.order = iter(evaluated_windows.tolist())
+        self.seizure_windows = seizure_windows
+
+    def predict_inputs(self, spec: np.ndarray, scalars: np.ndarray):
+        from hms_core.scanning.predictors import Prediction
+
+        idx = [next(self.order) for _ in range(len(spec))]
+        p = np.full((len(idx), len(CLASSES)), 0.96 / (len(CLASSES) - 1))
+        p[:, CLASSES.index("Seizure")] = 0.04
+        hot = np.isin(idx, list(self.seizure_windows))
+        p[hot] = 0.08
+        p[hot, CLASSES.index("Seizure")] = 0.6
+        return Prediction(p, np.full(len(p), np.nan))
+
+
+def test_cascade_judges_the_distilled_candidates_and_their_neighbours_with_the_ensemble(
+    trained_workspace, deployment_package, edf
+):
+    """engine cascade: the windows the distilled model sends (a cascade class >= threshold, dilated by dilate_s,
+    evaluated ones only) carry the ensemble's probabilities, exactly those of an ensemble scan; every other
+    evaluated window keeps the distilled model's; the timeline's engine column says which."""
+    from hms_core.export import load_package
+    from hms_core.recording import open_recording
+    from hms_core.scanning.config import CascadeConfig
+    from hms_core.scanning.engine import scan_reader
+    from hms_core.scanning.predictors import Cascade, PackageEnsemble
+
+    cfg = trained_workspace.cfg
+    scan = cfg.scan.model_copy(update={"stride_s": 4.0, "chunk_s": 60.0})  # chunks of 15 windows: edges crossed
+    teacher = PackageEnsemble(load_package(deployment_package))
+    with open_recording(edf) as rec:
+        ens, _ = scan_reader(rec, teacher, scan, 4)
+        ev = ens["evaluated"].to_numpy()
+        hot = {int(np.flatnonzero(ev)[3]), int(np.flatnonzero(ev)[-2])}  # one early, one late
+        student = _ScriptedDistilled(np.flatnonzero(ev), hot)
+        casc = Cascade(student, teacher, CascadeConfig(classes=["Seizure"], threshold=0.5, dilate_s=8.0), 4.0)
+        tl, _ = scan_reader(rec, casc, scan, 4)
+    assert (tl["evaluated"] == ens["evaluated"]).all() and (tl.loc[~ev, "engine"] == "").all()
+    near = np.zeros(len(tl), bool)
+    for w in hot:
+        near[max(w - 2, 0) : w + 3] = True  # 8 s at a 4-s stride: two windows either side
+    judged = near & ev
+    assert (tl.loc[judged, "engine"] == "ensemble").all() and (tl.loc[ev & ~judged, "engine"] == "distilled").all()
+    probs, ens_probs = tl[list(CLASSES)].to_numpy(), ens[list(CLASSES)].to_numpy()
+    assert np.allclose(probs[judged], ens_probs[judged], atol=1e-6)
+    assert np.allclose(probs[ev & ~judged, CLASSES.index("Seizure")], 0.04, atol=1e-6)
+    assert np.isfinite(tl.loc[judged, "disagreement"]).all() and tl.loc[ev & ~judged, "disagreement"].isna().all()
+
+
+def test_cascade_candidates_and_config() -> None:
+    from pydantic import ValidationError
+
+    from hms_core.scanning.config import CascadeConfig
+    from hms_core.scanning.engine import Scanner
+    from hms_core.scanning.predictors import Cascade
+
+    p = np.full((10, len(CLASSES)), 0.1)
+    p[4, CLASSES.index("LPD")] = 0.3
+    p[7] = np.nan  # not evaluated: never a candidate, even beside one
+    ev = ~np.isnan(p[:, 0])
+    casc = Cascade(None, None, CascadeConfig(classes=["Seizure", "LPD"], threshold=0.25, dilate_s=6.0), 2.0)
+    assert np.flatnonzero(casc.candidates(p, ev)).tolist() == [1, 2, 3, 4, 5, 6]
+    assert not Cascade(None, None, CascadeConfig(threshold=0.25), 2.0).candidates(p, ev).any()  # Seizure only
+    with pytest.raises(ValidationError, match="not among"):
+        CascadeConfig(classes=["Seizures"])
+    scanner = Scanner(load_config("tiny").preprocessing, "v", 4, None, None, Path("pkg"))
+    with pytest.raises(FileNotFoundError, match="which engine cascade needs"):
+        scanner.choose("cascade")
