@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recordings", type=int, default=4, help="test recordings")
     ap.add_argument("--seed", type=int, default=100, help="first test seed")
     ap.add_argument("--tune", action="store_true", help="choose scan.events on the tuning recordings, print them")
-    ap.add_argument("--tune-recordings", type=int, default=3)
+    ap.add_argument("--tune-recordings", type=int, default=24, help="tuning recordings (seeds --tune-seed ...)")
     ap.add_argument("--tune-seed", type=int, default=200, help="first tuning seed (never a test seed)")
     ap.add_argument("--speed-hours", type=float, default=24.0, help="0 = no throughput runs")
     ap.add_argument("--speed-seed", type=int, default=1)
