@@ -127,7 +127,8 @@ class CascadeConfig(_Section):
     """``engine: cascade``: the distilled model scans every window; the windows where it sees one of ``classes``
     (probability >= ``threshold``), and those within ``dilate_s`` of them, are judged again by every engine of the
     ensemble, whose probabilities replace the distilled model's there (the timeline's ``engine`` column says which).
-    The distilled model then only has to find candidate stretches, and the ensemble decides them."""
+    The distilled model then only has to find candidate stretches, and the ensemble decides them. Candidates are
+    found chunk by chunk (``scan.chunk_s``): the dilation does not reach across a chunk's edge."""
 
     classes: list[str] = Field(
         default_factory=lambda: ["Seizure"],
@@ -144,6 +145,13 @@ class CascadeConfig(_Section):
         20.0,
         ge=0,
         description="Windows this close (s) to a candidate are judged by the ensemble too (event edges).",
+    )
+    stride_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds between the candidate windows the ensemble judges (a multiple of scan.stride_s; the "
+        "first and last of each candidate stretch always): the windows between take the probabilities linearly "
+        "interpolated between their judged neighbours (engine 'interpolated'); null = every candidate window.",
     )
 
     @model_validator(mode="after")
@@ -227,6 +235,11 @@ class ScanConfig(_Section):
         stride = self.stride_s * SFREQ
         if abs(stride - round(stride)) > 1e-6 or round(stride) % (SFREQ // 4):
             raise ValueError(f"stride_s ({self.stride_s}) must be a multiple of 0.25 s")
+        every = self.cascade.stride_s
+        if every is not None and (
+            abs(every / self.stride_s - round(every / self.stride_s)) > 1e-6 or every < self.stride_s
+        ):
+            raise ValueError(f"cascade.stride_s ({every}) must be a multiple of stride_s ({self.stride_s})")
         if round(stride) % self.distill.hop:
             raise ValueError(
                 f"stride_s ({self.stride_s} s = {round(stride)} samples) must be a multiple of distill.hop "

@@ -12,7 +12,8 @@ evaluable ones classified in batches of ``scan.batch_size``:
   STFT frames shared by all overlapping windows;
 - ``engine="cascade"``: the distilled model on every window, then the ensemble on the windows where the distilled
   model sees a ``scan.cascade`` class (and their neighbours), whose probabilities replace the distilled ones
-  there. The timeline's ``engine`` column names the engine of each window.
+  there (with ``scan.cascade.stride_s``, on every few candidates only, the ones between interpolated). The
+  timeline's ``engine`` column names the engine of each window (``interpolated`` for those).
 
 A window is **not evaluated** (``evaluated=False``, probabilities NaN, never zeros) when its 50-s context runs past
 the recording (``edge``), it has no EEG signal (``nan``), or more channels than ``max_missing_channels`` cannot be
@@ -65,6 +66,7 @@ from hms_core.scanning.predictors import (
     Prediction,
     WorkspaceEnsemble,
     entropy,
+    interpolate_between,
     load_distilled,
 )
 from hms_core.signal import bipolar_quality
@@ -368,8 +370,11 @@ def scan_reader(
                     probs[k0 + b] = pred.probs
                     disagreement[k0 + b] = pred.disagreement
                 scored_by[k0 + todo] = student.kind
+            fill = None
             if cascade is not None:  # the ensemble judges the distilled model's candidates again
-                todo = np.flatnonzero(cascade.candidates(probs[k0:k1], c.ok))
+                cand = cascade.candidates(probs[k0:k1], c.ok)
+                judged = cascade.judged(cand)
+                todo, fill = np.flatnonzero(judged), cand & ~judged
             if teacher is not None:
                 for b0 in range(0, len(todo), scan.ensemble_batch_size):
                     b = todo[b0 : b0 + scan.ensemble_batch_size]
@@ -382,6 +387,12 @@ def scan_reader(
                     probs[k0 + b] = pred.probs
                     disagreement[k0 + b] = pred.disagreement
                 scored_by[k0 + todo] = teacher.kind
+            if fill is not None and fill.any():  # candidates between two judged windows
+                probs[k0 + np.flatnonzero(fill)] = interpolate_between(
+                    probs[k0:k1].astype(np.float64), judged, fill
+                )
+                disagreement[k0 + np.flatnonzero(fill)] = np.nan
+                scored_by[k0 + np.flatnonzero(fill)] = "interpolated"
             todo = np.flatnonzero(c.ok)
             if log is not None:
                 sel = todo[(k0 + todo) % log_every == 0]

@@ -27,6 +27,7 @@ __all__ = [
     "Prediction",
     "WorkspaceEnsemble",
     "entropy",
+    "interpolate_between",
     "load_distilled",
     "mean_kl_to",
 ]
@@ -217,6 +218,29 @@ class Cascade:
         if reach and hit.any():
             hit = np.convolve(hit.astype(np.int32), np.ones(2 * reach + 1, np.int32), "same") > 0
         return hit & evaluated
+
+    def judged(self, candidates: np.ndarray) -> np.ndarray:
+        """Of a candidate mask over consecutive windows, those the ensemble runs on: every ``cascade.stride_s``
+        of each stretch of consecutive candidates, counted from its first window, and its last window."""
+        every = round(self.cfg.stride_s / self.stride_s) if self.cfg.stride_s else 1
+        idx = np.flatnonzero(candidates)
+        if every <= 1 or not len(idx):
+            return candidates.copy()
+        gap = np.diff(idx) > 1
+        first = idx[np.r_[True, gap]]
+        last = idx[np.r_[gap, True]]
+        run_first = first[np.searchsorted(first, idx, side="right") - 1]
+        out = np.zeros_like(candidates)
+        out[idx[((idx - run_first) % every == 0) | np.isin(idx, last)]] = True
+        return out
+
+
+def interpolate_between(probs: np.ndarray, judged: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Rows ``fill`` of ``probs`` (W, C) linearly interpolated, per column, between the nearest rows ``judged`` on
+    either side (each fill row must lie between two judged rows), renormalised to sum to 1."""
+    at, to = np.flatnonzero(judged), np.flatnonzero(fill)
+    out = np.stack([np.interp(to, at, probs[at, j]) for j in range(probs.shape[1])], 1)
+    return out / out.sum(1, keepdims=True)
 
 
 def load_distilled(folder: Path, preprocessing: PreprocessingConfig, threads: int, max_missing: int,

@@ -294,6 +294,20 @@ def test_cascade_judges_the_distilled_candidates_and_their_neighbours_with_the_e
     assert np.allclose(probs[judged], ens_probs[judged], atol=1e-6)
     assert np.allclose(probs[ev & ~judged, CLASSES.index("Seizure")], 0.04, atol=1e-6)
     assert np.isfinite(tl.loc[judged, "disagreement"]).all() and tl.loc[ev & ~judged, "disagreement"].isna().all()
+    # cascade.stride_s 8 (every other window at 4 s): the stretch's first, every other and its last window are the
+    # ensemble's; the ones between are interpolated between them
+    with open_recording(edf) as rec:
+        student = _ScriptedDistilled(np.flatnonzero(ev), hot)
+        every2 = CascadeConfig(classes=["Seizure"], threshold=0.5, dilate_s=8.0, stride_s=8.0)
+        sparse, _ = scan_reader(rec, Cascade(student, teacher, every2, 4.0), scan, 4)
+    by = sparse["engine"].to_numpy()
+    assert set(by[judged]) == {"ensemble", "interpolated"} and (by[ev & ~judged] == "distilled").all()
+    ens_rows = by == "ensemble"
+    assert np.allclose(sparse[list(CLASSES)].to_numpy()[ens_rows], ens_probs[ens_rows], atol=1e-6)
+    for i in np.flatnonzero(by == "interpolated"):
+        assert by[i - 1] == by[i + 1] == "ensemble"  # every other window: both neighbours judged
+        mid = 0.5 * (ens_probs[i - 1] + ens_probs[i + 1])
+        assert np.allclose(sparse.loc[i, list(CLASSES)].to_numpy(float), mid / mid.sum(), atol=1e-5)
 
 
 def test_cascade_candidates_and_config() -> None:
@@ -301,7 +315,7 @@ def test_cascade_candidates_and_config() -> None:
 
     from hms_core.scanning.config import CascadeConfig
     from hms_core.scanning.engine import Scanner
-    from hms_core.scanning.predictors import Cascade
+    from hms_core.scanning.predictors import Cascade, interpolate_between
 
     p = np.full((10, len(CLASSES)), 0.1)
     p[4, CLASSES.index("LPD")] = 0.3
@@ -312,6 +326,20 @@ def test_cascade_candidates_and_config() -> None:
     assert not Cascade(None, None, CascadeConfig(threshold=0.25), 2.0).candidates(p, ev).any()  # Seizure only
     with pytest.raises(ValidationError, match="not among"):
         CascadeConfig(classes=["Seizures"])
+    # judged windows at cascade.stride_s 6 s over a 2-s stride: each stretch's first, every third, and its last
+    cand = np.zeros(20, bool)
+    cand[2:13] = cand[15:17] = True
+    every3 = Cascade(None, None, CascadeConfig(stride_s=6.0), 2.0)
+    assert np.flatnonzero(every3.judged(cand)).tolist() == [2, 5, 8, 11, 12, 15, 16]
+    assert (Cascade(None, None, CascadeConfig(), 2.0).judged(cand) == cand).all()  # null: every candidate
+    q = np.zeros((20, 2))
+    q[2], q[5] = [1.0, 0.0], [0.4, 0.6]
+    out = interpolate_between(q, np.isin(np.arange(20), [2, 5]), np.isin(np.arange(20), [3, 4]))
+    assert np.allclose(out, [[0.8, 0.2], [0.6, 0.4]])
+    from hms_core.scanning.config import ScanConfig
+
+    with pytest.raises(ValidationError, match="cascade.stride_s"):
+        ScanConfig(stride_s=2.0, cascade={"stride_s": 5.0})
     scanner = Scanner(load_config("tiny").preprocessing, "v", 4, None, None, Path("pkg"))
     with pytest.raises(FileNotFoundError, match="which engine cascade needs"):
         scanner.choose("cascade")
