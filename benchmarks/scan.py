@@ -325,13 +325,15 @@ def _speed_child(args: dict[str, Any], out: Any) -> None:
 
 
 def _speed_run(config: str | None, package: str | None, engine: str, edf: str, limit_s: float | None,
-               out: str) -> dict[str, Any]:  # fmt: skip
+               out: str, prepare_ahead: int | None = None) -> dict[str, Any]:  # fmt: skip
     t_start = time.perf_counter()
     from hms_core.config import load_config
     from hms_core.scanning.engine import load_scanner, scan_recording
 
     platform = load_config(config)
     scan_cfg = _bench_scan_config(platform, engine)
+    if prepare_ahead is not None:
+        scan_cfg = scan_cfg.model_copy(update={"prepare_ahead": prepare_ahead})
     scanner = load_scanner(package, scan_cfg, platform)
     predictor = scanner.choose(engine, scan_cfg)
     teacher = getattr(predictor, "teacher", predictor)
@@ -351,12 +353,13 @@ def _speed_run(config: str | None, package: str | None, engine: str, edf: str, l
 
 
 def speed(config: str | None, package: str | None, engine: str, edf: Path, limit_s: float | None,
-          out: Path) -> dict[str, Any]:  # fmt: skip
+          out: Path, prepare_ahead: int | None = None) -> dict[str, Any]:  # fmt: skip
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     load0 = os.getloadavg()[0]
     p = ctx.Process(target=_speed_child, args=({"config": config, "package": package, "engine": engine,
-                                                "edf": str(edf), "limit_s": limit_s, "out": str(out)}, q))  # fmt: skip
+                                                "edf": str(edf), "limit_s": limit_s, "out": str(out),
+                                                "prepare_ahead": prepare_ahead}, q))  # fmt: skip
     p.start()
     while True:
         try:
@@ -425,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         default="distilled,cascade,ensemble",
         help="comma-separated engines of the throughput runs (ensemble: its first --ensemble-hours)",
     )
+    ap.add_argument(
+        "--ab-prepare-ahead",
+        action="store_true",
+        help="also the distilled 24-h scan with 1 worker thread against scan.prepare_ahead, interleaved",
+    )
+    ap.add_argument("--ab-repeats", type=int, default=2)
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--config", default=None, help="platform profile/path whose workspace holds the models")
     ap.add_argument("--package", default=None, help="deployment package folder (default: the workspace's newest)")
@@ -516,6 +525,21 @@ def main(argv: list[str] | None = None) -> int:
             _print_table(day)
             extra |= {f"{engine}_day_sz_{k}": day["sz"][k] for k in ("f1", "sens", "prec", "fa24h")}
             extra[f"{engine}_day_sz_n"] = int(day["sz"]["n_ref"])
+        if a.ab_prepare_ahead:  # worker threads preparing chunks ahead: 1 against the config's, interleaved
+            base, ours = {}, {}
+            for _ in range(a.ab_repeats):
+                for k, store in ((1, base), (platform.scan.prepare_ahead, ours)):
+                    r = speed(a.config, a.package, "distilled", edf, None, out_root / f"ab{k}", k)
+                    store.setdefault("wall", []).append(r["wall_s"])
+                    store.setdefault("cpu", []).append(r["cpu_s"])
+                    store.setdefault("peak", []).append(r["peak_mb"])
+                    print(f"prepare_ahead {k}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, peak "
+                          f"{r['peak_mb']:.0f} MB", flush=True)  # fmt: skip
+            med = {n: {k: float(np.median(v)) for k, v in d.items()} for n, d in (("base", base), ("ours", ours))}
+            extra |= {"ab_prepare_ahead": platform.scan.prepare_ahead, "ab_pa1_wall_s": med["base"]["wall"],
+                      "ab_pa_wall_s": med["ours"]["wall"], "ab_pa_speedup": med["base"]["wall"] / med["ours"]["wall"],
+                      "ab_pa1_cpu_s": med["base"]["cpu"], "ab_pa_cpu_s": med["ours"]["cpu"],
+                      "ab_pa1_peak_mb": med["base"]["peak"], "ab_pa_peak_mb": med["ours"]["peak"]}  # fmt: skip
         if "distilled" in runs and "ensemble" in runs:
             extra["rtf_ratio"] = runs["distilled"]["rtf_cpu"] / runs["ensemble"]["rtf_cpu"]
         extra["load"] = max(max(r["load_before"], r["load_after"]) for r in runs.values())

@@ -212,6 +212,11 @@ class ScanConfig(_Section):
     threads: int = Field(
         2, ge=1, json_schema_extra=_SPEED_ONLY, description="torch / onnxruntime threads of a scan."
     )
+    prepare_ahead: int = Field(
+        2, ge=1, le=8, json_schema_extra=_SPEED_ONLY,
+        description="Chunks read and prepared ahead by as many worker threads while the current one is classified "
+        "(each holds a chunk in memory).",
+    )  # fmt: skip
     log_predictions: bool = Field(
         True, json_schema_extra=_SPEED_ONLY,
         description="Append the evaluated windows to the workspace's prediction log (monitoring.log).",

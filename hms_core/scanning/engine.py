@@ -272,8 +272,10 @@ def scan_reader(
     teacher windows of :mod:`hms_core.scanning.distill`). ``log``: a list that receives a :class:`ScanLog` per chunk
     (the windows for the prediction log, with their features when ``scan.log_features``).
 
-    A worker thread reads and prepares the next chunk (reading, resampling, filtering, the quality tests and the
-    STFT frames release the GIL) while this one classifies the current chunk's windows."""
+    ``scan.prepare_ahead`` worker threads read and prepare the next chunks (reading, resampling, filtering, the
+    quality tests and the STFT frames release the GIL) while this one classifies the current chunk's windows."""
+    import threading
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from hms_core.scanning.plots import HemisphereSpectrogram
@@ -316,11 +318,14 @@ def scan_reader(
     freqs = np.zeros(0)
     fmax = max(dcfg.freq_max, scan.strip_freq_max)
 
+    read_lock = threading.Lock()
+
     def prepare(k0: int) -> _Chunk:
         k1 = min(k0 + per_chunk, n_win)
         lo = max(int(seg_starts[k0]) - before - pad, 0) // _ALIGN * _ALIGN
         hi = min(int(seg_starts[k1 - 1]) + after + pad, n_total)
-        raw = reader.read(lo / SFREQ, hi / SFREQ)
+        with read_lock:  # one reader (file handle, resampler state) for every worker thread
+            raw = reader.read(lo / SFREQ, hi / SFREQ)
         if raw.shape[0] < hi - lo:  # a file shorter than its header says: the rest is missing
             raw = np.concatenate([raw, np.full((hi - lo - raw.shape[0], raw.shape[1]), np.nan, np.float32)])
         chunk = prepare_chunk(raw[: hi - lo], lo, pp)
@@ -335,11 +340,13 @@ def scan_reader(
         return _Chunk(k0, k1, chunk, ctx, q, ok, why, fp, dfr)
 
     starts = list(range(0, n_win, per_chunk))
-    with ThreadPoolExecutor(1, thread_name_prefix="scan-prepare") as pool:
-        ahead = pool.submit(prepare, starts[0]) if starts else None
+    n_ahead = scan.prepare_ahead
+    with ThreadPoolExecutor(n_ahead, thread_name_prefix="scan-prepare") as pool:
+        ahead = deque(pool.submit(prepare, k) for k in starts[:n_ahead])
         for i in range(len(starts)):
-            c = ahead.result()
-            ahead = pool.submit(prepare, starts[i + 1]) if i + 1 < len(starts) else None
+            c = ahead.popleft().result()
+            if i + n_ahead < len(starts):
+                ahead.append(pool.submit(prepare, starts[i + n_ahead]))
             k0, k1, q, fp = c.k0, c.k1, c.quality, c.frames
             evaluated[k0:k1], reason[k0:k1] = c.ok, c.reason
             counts["n_bad_channels"][k0:k1] = q.bad_segment.sum(1)

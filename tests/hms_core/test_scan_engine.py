@@ -343,3 +343,24 @@ def test_cascade_candidates_and_config() -> None:
     scanner = Scanner(load_config("tiny").preprocessing, "v", 4, None, None, Path("pkg"))
     with pytest.raises(FileNotFoundError, match="which engine cascade needs"):
         scanner.choose("cascade")
+
+
+def test_chunks_prepared_ahead_by_several_threads_give_the_same_timeline(deployment_package, edf):
+    """scan.prepare_ahead worker threads share one reader (under a lock) and may finish out of order; the timeline
+    is the one a single worker gives, row for row."""
+    from hms_core.export import load_package
+    from hms_core.recording import open_recording
+    from hms_core.scanning.config import ScanConfig
+    from hms_core.scanning.engine import scan_reader
+    from hms_core.scanning.predictors import PackageEnsemble
+
+    teacher = PackageEnsemble(load_package(deployment_package))
+    tls = []
+    for ahead in (1, 3):
+        scan = ScanConfig(stride_s=10.0, chunk_s=60.0, prepare_ahead=ahead)  # 4 chunks
+        with open_recording(edf) as rec:
+            tls.append(scan_reader(rec, teacher, scan, 4)[0])
+    one, three = tls
+    assert len(one) == len(three) > 15 and one["evaluated"].sum() >= 10
+    assert one.drop(columns=list(CLASSES)).equals(three.drop(columns=list(CLASSES)))
+    assert np.allclose(one[list(CLASSES)], three[list(CLASSES)], atol=1e-7, equal_nan=True)
