@@ -350,9 +350,14 @@ def synthesize_session(plan: SessionPlan, out_dir: str | Path) -> str:
 
 
 def _work(args: tuple[SessionPlan, str]) -> tuple[int, str, float]:
+    from threadpoolctl import threadpool_limits
+
     plan, out = args
     t0 = time.process_time()
-    status = synthesize_session(plan, out)
+    # one BLAS thread, in a worker as in the caller's process: a BLAS library may pick another kernel (and another
+    # rounding of the float32 channel mixing) for another thread count, and the files must not depend on it
+    with threadpool_limits(1, user_api="blas"):
+        status = synthesize_session(plan, out)
     return plan.index, status, time.process_time() - t0
 
 

@@ -164,7 +164,9 @@ def test_corpus_covers_whole_recordings_without_reading_labels(tmp_path):
     # SIMD lane it gets in its batch, so a block alone can differ in the last float16 step)
     blocks = np.stack([eeg[a : a + 10000] for a in (0, 10000, 14000)])
     ref = process_windows(blocks, ccfg, compute_features=False)
-    np.testing.assert_array_equal(np.asarray(bip[:3]), ref.bipolar.astype(np.float16))
+    # equal up to one float16 step: scipy's FFT rounds a row by its SIMD lane, which differs between CPUs
+    np.testing.assert_allclose(np.asarray(bip[:3], np.float32), ref.bipolar.astype(np.float16).astype(np.float32),
+                               rtol=2.0**-10, atol=1e-4)  # fmt: skip
     assert np.abs(np.median(np.asarray(bip[0], np.float32), axis=1)).max() < 0.1
     again = build_corpus(recs, PreprocessingConfig(), tmp_path / "corpus", window=2000)
     assert again.manifest["seconds"] == m["seconds"]  # reused, not rebuilt
