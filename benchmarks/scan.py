@@ -198,8 +198,7 @@ def _scan_key(edf: Path, scanner: Any, engine: str, scan_cfg: Any) -> str:
     """Cache key of one scan: the recording, the engines (package version, distilled model digest) and every scan
     key but the event ones (events are derived from the timeline afterwards)."""
     pred = scanner.choose(engine, scan_cfg)
-    distilled = {"distilled": pred, "cascade": getattr(pred, "distilled", None)}.get(pred.kind)
-    distilled = getattr(distilled, "path", None)
+    distilled = getattr(pred if pred.kind == "distilled" else getattr(pred, "distilled", None), "path", None)
     digest = (Path(distilled) / "manifest.json").read_text() if distilled else ""
     keys = scan_cfg.model_dump(mode="json", exclude={"events", "log_predictions", "log_stride_s", "log_features"})
     return hashlib.sha256(json.dumps([edf.name, pred.kind, scanner.version, digest, keys]).encode()).hexdigest()[
@@ -411,6 +410,8 @@ def _events_yaml(cfg: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hms_core.scanning.engine import ENGINES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hours", type=float, default=3.0, help="length of each test / tuning recording (h)")
     ap.add_argument("--recordings", type=int, default=4, help="test recordings")
@@ -437,9 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--config", default=None, help="platform profile/path whose workspace holds the models")
     ap.add_argument("--package", default=None, help="deployment package folder (default: the workspace's newest)")
-    ap.add_argument(
-        "--engine", default="auto", choices=["auto", "ensemble", "distilled", "cascade"], help="for the scores"
-    )
+    ap.add_argument("--engine", default="auto", choices=["auto", *ENGINES], help="for the scores")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=None, help="write each recording's scan outputs here")
     ap.add_argument("--truth-only", action="store_true", help="score truth and perturbed truth, no scan")

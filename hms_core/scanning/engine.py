@@ -282,8 +282,12 @@ def scan_reader(
 
     pp: PreprocessingConfig = predictor.preprocessing
     cascade = predictor if isinstance(predictor, Cascade) else None
-    student = cascade.distilled if cascade else predictor if isinstance(predictor, DistilledModel) else None
-    teacher = cascade.teacher if cascade else None if student else predictor  # the ensemble, where it runs
+    if cascade is not None:  # the distilled model on every window, the ensemble (teacher) on its candidates
+        student, teacher = cascade.distilled, cascade.teacher
+    elif isinstance(predictor, DistilledModel):
+        student, teacher = predictor, None
+    else:
+        student, teacher = None, predictor
     distilled = student is not None
     dcfg = student.dcfg if student else scan.distill  # a distilled model reads the inputs it was trained on
     if scan.stride_samples % dcfg.hop:
@@ -377,14 +381,14 @@ def scan_reader(
                     probs[k0 + b] = pred.probs
                     disagreement[k0 + b] = pred.disagreement
                 scored_by[k0 + todo] = student.kind
-            fill = None
+            judge, between = todo, np.zeros(0, np.int64)  # windows the ensemble judges; interpolated ones
             if cascade is not None:  # the ensemble judges the distilled model's candidates again
                 cand = cascade.candidates(probs[k0:k1], c.ok)
                 judged = cascade.judged(cand)
-                todo, fill = np.flatnonzero(judged), cand & ~judged
+                judge, between = np.flatnonzero(judged), np.flatnonzero(cand & ~judged)
             if teacher is not None:
-                for b0 in range(0, len(todo), scan.ensemble_batch_size):
-                    b = todo[b0 : b0 + scan.ensemble_batch_size]
+                for b0 in range(0, len(judge), scan.ensemble_batch_size):
+                    b = judge[b0 : b0 + scan.ensemble_batch_size]
                     pred = teacher.predict(
                         window_batch(c.signal, c.ctx[b], _take(q, b), pp, needs_features, types)
                     )
@@ -393,14 +397,13 @@ def scan_reader(
                                  pred.probs)  # fmt: skip
                     probs[k0 + b] = pred.probs
                     disagreement[k0 + b] = pred.disagreement
-                scored_by[k0 + todo] = teacher.kind
-            if fill is not None and fill.any():  # candidates between two judged windows
-                probs[k0 + np.flatnonzero(fill)] = interpolate_between(
-                    probs[k0:k1].astype(np.float64), judged, fill
-                )
-                disagreement[k0 + np.flatnonzero(fill)] = np.nan
-                scored_by[k0 + np.flatnonzero(fill)] = "interpolated"
-            todo = np.flatnonzero(c.ok)
+                scored_by[k0 + judge] = teacher.kind
+            if len(between):  # cascade.stride_s: candidates between two judged windows
+                fill = np.zeros(k1 - k0, bool)
+                fill[between] = True
+                probs[k0 + between] = interpolate_between(probs[k0:k1].astype(np.float64), judged, fill)
+                disagreement[k0 + between] = np.nan
+                scored_by[k0 + between] = "interpolated"
             if log is not None:
                 sel = todo[(k0 + todo) % log_every == 0]
                 if len(sel):
