@@ -5,14 +5,14 @@ Recordings come from :func:`hms_core.synthetic.long.write_long_recording` (cache
 ``runs/bench_scan``, keyed by length, seed and the generator's source; generated in a child process). Three sets,
 by seed, so that nothing is tuned on the recordings it is scored on:
 
-- **test** (``--recordings`` x ``--hours``, seeds ``--seed`` ...): scanned with the platform config's
-  ``scan.events`` as they are and scored per class with ``timescoring`` (SzCORE: any overlap, 30 s before / 60 s
+- **test** (``--recordings`` x ``--hours``, seeds ``--seed`` ...): scanned with the platform config's event
+  settings for the engine (``scan.events``; ``scan.cascade.events`` for the cascade when set) as they are and scored per class with ``timescoring`` (SzCORE: any overlap, 30 s before / 60 s
   after tolerance, events closer than 90 s merged, events over 5 min split), counts summed over the recordings:
   event sensitivity, precision, F1, false alarms per 24 h, and sample-based (1 Hz) sensitivity, precision, F1;
 - **tuning** (``--tune``: ``--tune-recordings`` x ``--hours``, seeds ``--tune-seed`` ...): scanned once, then a
   grid over the event keys (``smoothing_windows``, ``merge_gap_s``, ``min_duration_s`` shared; ``on`` / ``off``
   per class) picks the settings with the best event F1 on these recordings alone; printed as the
-  ``scan.events`` YAML to put into the config. ``--tune`` scores nothing on the test recordings;
+  ``scan.events`` (``scan.cascade.events`` for ``--engine cascade``) YAML to put into the config. ``--tune`` scores nothing on the test recordings;
 - **speed** (``--speed-hours``, default 24, seed ``--speed-seed``): one recording scanned with every output
   written, once per engine of ``--speed-engines`` (distilled, cascade, ensemble), each in a fresh child process:
   wall seconds, CPU seconds (``getrusage``, every thread of the process), peak resident memory (``ru_maxrss``), the
@@ -28,7 +28,9 @@ by seed, so that nothing is tuned on the recordings it is scored on:
 The last line is ``RESULT sz_f1=... sz_sens=... sz_prec=... sz_fa24h=... sz_sample_sens=... sz_sample_prec=...
 sz_sample_f1=... <class>_f1/_sens/_prec/_fa24h=... distilled_wall_s=... distilled_cpu_s=... distilled_peak_mb=...
 distilled_rtf=... cascade_... cascade_ensemble_share=... ensemble_... distilled_day_sz_f1=... cascade_day_sz_f1=...
-load=...`` (``<engine>_day_*``: the 24-h recording's seizure events from that engine's whole run). Goals (issue
+distilled_kl_heldout=... distilled_kl_prior=... load=...`` (``<engine>_day_*``: the 24-h recording's seizure events from that engine's whole run;
+``<engine>_all_sz_*`` for the engine the test recordings were scored with: both test sets together, their counts
+summed). Goals (issue
 15): seizure event F1 >= 0.7; a 24-h recording in under 60 s on 2 cores (rtf >= 1440) with peak memory under 2 GB.
 """
 
@@ -379,6 +381,19 @@ def speed(config: str | None, package: str | None, engine: str, edf: Path, limit
 
 
 # --- output ---------------------------------------------------------------------------------------------------
+def distilled_agreement(platform: Any, package: str | None) -> dict[str, float]:
+    """The distilled scanning model's agreement with the ensemble on its held-out windows (``distill.json``): mean
+    KL(ensemble || distilled) beside a constant prior's, and the top-class agreement; empty without one."""
+    from hms_core.scanning.engine import load_scanner
+
+    distilled = load_scanner(package, platform.scan, platform).distilled
+    if distilled is None:
+        return {}
+    m = distilled.meta["metrics"]
+    return {"distilled_kl_heldout": float(m["kl_heldout"]), "distilled_kl_prior": float(m["kl_heldout_constant_prior"]),
+            "distilled_top1_heldout": float(m["top1_agreement_heldout"])}  # fmt: skip
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -402,11 +417,13 @@ def _print_table(scores: dict[str, dict[str, float]]) -> None:
     print(pd.DataFrame(scores).T.round(3).to_string(), flush=True)
 
 
-def _events_yaml(cfg: Any) -> str:
+def _events_yaml(cfg: Any, engine: str) -> str:
+    """The event settings as the config's YAML: ``scan.cascade.events`` for the cascade, else ``scan.events``."""
     import yaml
 
     d = cfg.model_dump(mode="json")
-    return yaml.safe_dump({"scan": {"events": d}}, sort_keys=False)
+    return yaml.safe_dump({"scan": {"cascade": {"events": d}} if engine == "cascade" else {"events": d}},
+                          sort_keys=False)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,27 +484,30 @@ def main(argv: list[str] | None = None) -> int:
         edfs = recordings(a.cache, a.hours, tune_seeds, prefix="tune")
         truths = [read_truth(p) for p in edfs]
         results = scan_set(edfs, platform, a.package, a.engine, None, a.cache / "scans")
-        before = score_all(list(zip(truths, hypotheses(results, platform.scan.events),
+        events = platform.scan.events_for(results[0].engine)
+        before = score_all(list(zip(truths, hypotheses(results, events),
                                     [r.duration_s for r in results])))  # fmt: skip
         print("-- tuning recordings, the config's scan.events")
         _print_table(before)
-        chosen, info = tune_events(results, truths, platform.scan.events)
+        chosen, info = tune_events(results, truths, events)
         after = score_all(list(zip(truths, hypotheses(results, chosen), [r.duration_s for r in results])))
         print("-- tuning recordings, the chosen scan.events")
         _print_table(after)
         print(json.dumps(info, indent=1))
-        print(_events_yaml(chosen))
+        print(_events_yaml(chosen, results[0].engine))
         print(result_line(after, {"set": "tuning", "seeds": ",".join(map(str, tune_seeds)), "hours": a.hours,
                                   "engine": results[0].engine}), flush=True)  # fmt: skip
         return 0
     extra: dict[str, Any] = {}
     scores = None
+    test_pairs: list[tuple[pd.DataFrame, pd.DataFrame, float]] = []
     if not a.speed_only:
         edfs = recordings(a.cache, a.hours, test_seeds)
         truths = [read_truth(p) for p in edfs]
         results = scan_set(edfs, platform, a.package, a.engine, a.out, a.cache / "scans")
-        scores = score_all(list(zip(truths, hypotheses(results, platform.scan.events),
-                                    [r.duration_s for r in results])))  # fmt: skip
+        events = platform.scan.events_for(results[0].engine)
+        test_pairs = list(zip(truths, hypotheses(results, events), [r.duration_s for r in results]))
+        scores = score_all(test_pairs)
         print(f"-- test recordings (seeds {test_seeds}, {a.hours:g} h each), scan.events of the config")
         _print_table(scores)
         extra |= {"engine": results[0].engine, "seeds": f"{test_seeds[0]}-{test_seeds[-1]}", "hours": a.hours,
@@ -518,12 +538,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             # the 24-h recording is one more test recording (seed --speed-seed, never tuned on): each whole run's
             # events.tsv scored like the others
-            day = score_all([(read_truth(edf), pd.read_csv(out_root / engine / "events.tsv", sep="\t"),
-                              r["recording_s"])])  # fmt: skip
+            day_pair = (read_truth(edf), pd.read_csv(out_root / engine / "events.tsv", sep="\t"), r["recording_s"])
+            day = score_all([day_pair])
             print(f"-- the {a.speed_hours:g}-h recording (seed {a.speed_seed}), {engine} engine")
             _print_table(day)
             extra |= {f"{engine}_day_sz_{k}": day["sz"][k] for k in ("f1", "sens", "prec", "fa24h")}
             extra[f"{engine}_day_sz_n"] = int(day["sz"]["n_ref"])
+            if test_pairs and engine == extra.get("engine"):  # both test sets, counts summed (neither tuned on)
+                both = score_all([*test_pairs, day_pair])["sz"]
+                extra |= {f"{engine}_all_sz_{k}": both[k] for k in ("f1", "sens", "prec", "fa24h")}
+                extra[f"{engine}_all_sz_n"] = int(both["n_ref"])
         if a.ab_prepare_ahead:  # worker threads preparing chunks ahead: 1 against the config's, interleaved
             base, ours = {}, {}
             for _ in range(a.ab_repeats):
@@ -542,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         if "distilled" in runs and "ensemble" in runs:
             extra["rtf_ratio"] = runs["distilled"]["rtf_cpu"] / runs["ensemble"]["rtf_cpu"]
         extra["load"] = max(max(r["load_before"], r["load_after"]) for r in runs.values())
+    extra |= distilled_agreement(platform, a.package)
     print(result_line(scores, extra), flush=True)
     return 0
 

@@ -153,6 +153,11 @@ class CascadeConfig(_Section):
         "first and last of each candidate stretch always): the windows between take the probabilities linearly "
         "interpolated between their judged neighbours (engine 'interpolated'); null = every candidate window.",
     )
+    events: EventConfig | None = Field(
+        None,
+        description="The events of a cascade scan (its own thresholds: the ensemble's probabilities in the "
+        "candidate stretches are not the distilled model's); null = scan.events.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CascadeConfig:
@@ -176,8 +181,9 @@ class ScanConfig(_Section):
     )
     engine: Literal["auto", "ensemble", "distilled", "cascade"] = Field(
         "auto",
-        description="auto: the distilled scanning model when present, else every engine of the ensemble; cascade: "
-        "the distilled model everywhere and the ensemble where it sees a cascade class (see cascade).",
+        description="auto: cascade when a distilled scanning model is present (distilled when there are no "
+        "ensemble engines beside it), else every engine of the ensemble; cascade: the distilled model everywhere "
+        "and the ensemble where it sees a cascade class (see cascade).",
     )
     distilled_model: str | None = Field(
         None,
@@ -255,3 +261,8 @@ class ScanConfig(_Section):
     @property
     def stride_samples(self) -> int:
         return round(self.stride_s * SFREQ)
+
+    def events_for(self, engine: str) -> EventConfig:
+        """The event settings of a timeline from ``engine`` (a scan's resolved engine): ``cascade.events`` for the
+        cascade when set, else ``events``."""
+        return self.cascade.events if engine == "cascade" and self.cascade.events is not None else self.events

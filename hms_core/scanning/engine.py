@@ -121,8 +121,11 @@ class Scanner:
     def choose(self, engine: str, scan: ScanConfig | None = None) -> Any:
         """The predictor for ``engine`` (auto | ensemble | distilled | cascade, the last with ``scan.cascade`` at
         ``scan.stride_s``); a clear error when it is not there."""
-        if engine == "auto":
-            engine = "distilled" if self.distilled is not None else "ensemble"
+        if engine == "auto":  # the cascade where it can run: the distilled model's speed, the ensemble's events
+            if self.distilled is None:
+                engine = "ensemble"
+            else:
+                engine = "cascade" if self.ensemble_factory is not None else "distilled"
         if engine in ("distilled", "cascade"):
             if self.distilled is None:
                 raise FileNotFoundError(
@@ -565,8 +568,9 @@ def scan_recording(
             "channels_missing": list(missing), "n_windows": res.n_windows, "n_evaluated": res.n_evaluated,
             "n_ensemble_windows": res.n_ensemble,
         }  # fmt: skip
-        res.outputs = write_scan_outputs(out_dir, tl, cfg.events, recording=str(path), duration_s=duration,
-                                         start_datetime=start, spectrogram=spectrogram, meta=meta)  # fmt: skip
+        res.outputs = write_scan_outputs(out_dir, tl, cfg.events_for(res.engine), recording=str(path),
+                                         duration_s=duration, start_datetime=start, spectrogram=spectrogram,
+                                         meta=meta)  # fmt: skip
     if logged is not None:
         _log_predictions(platform, res, logged)
     return res

@@ -263,7 +263,7 @@ class _ScriptedDistilled:
 
 
 def test_cascade_judges_the_distilled_candidates_and_their_neighbours_with_the_ensemble(
-    trained_workspace, deployment_package, edf
+    trained_workspace, deployment_package, edf, tmp_path
 ):
     """engine cascade: the windows the distilled model sends (a cascade class >= threshold, dilated by dilate_s,
     evaluated ones only) carry the ensemble's probabilities, exactly those of an ensemble scan; every other
@@ -308,6 +308,21 @@ def test_cascade_judges_the_distilled_candidates_and_their_neighbours_with_the_e
         assert by[i - 1] == by[i + 1] == "ensemble"  # every other window: both neighbours judged
         mid = 0.5 * (ens_probs[i - 1] + ens_probs[i + 1])
         assert np.allclose(sparse.loc[i, list(CLASSES)].to_numpy(float), mid / mid.sum(), atol=1e-5)
+    # a cascade scan's events come from scan.cascade.events where set (its own thresholds), scan.events otherwise
+    import json
+
+    from hms_core.scanning.engine import Scanner, scan_recording
+
+    own = scan.events.model_copy(update={"on_threshold": 0.55, "off_threshold": 0.45, "class_thresholds": {}})
+    cascade_scan = scan.model_copy(update={"engine": "cascade", "log_predictions": False, "cascade": every2.model_copy(
+        update={"events": own})})  # fmt: skip
+    for engine, expected in (("cascade", own), ("ensemble", scan.events)):
+        student = _ScriptedDistilled(np.flatnonzero(ev), hot)
+        scanner = Scanner(teacher.preprocessing, "v", 4, lambda: teacher, student, Path(deployment_package))
+        res = scan_recording(edf, None, cascade_scan.model_copy(update={"engine": engine}), tmp_path / engine,
+                             scanner=scanner)  # fmt: skip
+        summary = json.loads(res.outputs.paths["summary"].read_text())
+        assert summary["events_config"] == json.loads(json.dumps(expected.model_dump()))
 
 
 def test_cascade_candidates_and_config() -> None:
@@ -340,9 +355,20 @@ def test_cascade_candidates_and_config() -> None:
 
     with pytest.raises(ValidationError, match="cascade.stride_s"):
         ScanConfig(stride_s=2.0, cascade={"stride_s": 5.0})
-    scanner = Scanner(load_config("tiny").preprocessing, "v", 4, None, None, Path("pkg"))
+    pp = load_config("tiny").preprocessing
+    scanner = Scanner(pp, "v", 4, None, None, Path("pkg"))
     with pytest.raises(FileNotFoundError, match="which engine cascade needs"):
         scanner.choose("cascade")
+    # auto: the cascade with a distilled model and ensemble engines, the distilled model alone, else the ensemble
+    student, teacher = _ScriptedDistilled(np.zeros(0, int), set()), object()
+    auto = Scanner(pp, "v", 4, lambda: teacher, student, Path("pkg")).choose("auto", ScanConfig())
+    assert isinstance(auto, Cascade) and auto.distilled is student and auto.teacher is teacher
+    assert Scanner(pp, "v", 4, None, student, Path("pkg")).choose("auto") is student
+    assert Scanner(pp, "v", 4, lambda: teacher, None, Path("pkg")).choose("auto") is teacher
+    own = ScanConfig().events.model_copy(update={"on_threshold": 0.6})
+    with_own = ScanConfig(cascade={"events": own.model_dump()})
+    assert with_own.events_for("cascade") == own and with_own.events_for("distilled") == with_own.events
+    assert ScanConfig().events_for("cascade") == ScanConfig().events  # null: scan.events
 
 
 def test_chunks_prepared_ahead_by_several_threads_give_the_same_timeline(deployment_package, edf):

