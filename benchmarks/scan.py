@@ -6,13 +6,15 @@ Recordings come from :func:`hms_core.synthetic.long.write_long_recording` (cache
 by seed, so that nothing is tuned on the recordings it is scored on:
 
 - **test** (``--recordings`` x ``--hours``, seeds ``--seed`` ...): scanned with the platform config's event
-  settings for the engine (``scan.events``; ``scan.cascade.events`` for the cascade when set) as they are and scored per class with ``timescoring`` (SzCORE: any overlap, 30 s before / 60 s
-  after tolerance, events closer than 90 s merged, events over 5 min split), counts summed over the recordings:
+  settings for the engine (``scan.events``; ``scan.cascade.events`` for the cascade when set) as they are and
+  scored per class with ``timescoring`` (SzCORE: any overlap, 30 s before / 60 s after tolerance, events closer
+  than 90 s merged, events over 5 min split), counts summed over the recordings:
   event sensitivity, precision, F1, false alarms per 24 h, and sample-based (1 Hz) sensitivity, precision, F1;
 - **tuning** (``--tune``: ``--tune-recordings`` x ``--hours``, seeds ``--tune-seed`` ...): scanned once, then a
   grid over the event keys (``smoothing_windows``, ``merge_gap_s``, ``min_duration_s`` shared; ``on`` / ``off``
   per class) picks the settings with the best event F1 on these recordings alone; printed as the
-  ``scan.events`` (``scan.cascade.events`` for ``--engine cascade``) YAML to put into the config. ``--tune`` scores nothing on the test recordings;
+  ``scan.events`` (``scan.cascade.events`` for ``--engine cascade``) YAML to put into the config. ``--tune``
+  scores nothing on the test recordings;
 - **speed** (``--speed-hours``, default 24, seed ``--speed-seed``): one recording scanned with every output
   written, once per engine of ``--speed-engines`` (distilled, cascade, ensemble), each in a fresh child process:
   wall seconds, CPU seconds (``getrusage``, every thread of the process), peak resident memory (``ru_maxrss``), the
@@ -28,10 +30,10 @@ by seed, so that nothing is tuned on the recordings it is scored on:
 The last line is ``RESULT sz_f1=... sz_sens=... sz_prec=... sz_fa24h=... sz_sample_sens=... sz_sample_prec=...
 sz_sample_f1=... <class>_f1/_sens/_prec/_fa24h=... distilled_wall_s=... distilled_cpu_s=... distilled_peak_mb=...
 distilled_rtf=... cascade_... cascade_ensemble_share=... ensemble_... distilled_day_sz_f1=... cascade_day_sz_f1=...
-distilled_kl_heldout=... distilled_kl_prior=... load=...`` (``<engine>_day_*``: the 24-h recording's seizure events from that engine's whole run;
-``<engine>_all_sz_*`` for the engine the test recordings were scored with: both test sets together, their counts
-summed). Goals (issue
-15): seizure event F1 >= 0.7; a 24-h recording in under 60 s on 2 cores (rtf >= 1440) with peak memory under 2 GB.
+distilled_kl_heldout=... distilled_kl_prior=... load=...`` (``<engine>_day_*``: the 24-h recording's seizure
+events from that engine's whole run; ``<engine>_all_sz_*`` for the engine the test recordings were scored with:
+both test sets together, their counts summed). Goals (issue 15): seizure event F1 >= 0.7; a 24-h recording in
+under 60 s on 2 cores (rtf >= 1440) with peak memory under 2 GB.
 """
 
 from __future__ import annotations
@@ -487,11 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         events = platform.scan.events_for(results[0].engine)
         before = score_all(list(zip(truths, hypotheses(results, events),
                                     [r.duration_s for r in results])))  # fmt: skip
-        print("-- tuning recordings, the config's scan.events")
+        print("-- tuning recordings, the config's event settings for the engine")
         _print_table(before)
         chosen, info = tune_events(results, truths, events)
         after = score_all(list(zip(truths, hypotheses(results, chosen), [r.duration_s for r in results])))
-        print("-- tuning recordings, the chosen scan.events")
+        print("-- tuning recordings, the chosen event settings")
         _print_table(after)
         print(json.dumps(info, indent=1))
         print(_events_yaml(chosen, results[0].engine))
@@ -508,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         events = platform.scan.events_for(results[0].engine)
         test_pairs = list(zip(truths, hypotheses(results, events), [r.duration_s for r in results]))
         scores = score_all(test_pairs)
-        print(f"-- test recordings (seeds {test_seeds}, {a.hours:g} h each), scan.events of the config")
+        print(f"-- test recordings (seeds {test_seeds}, {a.hours:g} h each), the engine's event settings")
         _print_table(scores)
         extra |= {"engine": results[0].engine, "seeds": f"{test_seeds[0]}-{test_seeds[-1]}", "hours": a.hours,
                   "recordings": a.recordings}  # fmt: skip
