@@ -194,3 +194,14 @@ def test_benchmark_tuning_picks_thresholds_from_its_own_recordings() -> None:
     assert off <= on <= 0.35 and info["per_class"]["Seizure"]["f1"] == 1.0
     ev = detect_class_events(scanned.timeline, "Seizure", chosen)
     assert len(ev) == 1 and abs(ev["start_s"].iloc[0] - 1200.0) < 30
+    # the printed YAML goes into the config as it is: scan.events, or scan.cascade.events for the cascade
+    import yaml
+
+    from benchmarks.scan import _events_yaml
+    from hms_core.scanning.config import ScanConfig
+
+    for engine in ("distilled", "cascade"):
+        scan = ScanConfig.model_validate(yaml.safe_load(_events_yaml(chosen, engine))["scan"])
+        assert scan.events_for(engine) == chosen and scan.events_for("ensemble") == (
+            EventConfig() if engine == "cascade" else chosen
+        )
