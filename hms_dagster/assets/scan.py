@@ -6,8 +6,8 @@ from the training recordings, a small CNN on shared STFT frames, exported to ONN
 ``<root>/models/scanning/<package version>/``, written into a temporary folder and moved into place when complete.
 Its metadata carry the held-out KL(ensemble || distilled) beside the KL a constant class prior would have, the top
 class agreement, the model's size and its speed against the ensemble's; a check warns when it does not beat the
-prior. The scan asset and ``hms scan`` then use it by default (``scan.engine: auto``; ``scan.distilled_model``
-names another folder).
+prior. The scan asset and ``hms scan`` then use it by default (``scan.engine: auto``: the cascade, the distilled
+model on every window and the ensemble on its seizure candidates; ``scan.distilled_model`` names another folder).
 
 A unit drops EDF/BDF files into the folder; :func:`build_scan_sensor`'s sensor (cursor: the files it has seen,
 with their size and modification time) adds each new file as a dynamic partition of ``recordings`` and requests
