@@ -384,11 +384,11 @@ def scan_reader(
                     probs[k0 + b] = pred.probs
                     disagreement[k0 + b] = pred.disagreement
                 scored_by[k0 + todo] = student.kind
-            judge, between = todo, np.zeros(0, np.int64)  # windows the ensemble judges; interpolated ones
+            judge, fill = todo, None  # windows the ensemble judges; the mask of the interpolated ones
             if cascade is not None:  # the ensemble judges the distilled model's candidates again
                 cand = cascade.candidates(probs[k0:k1], c.ok)
                 judged = cascade.judged(cand)
-                judge, between = np.flatnonzero(judged), np.flatnonzero(cand & ~judged)
+                judge, fill = np.flatnonzero(judged), cand & ~judged
             if teacher is not None:
                 for b0 in range(0, len(judge), scan.ensemble_batch_size):
                     b = judge[b0 : b0 + scan.ensemble_batch_size]
@@ -401,9 +401,8 @@ def scan_reader(
                     probs[k0 + b] = pred.probs
                     disagreement[k0 + b] = pred.disagreement
                 scored_by[k0 + judge] = teacher.kind
-            if len(between):  # cascade.stride_s: candidates between two judged windows
-                fill = np.zeros(k1 - k0, bool)
-                fill[between] = True
+            if fill is not None and fill.any():  # cascade.stride_s: candidates between two judged windows
+                between = np.flatnonzero(fill)
                 probs[k0 + between] = interpolate_between(probs[k0:k1].astype(np.float64), judged, fill)
                 disagreement[k0 + between] = np.nan
                 scored_by[k0 + between] = "interpolated"
